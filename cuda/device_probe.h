@@ -1,0 +1,30 @@
+// GPU discovery. Host-compilable: no CUDA types leak out of cuda/.
+#ifndef EMBSTORE_CUDA_DEVICE_PROBE_H_
+#define EMBSTORE_CUDA_DEVICE_PROBE_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "embstore/status.h"
+
+namespace embstore::cuda {
+
+struct DeviceInfo {
+  int ordinal = 0;
+  std::string name;
+  int compute_major = 0;
+  int compute_minor = 0;
+  uint64_t total_memory_bytes = 0;
+};
+
+// True when this build includes the CUDA module.
+bool BuiltWithCuda();
+
+// Lists CUDA devices. NotSupported with a clear message when the build has no
+// CUDA or no device/driver is present ("no GPU").
+Result<std::vector<DeviceInfo>> ListDevices();
+
+}  // namespace embstore::cuda
+
+#endif  // EMBSTORE_CUDA_DEVICE_PROBE_H_

@@ -1,0 +1,12 @@
+// The CPU-only build's probe: always "no GPU".
+#include "cuda/device_probe.h"
+
+namespace embstore::cuda {
+
+bool BuiltWithCuda() { return false; }
+
+Result<std::vector<DeviceInfo>> ListDevices() {
+  return Status::NotSupported("no GPU: this embstore was built without CUDA (EMBSTORE_CUDA=OFF or no nvcc)");
+}
+
+}  // namespace embstore::cuda

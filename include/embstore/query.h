@@ -1,0 +1,121 @@
+// Embedding-bag queries over a table view: torch.nn.functional.embedding_bag
+// semantics plus embstore's extensions (weighted max/mean, non-mutating
+// max_norm, batched bags with inclusive end offsets). See docs/semantics.md.
+//
+// Thread-safety: every function here is reentrant. Any number of threads may
+// query the same TableView (or TableSnapshot) at once; nothing on the query
+// path takes a global lock. Parallelism inside one call uses TBB.
+#ifndef EMBSTORE_QUERY_H_
+#define EMBSTORE_QUERY_H_
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "embstore/status.h"
+#include "embstore/types.h"
+
+namespace embstore {
+
+enum class PoolingMode { kSum = 0, kMean = 1, kMax = 2 };
+const char* PoolingModeName(PoolingMode mode);  // "sum", "mean", "max"
+std::optional<PoolingMode> ParsePoolingMode(std::string_view name);
+
+enum class IndexType { kInt32 = 0, kInt64 = 1 };
+
+// A typed, non-owning array of ids or offsets (int32 or int64).
+struct IndexArray {
+  const void* data = nullptr;
+  int64_t size = 0;
+  IndexType type = IndexType::kInt64;
+
+  IndexArray() = default;
+  IndexArray(std::span<const int64_t> s)  // NOLINT(google-explicit-constructor)
+      : data(s.data()), size(static_cast<int64_t>(s.size())), type(IndexType::kInt64) {}
+  IndexArray(std::span<const int32_t> s)  // NOLINT(google-explicit-constructor)
+      : data(s.data()), size(static_cast<int64_t>(s.size())), type(IndexType::kInt32) {}
+  int64_t operator[](int64_t i) const {
+    return type == IndexType::kInt64 ? static_cast<const int64_t*>(data)[i]
+                                     : static_cast<const int32_t*>(data)[i];
+  }
+};
+
+struct QueryOptions {
+  // Reduction over a bag. Default: kMean, as torch.
+  PoolingMode mode = PoolingMode::kMean;
+  // Entries whose index equals padding_idx are skipped (they neither add nor
+  // count). Must satisfy -rows <= p < rows; negative p means p + rows.
+  std::optional<int64_t> padding_idx;
+  // When set (> 0), a row whose norm_type-norm exceeds max_norm is used scaled
+  // by max_norm / (norm + 1e-7), exactly as torch would after renormalizing
+  // it. The table itself is never modified.
+  std::optional<double> max_norm;
+  // p of the p-norm for max_norm: any p > 0, or +inf (max |x|). Default 2.
+  double norm_type = 2.0;
+  // 1-D layout only: offsets has B + 1 entries and the last one marks the end
+  // of bag B - 1. Indices after offsets[B] are ignored (all modes).
+  bool include_last_offset = false;
+  // Worker threads for this call: 0 = TBB's default (all cores), 1 = run on
+  // the calling thread only (lowest overhead for tiny requests), n = at most n.
+  int max_threads = 0;
+};
+
+// torch's layout: 1-D indices with offsets (bag b = [offsets[b], offsets[b+1])),
+// or 2-D indices [B, N] (B bags of N each) with no offsets.
+struct BagRequest {
+  IndexArray indices;
+  // Empty or {n}: 1-D. {B, N}: 2-D, and then `offsets` must be absent.
+  std::vector<int64_t> indices_shape;
+  std::optional<IndexArray> offsets;
+  // Optional per-sample weights, same number of elements as indices.
+  std::optional<std::span<const float>> weights;
+};
+
+// Extension: batched bags with inclusive end offsets. indices and weights are
+// [B, N]; ends is [B, K]. Bag m of sample b holds items k with
+// ends[b, m-1] < k <= ends[b, m] (ends[b, -1] = -1). Items after ends[b, K-1]
+// are padding. Output is [B, K, dim].
+struct BatchedBagRequest {
+  IndexArray indices;                         // B * N ids, row-major
+  std::optional<std::span<const float>> weights;  // B * N, or absent (all 1)
+  IndexArray ends;                            // B * K, row-major
+  int64_t batch = 0;                          // B
+  int64_t items = 0;                          // N
+  int64_t bags_per_sample = 0;                // K
+};
+
+// The pooled result: shape {B, dim} or {B, K, dim}, row-major float32.
+struct PooledOutput {
+  std::vector<int64_t> shape;
+  std::vector<float> values;
+};
+
+// Validates `request` against `table` and `options` and returns the number of
+// bags it yields (the output is that many rows of table.dim floats).
+Result<int64_t> CountBags(const TableView& table, const BagRequest& request,
+                          const QueryOptions& options);
+
+// Pools into the caller's buffer. REQUIRES: out.size() == bags * table.dim.
+// On error nothing useful is in `out`.
+Status EmbeddingBag(const TableView& table, const BagRequest& request,
+                    const QueryOptions& options, std::span<float> out);
+Result<PooledOutput> EmbeddingBag(const TableView& table, const BagRequest& request,
+                                  const QueryOptions& options);
+
+// REQUIRES: out.size() == batch * bags_per_sample * table.dim.
+// options.include_last_offset must be false.
+Status BatchedEmbeddingBag(const TableView& table, const BatchedBagRequest& request,
+                           const QueryOptions& options, std::span<float> out);
+Result<PooledOutput> BatchedEmbeddingBag(const TableView& table,
+                                         const BatchedBagRequest& request,
+                                         const QueryOptions& options);
+
+// The p-norm used by max_norm, over a dequantized row (p = +inf: max |x|).
+double RowNorm(std::span<const float> row, double norm_type);
+
+}  // namespace embstore
+
+#endif  // EMBSTORE_QUERY_H_

@@ -1,0 +1,118 @@
+// Shared helpers for embstore tests: temp dirs, small .npy files, running the CLI.
+#ifndef EMBSTORE_TESTS_TEST_UTIL_H_
+#define EMBSTORE_TESTS_TEST_UTIL_H_
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "storage/npy.h"
+
+namespace embstore::testing {
+
+// A fresh directory removed at scope exit.
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "embstore-test-XXXXXX").string();
+    std::vector<char> buf(tmpl.begin(), tmpl.end());
+    buf.push_back('\0');
+    path_ = ::mkdtemp(buf.data());
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+inline std::vector<float> RandomFloats(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+inline void WriteF32Npy(const std::string& path, const std::vector<int64_t>& shape, const std::vector<float>& v) {
+  auto st = storage::WriteNpy(path, "<f4", shape,
+                              {reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(float)});
+  if (!st.ok()) std::abort();
+}
+
+inline std::vector<float> ReadF32Npy(const std::string& path, std::vector<int64_t>* shape = nullptr) {
+  auto a = storage::LoadNpy(path);
+  if (!a.ok() || a->header.descr != "<f4") return {};
+  if (shape) *shape = a->header.shape;
+  std::vector<float> v(a->data.size() / 4);
+  std::memcpy(v.data(), a->data.data(), a->data.size());
+  return v;
+}
+
+inline void WriteBytes(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+inline std::string ReadBytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs `embstore` (path from the EMBSTORE_CLI compile definition) with args,
+// capturing stdout and stderr.
+inline CommandResult RunCli(const std::vector<std::string>& args) {
+  static int counter = 0;
+  std::string base = (std::filesystem::temp_directory_path() /
+                      ("embstore-cli-" + std::to_string(::getpid()) + "-" + std::to_string(counter++)))
+                         .string();
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    FILE* o = std::freopen((base + ".out").c_str(), "w", stdout);
+    FILE* e = std::freopen((base + ".err").c_str(), "w", stderr);
+    (void)o;
+    (void)e;
+    std::vector<char*> argv;
+    std::string exe = EMBSTORE_CLI;
+    argv.push_back(exe.data());
+    std::vector<std::string> copy = args;
+    for (std::string& a : copy) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(exe.c_str(), argv.data());
+    _exit(127);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  CommandResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = ReadBytes(base + ".out");
+  r.err = ReadBytes(base + ".err");
+  std::filesystem::remove(base + ".out");
+  std::filesystem::remove(base + ".err");
+  return r;
+}
+
+}  // namespace embstore::testing
+
+#endif  // EMBSTORE_TESTS_TEST_UTIL_H_

@@ -1,0 +1,218 @@
+#include "tools/cli_util.h"
+
+#include <unistd.h>
+
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+
+#include "storage/npy.h"
+
+namespace embstore::cli {
+
+int ExitCodeFor(const Status& status) {
+  switch (status.code()) {
+    case Status::Code::kOk: return kExitOk;
+    case Status::Code::kIOError:
+    case Status::Code::kCorruption:
+    case Status::Code::kInternal: return kExitIO;
+    default: return kExitUsage;
+  }
+}
+
+namespace {
+
+std::vector<std::string> SplitCommas(const std::string& s) {
+  std::vector<std::string> out;
+  if (s.empty()) return out;
+  size_t start = 0;
+  while (true) {
+    size_t comma = s.find(',', start);
+    std::string item = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    // trim spaces
+    size_t a = item.find_first_not_of(" \t");
+    size_t b = item.find_last_not_of(" \t");
+    out.push_back(a == std::string::npos ? std::string() : item.substr(a, b - a + 1));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+constexpr uint64_t kMaxSpecBytes = uint64_t{8} << 30;
+
+}  // namespace
+
+Result<int64_t> ParseInteger(const std::string& text, const std::string& what) {
+  int64_t v = 0;
+  const char* b = text.data();
+  const char* e = text.data() + text.size();
+  if (!text.empty() && *b == '+') ++b;
+  auto [p, ec] = std::from_chars(b, e, v);
+  if (ec != std::errc() || p != e || b == e) {
+    if (text.find_first_of(".eE") != std::string::npos) {
+      return Status::InvalidArgument(what + ": '" + text + "' is not an integer (float values are not indices)");
+    }
+    return Status::InvalidArgument(what + ": '" + text + "' is not an integer");
+  }
+  return v;
+}
+
+Result<double> ParseNumber(const std::string& text, const std::string& what) {
+  if (text == "inf" || text == "+inf" || text == "Inf") return std::numeric_limits<double>::infinity();
+  if (text == "-inf" || text == "-Inf") return -std::numeric_limits<double>::infinity();
+  if (text.empty()) return Status::InvalidArgument(what + ": empty number");
+  char* end = nullptr;
+  errno = 0;
+  double v = std::strtod(text.c_str(), &end);
+  if (end != text.c_str() + text.size() || errno == ERANGE) {
+    return Status::InvalidArgument(what + ": '" + text + "' is not a number");
+  }
+  return v;
+}
+
+Result<IntArray> ParseIntSpec(const std::string& spec, const std::string& what) {
+  IntArray out;
+  if (!spec.empty() && spec[0] == '@') {
+    const std::string path = spec.substr(1);
+    auto arr = storage::LoadNpy(path, kMaxSpecBytes);
+    if (!arr.ok()) return arr.status().WithContext(what);
+    const storage::NpyHeader& h = arr->header;
+    if (h.kind == 'f') {
+      return Status::InvalidArgument(what + ": '" + path + "' holds " + h.DTypeName() +
+                                     " values; indices and offsets must be int32 or int64");
+    }
+    if (h.kind != 'i' || (h.item_size != 4 && h.item_size != 8)) {
+      return Status::InvalidArgument(what + ": '" + path + "' has dtype " + h.DTypeName() +
+                                     "; expected int32 or int64");
+    }
+    if (h.shape.size() > 2 || h.shape.empty()) {
+      return Status::InvalidArgument(what + ": '" + path + "' must be 1-D or 2-D (has " +
+                                     std::to_string(h.shape.size()) + " dimensions)");
+    }
+    out.shape = h.shape;
+    const size_t n = static_cast<size_t>(out.Count());
+    if (h.item_size == 8) {
+      out.type = IndexType::kInt64;
+      out.v64.resize(n);
+      std::memcpy(out.v64.data(), arr->data.data(), n * 8);
+    } else {
+      out.type = IndexType::kInt32;
+      out.v32.resize(n);
+      std::memcpy(out.v32.data(), arr->data.data(), n * 4);
+    }
+    return out;
+  }
+  for (const std::string& item : SplitCommas(spec)) {
+    auto v = ParseInteger(item, what);
+    if (!v.ok()) return v.status();
+    out.v64.push_back(*v);
+  }
+  out.type = IndexType::kInt64;
+  out.shape = {static_cast<int64_t>(out.v64.size())};
+  return out;
+}
+
+Result<FloatArray> ParseFloatSpec(const std::string& spec, const std::string& what) {
+  FloatArray out;
+  if (!spec.empty() && spec[0] == '@') {
+    const std::string path = spec.substr(1);
+    auto arr = storage::LoadNpy(path, kMaxSpecBytes);
+    if (!arr.ok()) return arr.status().WithContext(what);
+    const storage::NpyHeader& h = arr->header;
+    if (h.kind != 'f' || (h.item_size != 4 && h.item_size != 8)) {
+      return Status::InvalidArgument(what + ": '" + path + "' has dtype " + h.DTypeName() +
+                                     "; weights must be float32 (or float64)");
+    }
+    if (h.shape.size() > 2 || h.shape.empty()) {
+      return Status::InvalidArgument(what + ": '" + path + "' must be 1-D or 2-D");
+    }
+    out.shape = h.shape;
+    size_t n = 1;
+    for (int64_t d : h.shape) n *= static_cast<size_t>(d);
+    out.v.resize(n);
+    if (h.item_size == 4) {
+      std::memcpy(out.v.data(), arr->data.data(), n * 4);
+    } else {
+      for (size_t i = 0; i < n; ++i) {
+        double d;
+        std::memcpy(&d, arr->data.data() + 8 * i, 8);
+        out.v[i] = static_cast<float>(d);
+      }
+    }
+    return out;
+  }
+  for (const std::string& item : SplitCommas(spec)) {
+    auto v = ParseNumber(item, what);
+    if (!v.ok()) return v.status();
+    out.v.push_back(static_cast<float>(*v));
+  }
+  out.shape = {static_cast<int64_t>(out.v.size())};
+  return out;
+}
+
+std::vector<std::string> JoinNegativeValues(const std::vector<std::string>& args) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a.size() > 2 && a.rfind("--", 0) == 0 && a.find('=') == std::string::npos &&
+        i + 1 < args.size()) {
+      const std::string& next = args[i + 1];
+      const bool negative_number =
+          next.size() >= 2 && next[0] == '-' &&
+          (std::isdigit(static_cast<unsigned char>(next[1])) || next[1] == '.' || next == "-inf");
+      if (negative_number) {
+        out.push_back(a + "=" + next);
+        ++i;
+        continue;
+      }
+    }
+    out.push_back(a);
+  }
+  return out;
+}
+
+ProgressBar::ProgressBar(std::string label)
+    : label_(std::move(label)),
+      enabled_(::isatty(STDERR_FILENO) == 1),
+      start_(std::chrono::steady_clock::now()),
+      last_(start_) {}
+
+ProgressBar::~ProgressBar() {
+  if (drawn_) std::fputc('\n', stderr);
+}
+
+void ProgressBar::Update(int64_t done, int64_t total) {
+  if (!enabled_ || total <= 0) return;
+  auto now = std::chrono::steady_clock::now();
+  if (done < total && now - last_ < std::chrono::milliseconds(100)) return;
+  last_ = now;
+  const double frac = static_cast<double>(done) / static_cast<double>(total);
+  const double elapsed = std::chrono::duration<double>(now - start_).count();
+  const double eta = frac > 0 ? elapsed * (1 - frac) / frac : 0;
+  constexpr int kWidth = 30;
+  const int filled = static_cast<int>(frac * kWidth);
+  std::string bar(static_cast<size_t>(filled), '#');
+  bar.append(static_cast<size_t>(kWidth - filled), ' ');
+  std::fprintf(stderr, "\r%s [%s] %3d%%  %lld/%lld rows  ETA %.0fs ", label_.c_str(), bar.c_str(),
+               static_cast<int>(frac * 100), static_cast<long long>(done), static_cast<long long>(total), eta);
+  std::fflush(stderr);
+  drawn_ = true;
+}
+
+std::string HumanBytes(uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
+  return buf;
+}
+
+}  // namespace embstore::cli

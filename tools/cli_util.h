@@ -1,0 +1,74 @@
+// Helpers of the embstore CLI: value specs, exit codes, progress, printing.
+#ifndef EMBSTORE_TOOLS_CLI_UTIL_H_
+#define EMBSTORE_TOOLS_CLI_UTIL_H_
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "embstore/query.h"
+#include "embstore/status.h"
+
+namespace embstore::cli {
+
+// Exit codes (documented in the README).
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitUsage = 1;    // bad usage or bad input
+inline constexpr int kExitIO = 2;       // I/O error or corruption
+int ExitCodeFor(const Status& status);
+
+// Integer values from a SPEC: "1,2,3" inline, or "@path.npy" (int32/int64).
+struct IntArray {
+  std::vector<int64_t> v64;
+  std::vector<int32_t> v32;
+  IndexType type = IndexType::kInt64;
+  std::vector<int64_t> shape;
+  int64_t size() const { return static_cast<int64_t>(shape.empty() ? 0 : Count()); }
+  int64_t Count() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+  IndexArray view() const {
+    return type == IndexType::kInt64 ? IndexArray(std::span<const int64_t>(v64))
+                                     : IndexArray(std::span<const int32_t>(v32));
+  }
+};
+struct FloatArray {
+  std::vector<float> v;
+  std::vector<int64_t> shape;
+};
+
+// `what` names the flag in error messages ("--indices").
+Result<IntArray> ParseIntSpec(const std::string& spec, const std::string& what);
+Result<FloatArray> ParseFloatSpec(const std::string& spec, const std::string& what);
+// A single number, accepting "inf", "-inf".
+Result<double> ParseNumber(const std::string& text, const std::string& what);
+Result<int64_t> ParseInteger(const std::string& text, const std::string& what);
+
+// Rewrites "--flag -1" into "--flag=-1" for flags that take a value, so that
+// negative numbers can be given as a separate word.
+std::vector<std::string> JoinNegativeValues(const std::vector<std::string>& args);
+
+// A progress bar with ETA on stderr, drawn only when stderr is a terminal.
+class ProgressBar {
+ public:
+  explicit ProgressBar(std::string label);
+  ~ProgressBar();
+  void Update(int64_t done, int64_t total);
+
+ private:
+  std::string label_;
+  bool enabled_;
+  bool drawn_ = false;
+  std::chrono::steady_clock::time_point start_;
+  std::chrono::steady_clock::time_point last_;
+};
+
+// Formats bytes as "1.5 MiB".
+std::string HumanBytes(uint64_t bytes);
+
+}  // namespace embstore::cli
+
+#endif  // EMBSTORE_TOOLS_CLI_UTIL_H_

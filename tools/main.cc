@@ -1,0 +1,622 @@
+// embstore: the command-line tool. See README.md "CLI reference".
+#include <cxxopts.hpp>
+
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cuda/device_probe.h"
+#include "embstore/checkpoint.h"
+#include "embstore/query.h"
+#include "embstore/store.h"
+#include "storage/convert.h"
+#include "storage/npy.h"
+#include "tools/cli_util.h"
+
+namespace embstore::cli {
+namespace {
+
+struct Command {
+  const char* name;
+  const char* summary;
+  std::function<int(int, char**)> run;
+};
+
+// Prints "embstore <cmd>: <message>" and returns the exit code for `st`.
+int Fail(const std::string& cmd, const Status& st) {
+  std::fprintf(stderr, "embstore %s: error: %s\n", cmd.c_str(), st.message().c_str());
+  return ExitCodeFor(st);
+}
+int UsageError(const std::string& cmd, const std::string& msg) {
+  std::fprintf(stderr, "embstore %s: error: %s (see `embstore %s --help`)\n", cmd.c_str(), msg.c_str(),
+               cmd.c_str());
+  return kExitUsage;
+}
+
+// Parses argv with cxxopts; on --help prints help and sets *exit_code = 0.
+// Returns nullopt when the command should stop with *exit_code.
+std::optional<cxxopts::ParseResult> Parse(cxxopts::Options& opts, const std::string& cmd, int argc,
+                                          char** argv, int* exit_code) {
+  opts.add_options()("h,help", "Show this help");
+  std::vector<std::string> args(argv, argv + argc);
+  args = JoinNegativeValues(args);
+  std::vector<char*> ptrs;
+  for (std::string& a : args) ptrs.push_back(a.data());
+  try {
+    auto result = opts.parse(static_cast<int>(ptrs.size()), ptrs.data());
+    if (result.count("help")) {
+      std::cout << opts.help() << std::endl;
+      *exit_code = kExitOk;
+      return std::nullopt;
+    }
+    if (!result.unmatched().empty()) {
+      *exit_code = UsageError(cmd, "unexpected argument '" + result.unmatched()[0] + "'");
+      return std::nullopt;
+    }
+    return result;
+  } catch (const cxxopts::exceptions::exception& e) {
+    *exit_code = UsageError(cmd, e.what());
+    return std::nullopt;
+  }
+}
+
+// Requires the string option `name`; returns false (and sets exit) if absent.
+bool Require(const cxxopts::ParseResult& r, const std::string& cmd, const char* name, std::string* out,
+             int* exit_code) {
+  if (!r.count(name)) {
+    *exit_code = UsageError(cmd, std::string("--") + name + " is required");
+    return false;
+  }
+  *out = r[name].as<std::string>();
+  return true;
+}
+
+Result<std::unique_ptr<Store>> OpenStore(const std::string& db, bool create) {
+  StoreOptions o;
+  o.create_if_missing = create;
+  return Store::Open(db, o);
+}
+
+// ---- init ----------------------------------------------------------------------------
+int CmdInit(int argc, char** argv) {
+  cxxopts::Options opts("embstore init", "Create an empty store in DIR.");
+  opts.add_options()("db", "Store directory", cxxopts::value<std::string>());
+  int ec = 0;
+  auto r = Parse(opts, "init", argc, argv, &ec);
+  if (!r) return ec;
+  std::string db;
+  if (!Require(*r, "init", "db", &db, &ec)) return ec;
+  auto store = OpenStore(db, true);
+  if (!store.ok()) return Fail("init", store.status());
+  std::printf("initialized store at %s\n", db.c_str());
+  return kExitOk;
+}
+
+// ---- import ----------------------------------------------------------------------------
+int CmdImport(int argc, char** argv) {
+  cxxopts::Options opts("embstore import",
+                        "Import a tensor from a checkpoint (.npy, .npz, .safetensors, .pt) as a table.\n"
+                        "Several tables from one file: --tensor KEY=TABLE, repeated (then --table is not used).");
+  opts.add_options()("db", "Store directory (created if needed)", cxxopts::value<std::string>())(
+      "table", "Table name", cxxopts::value<std::string>())(
+      "from", "Checkpoint file", cxxopts::value<std::string>())(
+      "tensor", "Tensor key inside the checkpoint, or KEY=TABLE (repeatable)",
+      cxxopts::value<std::vector<std::string>>())(
+      "dtype", "Storage dtype: f32, f16, bf16, int8 (default: keep f32/f16/bf16, f64 -> f32)",
+      cxxopts::value<std::string>())("replace", "Publish a new version of an existing table");
+  int ec = 0;
+  auto r = Parse(opts, "import", argc, argv, &ec);
+  if (!r) return ec;
+  std::string db, from;
+  if (!Require(*r, "import", "db", &db, &ec) || !Require(*r, "import", "from", &from, &ec)) return ec;
+  ImportOptions io;
+  io.replace = r->count("replace") > 0;
+  if (r->count("dtype")) {
+    auto dt = ParseDType((*r)["dtype"].as<std::string>());
+    if (!dt) return UsageError("import", "--dtype must be one of f32, f16, bf16, int8");
+    io.dtype = *dt;
+  }
+  // (key, table) pairs to import.
+  std::vector<std::pair<std::string, std::string>> jobs;
+  std::vector<std::string> tensors;
+  if (r->count("tensor")) tensors = (*r)["tensor"].as<std::vector<std::string>>();
+  const std::string table = r->count("table") ? (*r)["table"].as<std::string>() : "";
+  for (const std::string& t : tensors) {
+    size_t eq = t.rfind('=');
+    if (eq != std::string::npos) {
+      jobs.emplace_back(t.substr(0, eq), t.substr(eq + 1));
+    } else {
+      if (table.empty()) return UsageError("import", "--tensor " + t + " needs --table (or use --tensor KEY=TABLE)");
+      jobs.emplace_back(t, table);
+    }
+  }
+  if (jobs.empty()) {
+    if (table.empty()) return UsageError("import", "--table is required");
+    jobs.emplace_back("", table);
+  }
+  if (jobs.size() > 1) {
+    for (const auto& j : jobs) {
+      if (j.second == table && !table.empty() && jobs.size() > 1 && tensors.size() > 1) {
+        // Several keys into one table name would overwrite each other.
+      }
+    }
+    std::map<std::string, int> seen;
+    for (const auto& j : jobs) {
+      if (++seen[j.second] > 1) return UsageError("import", "table '" + j.second + "' is named twice");
+    }
+  }
+  for (const auto& j : jobs) {
+    Status st = ValidateTableName(j.second);
+    if (!st.ok()) return Fail("import", st);
+  }
+  auto store = OpenStore(db, true);
+  if (!store.ok()) return Fail("import", store.status());
+  for (const auto& [key, name] : jobs) {
+    ProgressBar bar("importing " + name);
+    ImportOptions o = io;
+    o.tensor_key = key;
+    o.progress = [&bar](int64_t done, int64_t total) { bar.Update(done, total); };
+    auto info = (*store)->ImportFile(name, from, o);
+    if (!info.ok()) return Fail("import", info.status());
+    std::printf("imported %s: %" PRId64 " x %" PRId64 " %s, version %" PRIu64 ", %s\n", name.c_str(),
+                info->rows, info->dim, DTypeName(info->dtype), info->version,
+                HumanBytes(info->file_bytes).c_str());
+  }
+  return kExitOk;
+}
+
+// ---- list / info ------------------------------------------------------------------------
+int CmdList(int argc, char** argv) {
+  cxxopts::Options opts("embstore list", "List tables: name rows dim dtype version bytes.");
+  opts.add_options()("db", "Store directory", cxxopts::value<std::string>());
+  int ec = 0;
+  auto r = Parse(opts, "list", argc, argv, &ec);
+  if (!r) return ec;
+  std::string db;
+  if (!Require(*r, "list", "db", &db, &ec)) return ec;
+  auto store = OpenStore(db, false);
+  if (!store.ok()) return Fail("list", store.status());
+  for (const TableInfo& t : (*store)->ListTables()) {
+    std::printf("%s\t%" PRId64 "\t%" PRId64 "\t%s\tv%" PRIu64 "\t%" PRIu64 "\n", t.name.c_str(), t.rows, t.dim,
+                DTypeName(t.dtype), t.version, t.file_bytes);
+  }
+  return kExitOk;
+}
+
+int CmdInfo(int argc, char** argv) {
+  cxxopts::Options opts("embstore info", "Show a table's metadata.");
+  opts.add_options()("db", "Store directory", cxxopts::value<std::string>())(
+      "table", "Table name", cxxopts::value<std::string>());
+  int ec = 0;
+  auto r = Parse(opts, "info", argc, argv, &ec);
+  if (!r) return ec;
+  std::string db, table;
+  if (!Require(*r, "info", "db", &db, &ec) || !Require(*r, "info", "table", &table, &ec)) return ec;
+  auto store = OpenStore(db, false);
+  if (!store.ok()) return Fail("info", store.status());
+  auto t = (*store)->GetInfo(table);
+  if (!t.ok()) return Fail("info", t.status());
+  std::printf("name:          %s\n", t->name.c_str());
+  std::printf("rows:          %" PRId64 "\n", t->rows);
+  std::printf("dim:           %" PRId64 "\n", t->dim);
+  std::printf("dtype:         %s\n", DTypeName(t->dtype));
+  std::printf("bytes_per_row: %zu (stored stride %" PRIu64 ")\n", RowPayloadBytes(t->dtype, t->dim),
+              t->row_stride);
+  std::printf("version:       %" PRIu64 "\n", t->version);
+  std::printf("bytes:         %" PRIu64 " (%s)\n", t->file_bytes, HumanBytes(t->file_bytes).c_str());
+  std::printf("checksum:      xxh64:%016" PRIx64 "\n", t->checksum);
+  std::printf("source:        %s\n", t->source.c_str());
+  std::printf("file:          %s\n", t->file.c_str());
+  return kExitOk;
+}
+
+// ---- export ------------------------------------------------------------------------------
+int CmdExport(int argc, char** argv) {
+  cxxopts::Options opts("embstore export",
+                        "Write a table to a .npy file: f32 as <f4, f16 as <f2, bf16 and int8 dequantized to <f4.");
+  opts.add_options()("db", "Store directory", cxxopts::value<std::string>())(
+      "table", "Table name", cxxopts::value<std::string>())("out", "Output .npy path", cxxopts::value<std::string>());
+  int ec = 0;
+  auto r = Parse(opts, "export", argc, argv, &ec);
+  if (!r) return ec;
+  std::string db, table, out;
+  if (!Require(*r, "export", "db", &db, &ec) || !Require(*r, "export", "table", &table, &ec) ||
+      !Require(*r, "export", "out", &out, &ec)) {
+    return ec;
+  }
+  auto store = OpenStore(db, false);
+  if (!store.ok()) return Fail("export", store.status());
+  auto snap = (*store)->GetSnapshot(table);
+  if (!snap.ok()) return Fail("export", snap.status());
+  const TableView v = snap->view();
+  const bool raw_f16 = v.dtype == DType::kF16;
+  const size_t out_item = raw_f16 ? 2 : 4;
+  std::vector<int64_t> shape = {v.rows, v.dim};
+  storage::NpyWriter w;
+  Status st = w.Open(out, raw_f16 ? "<f2" : "<f4", shape);
+  if (!st.ok()) return Fail("export", st);
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{8} << 20) / (v.dim * 4));
+  std::vector<uint8_t> buf;
+  ProgressBar bar("exporting " + table);
+  for (int64_t first = 0; first < v.rows; first += chunk) {
+    const int64_t n = std::min(chunk, v.rows - first);
+    buf.resize(static_cast<size_t>(n * v.dim) * out_item);
+    for (int64_t i = 0; i < n; ++i) {
+      uint8_t* dst = buf.data() + static_cast<size_t>(i * v.dim) * out_item;
+      if (raw_f16 || v.dtype == DType::kF32) {
+        std::memcpy(dst, v.Row(first + i), static_cast<size_t>(v.dim) * out_item);
+      } else {
+        storage::DecodeRow(v.Row(first + i), v.dim, v.dtype, reinterpret_cast<float*>(dst));
+      }
+    }
+    st = w.Append(buf);
+    if (!st.ok()) return Fail("export", st);
+    bar.Update(first + n, v.rows);
+  }
+  st = w.Commit();
+  if (!st.ok()) return Fail("export", st);
+  std::printf("exported %s (%" PRId64 " x %" PRId64 ", %s) to %s\n", table.c_str(), v.rows, v.dim,
+              raw_f16 ? "<f2" : "<f4", out.c_str());
+  return kExitOk;
+}
+
+// ---- drop / verify ------------------------------------------------------------------------
+int CmdDrop(int argc, char** argv) {
+  cxxopts::Options opts("embstore drop", "Remove a table and reclaim its file.");
+  opts.add_options()("db", "Store directory", cxxopts::value<std::string>())(
+      "table", "Table name", cxxopts::value<std::string>());
+  int ec = 0;
+  auto r = Parse(opts, "drop", argc, argv, &ec);
+  if (!r) return ec;
+  std::string db, table;
+  if (!Require(*r, "drop", "db", &db, &ec) || !Require(*r, "drop", "table", &table, &ec)) return ec;
+  auto store = OpenStore(db, false);
+  if (!store.ok()) return Fail("drop", store.status());
+  Status st = (*store)->DropTable(table);
+  if (!st.ok()) return Fail("drop", st);
+  std::printf("dropped %s\n", table.c_str());
+  return kExitOk;
+}
+
+int CmdVerify(int argc, char** argv) {
+  cxxopts::Options opts("embstore verify", "Recompute checksums; exit 2 naming each corrupt table.");
+  opts.add_options()("db", "Store directory", cxxopts::value<std::string>())(
+      "table", "Only this table", cxxopts::value<std::string>());
+  int ec = 0;
+  auto r = Parse(opts, "verify", argc, argv, &ec);
+  if (!r) return ec;
+  std::string db;
+  if (!Require(*r, "verify", "db", &db, &ec)) return ec;
+  auto store = OpenStore(db, false);
+  if (!store.ok()) return Fail("verify", store.status());
+  std::vector<std::string> names;
+  if (r->count("table")) {
+    names.push_back((*r)["table"].as<std::string>());
+    auto info = (*store)->GetInfo(names[0]);
+    if (!info.ok()) return Fail("verify", info.status());
+  } else {
+    for (const TableInfo& t : (*store)->ListTables()) names.push_back(t.name);
+  }
+  int bad = 0;
+  for (const std::string& n : names) {
+    Status st = (*store)->VerifyTable(n);
+    if (st.ok()) {
+      std::printf("ok\t%s\n", n.c_str());
+    } else {
+      ++bad;
+      std::printf("CORRUPT\t%s\t%s\n", n.c_str(), st.message().c_str());
+      std::fprintf(stderr, "embstore verify: table '%s' is corrupt: %s\n", n.c_str(), st.message().c_str());
+    }
+  }
+  return bad ? kExitIO : kExitOk;
+}
+
+// ---- inspect ------------------------------------------------------------------------------
+int CmdInspect(int argc, char** argv) {
+  cxxopts::Options opts("embstore inspect", "List the tensors of a checkpoint: key, dtype, shape.");
+  opts.add_options()("file", "Checkpoint file", cxxopts::value<std::string>());
+  opts.parse_positional({"file"});
+  opts.positional_help("FILE");
+  int ec = 0;
+  auto r = Parse(opts, "inspect", argc, argv, &ec);
+  if (!r) return ec;
+  std::string file;
+  if (!Require(*r, "inspect", "file", &file, &ec)) return ec;
+  auto entries = InspectCheckpoint(file);
+  if (!entries.ok()) return Fail("inspect", entries.status());
+  for (const TensorEntry& e : *entries) {
+    std::string shape = "[";
+    for (size_t i = 0; i < e.shape.size(); ++i) shape += (i ? ", " : "") + std::to_string(e.shape[i]);
+    shape += "]";
+    std::printf("%s\t%s\t%s\n", e.key.empty() ? "(array)" : e.key.c_str(), e.dtype.c_str(), shape.c_str());
+  }
+  return kExitOk;
+}
+
+// ---- query ---------------------------------------------------------------------------------
+void PrintRows(const PooledOutput& out) {
+  const int64_t dim = out.shape.back();
+  const int64_t rows = dim == 0 ? 0 : static_cast<int64_t>(out.values.size()) / dim;
+  std::string line;
+  char buf[32];
+  for (int64_t b = 0; b < rows; ++b) {
+    line.clear();
+    for (int64_t j = 0; j < dim; ++j) {
+      std::snprintf(buf, sizeof buf, "%.8g", static_cast<double>(out.values[static_cast<size_t>(b * dim + j)]));
+      if (j) line += ' ';
+      line += buf;
+    }
+    line += '\n';
+    std::fputs(line.c_str(), stdout);
+  }
+}
+
+int CmdQuery(int argc, char** argv) {
+  cxxopts::Options opts("embstore query",
+                        "Pool bags of embeddings (torch.nn.functional.embedding_bag semantics).\n"
+                        "SPEC is an inline list (1,2,3) or @file.npy (1-D or 2-D; int32/int64 ids, float32 weights).");
+  opts.add_options()("db", "Store directory", cxxopts::value<std::string>())(
+      "table", "Table name", cxxopts::value<std::string>())(
+      "indices", "Row ids: SPEC (2-D [B,N] = B bags of N)", cxxopts::value<std::string>())(
+      "offsets", "Start of each bag in 1-D indices: SPEC", cxxopts::value<std::string>())(
+      "weights", "Per-sample weights, same shape as indices: SPEC", cxxopts::value<std::string>())(
+      "bag-ends", "Batched bags: inclusive end offsets [B,K] over [B,N] indices: SPEC",
+      cxxopts::value<std::string>())("mode", "sum | mean | max (default mean, as torch)",
+                                     cxxopts::value<std::string>()->default_value("mean"))(
+      "padding-idx", "Skip entries equal to this id (negative counts from the end)", cxxopts::value<std::string>())(
+      "max-norm", "Use rows with norm > X scaled to norm X (the store is not modified)",
+      cxxopts::value<std::string>())("norm-type", "p of the p-norm for --max-norm (default 2; inf allowed)",
+                                     cxxopts::value<std::string>()->default_value("2"))(
+      "include-last-offset", "offsets has B+1 entries; the last ends bag B-1")(
+      "threads", "Worker threads (0 = all cores)", cxxopts::value<int>()->default_value("0"))(
+      "out", "Write the [B, dim] float32 result to this .npy instead of printing", cxxopts::value<std::string>());
+  int ec = 0;
+  auto r = Parse(opts, "query", argc, argv, &ec);
+  if (!r) return ec;
+  const std::string cmd = "query";
+  std::string db, table, indices_spec;
+  if (!Require(*r, cmd, "db", &db, &ec) || !Require(*r, cmd, "table", &table, &ec) ||
+      !Require(*r, cmd, "indices", &indices_spec, &ec)) {
+    return ec;
+  }
+  QueryOptions qo;
+  auto mode = ParsePoolingMode((*r)["mode"].as<std::string>());
+  if (!mode) return UsageError(cmd, "--mode must be sum, mean or max (got '" + (*r)["mode"].as<std::string>() + "')");
+  qo.mode = *mode;
+  if (r->count("padding-idx")) {
+    auto p = ParseInteger((*r)["padding-idx"].as<std::string>(), "--padding-idx");
+    if (!p.ok()) return Fail(cmd, p.status());
+    qo.padding_idx = *p;
+  }
+  if (r->count("max-norm")) {
+    auto m = ParseNumber((*r)["max-norm"].as<std::string>(), "--max-norm");
+    if (!m.ok()) return Fail(cmd, m.status());
+    qo.max_norm = *m;
+  }
+  {
+    auto p = ParseNumber((*r)["norm-type"].as<std::string>(), "--norm-type");
+    if (!p.ok()) return Fail(cmd, p.status());
+    qo.norm_type = *p;
+  }
+  qo.include_last_offset = r->count("include-last-offset") > 0;
+  qo.max_threads = (*r)["threads"].as<int>();
+  if (qo.max_threads < 0) return UsageError(cmd, "--threads must be >= 0");
+
+  auto indices = ParseIntSpec(indices_spec, "--indices");
+  if (!indices.ok()) return Fail(cmd, indices.status());
+  std::optional<FloatArray> weights;
+  if (r->count("weights")) {
+    auto w = ParseFloatSpec((*r)["weights"].as<std::string>(), "--weights");
+    if (!w.ok()) return Fail(cmd, w.status());
+    weights = std::move(w).value();
+  }
+
+  // Open the store only after the inputs parse: a typo costs nothing.
+  auto store = OpenStore(db, false);
+  if (!store.ok()) return Fail(cmd, store.status());
+  auto snap = (*store)->GetSnapshot(table);
+  if (!snap.ok()) return Fail(cmd, snap.status());
+  const TableView view = snap->view();
+
+  Result<PooledOutput> out = Status::Internal("query did not run");
+  if (r->count("bag-ends")) {
+    if (r->count("offsets")) return UsageError(cmd, "--bag-ends and --offsets cannot be combined");
+    if (qo.include_last_offset) return UsageError(cmd, "--include-last-offset does not apply to --bag-ends");
+    auto ends = ParseIntSpec((*r)["bag-ends"].as<std::string>(), "--bag-ends");
+    if (!ends.ok()) return Fail(cmd, ends.status());
+    // Inline lists are one sample: [1, N] indices and [1, K] ends.
+    const auto& is = indices->shape;
+    const auto& es = ends->shape;
+    BatchedBagRequest req;
+    req.batch = is.size() == 2 ? is[0] : 1;
+    req.items = is.size() == 2 ? is[1] : is[0];
+    const int64_t ends_batch = es.size() == 2 ? es[0] : 1;
+    req.bags_per_sample = es.size() == 2 ? es[1] : es[0];
+    if (ends_batch != req.batch) {
+      return Fail(cmd, Status::InvalidArgument("--bag-ends has " + std::to_string(ends_batch) +
+                                               " samples but --indices has " + std::to_string(req.batch)));
+    }
+    req.indices = indices->view();
+    req.ends = ends->view();
+    if (weights) {
+      if (static_cast<int64_t>(weights->v.size()) != req.batch * req.items) {
+        return Fail(cmd, Status::InvalidArgument("--weights has " + std::to_string(weights->v.size()) +
+                                                 " values but --indices has " +
+                                                 std::to_string(req.batch * req.items)));
+      }
+      req.weights = std::span<const float>(weights->v);
+    }
+    out = BatchedEmbeddingBag(view, req, qo);
+  } else {
+    BagRequest req;
+    req.indices = indices->view();
+    req.indices_shape = indices->shape;
+    std::optional<IntArray> offsets;
+    if (r->count("offsets")) {
+      auto o = ParseIntSpec((*r)["offsets"].as<std::string>(), "--offsets");
+      if (!o.ok()) return Fail(cmd, o.status());
+      if (o->shape.size() != 1) {
+        return Fail(cmd, Status::InvalidArgument("--offsets must be 1-D"));
+      }
+      offsets = std::move(o).value();
+      req.offsets = offsets->view();
+    }
+    if (weights) req.weights = std::span<const float>(weights->v);
+    out = EmbeddingBag(view, req, qo);
+  }
+  if (!out.ok()) return Fail(cmd, out.status());
+  if (r->count("out")) {
+    const std::string path = (*r)["out"].as<std::string>();
+    Status st = storage::WriteNpy(
+        path, "<f4", out->shape,
+        {reinterpret_cast<const uint8_t*>(out->values.data()), out->values.size() * sizeof(float)});
+    if (!st.ok()) return Fail(cmd, st);
+  } else {
+    PrintRows(*out);
+  }
+  return kExitOk;
+}
+
+// ---- renorm ---------------------------------------------------------------------------------
+int CmdRenorm(int argc, char** argv) {
+  cxxopts::Options opts("embstore renorm",
+                        "Write a new version in which every row with norm > max_norm is scaled to max_norm\n"
+                        "(the weight torch reaches after every row has been looked up with max_norm).");
+  opts.add_options()("db", "Store directory", cxxopts::value<std::string>())(
+      "table", "Table name", cxxopts::value<std::string>())("max-norm", "X > 0", cxxopts::value<std::string>())(
+      "norm-type", "p (default 2; inf allowed)", cxxopts::value<std::string>()->default_value("2"));
+  int ec = 0;
+  auto r = Parse(opts, "renorm", argc, argv, &ec);
+  if (!r) return ec;
+  const std::string cmd = "renorm";
+  std::string db, table, max_norm_text;
+  if (!Require(*r, cmd, "db", &db, &ec) || !Require(*r, cmd, "table", &table, &ec) ||
+      !Require(*r, cmd, "max-norm", &max_norm_text, &ec)) {
+    return ec;
+  }
+  auto max_norm = ParseNumber(max_norm_text, "--max-norm");
+  if (!max_norm.ok()) return Fail(cmd, max_norm.status());
+  auto p = ParseNumber((*r)["norm-type"].as<std::string>(), "--norm-type");
+  if (!p.ok()) return Fail(cmd, p.status());
+  if (!(*max_norm > 0) || std::isinf(*max_norm)) {
+    return Fail(cmd, Status::InvalidArgument("--max-norm must be a finite number > 0"));
+  }
+  if (std::isnan(*p) || *p <= 0) return Fail(cmd, Status::InvalidArgument("--norm-type must be > 0 (or inf)"));
+  auto store = OpenStore(db, false);
+  if (!store.ok()) return Fail(cmd, store.status());
+  auto snap = (*store)->GetSnapshot(table);
+  if (!snap.ok()) return Fail(cmd, snap.status());
+  const TableView v = snap->view();
+  const double mn = *max_norm, pt = *p;
+  int64_t scaled = 0;
+  ProgressBar bar("renorm " + table);
+  TableSpec spec;
+  spec.rows = v.rows;
+  spec.dim = v.dim;
+  spec.dtype = v.dtype;
+  spec.replace = true;
+  spec.source = "renorm of " + table + " v" + std::to_string(snap->info().version) + " (max_norm=" +
+                max_norm_text + ", norm_type=" + (*r)["norm-type"].as<std::string>() + ") from " +
+                snap->info().source;
+  spec.progress = [&bar](int64_t d, int64_t t) { bar.Update(d, t); };
+  auto info = (*store)->WriteTable(table, spec, [&](int64_t first, int64_t count, float* out) {
+    for (int64_t i = 0; i < count; ++i) {
+      float* row = out + i * v.dim;
+      storage::DecodeRow(v.Row(first + i), v.dim, v.dtype, row);
+      const double norm = RowNorm({row, static_cast<size_t>(v.dim)}, pt);
+      if (norm > mn) {
+        const float scale = static_cast<float>(mn / (norm + 1e-7));
+        for (int64_t j = 0; j < v.dim; ++j) row[j] *= scale;
+        ++scaled;
+      }
+    }
+    return Status::OK();
+  });
+  if (!info.ok()) return Fail(cmd, info.status());
+  std::printf("renormalized %s: %" PRId64 " of %" PRId64 " rows scaled, version %" PRIu64 "\n", table.c_str(),
+              scaled, v.rows, info->version);
+  return kExitOk;
+}
+
+// ---- gpu-info ---------------------------------------------------------------------------------
+int CmdGpuInfo(int argc, char** argv) {
+  cxxopts::Options opts("embstore gpu-info", "Report the CUDA devices this build can use.");
+  int ec = 0;
+  auto r = Parse(opts, "gpu-info", argc, argv, &ec);
+  if (!r) return ec;
+  auto devs = cuda::ListDevices();
+  if (!devs.ok()) {
+    std::printf("%s\n", devs.status().message().c_str());
+    return kExitUsage;
+  }
+  for (const auto& d : *devs) {
+    std::printf("cuda:%d\t%s\tsm_%d%d\t%s\n", d.ordinal, d.name.c_str(), d.compute_major, d.compute_minor,
+                HumanBytes(d.total_memory_bytes).c_str());
+  }
+  return kExitOk;
+}
+
+const std::vector<Command>& Commands() {
+  static const std::vector<Command> kCommands = {
+      {"init", "create an empty store", CmdInit},
+      {"import", "import a tensor from a checkpoint as a table", CmdImport},
+      {"list", "list the tables of a store", CmdList},
+      {"info", "show a table's metadata", CmdInfo},
+      {"export", "write a table to a .npy file", CmdExport},
+      {"drop", "remove a table", CmdDrop},
+      {"verify", "recompute checksums", CmdVerify},
+      {"inspect", "list the tensors in a checkpoint file", CmdInspect},
+      {"query", "pool bags of embeddings (embedding_bag)", CmdQuery},
+      {"renorm", "write a max_norm-renormalized new version of a table", CmdRenorm},
+      {"gpu-info", "report CUDA devices", CmdGpuInfo},
+  };
+  return kCommands;
+}
+
+void PrintMainHelp() {
+  std::printf(
+      "embstore: memory-mapped embedding tables and embedding-bag queries\n\n"
+      "usage: embstore COMMAND [options]   (embstore COMMAND --help for its options)\n\ncommands:\n");
+  for (const Command& c : Commands()) std::printf("  %-10s %s\n", c.name, c.summary);
+  std::printf(
+      "\nexit codes: 0 ok, 1 bad usage or bad input, 2 I/O error or corruption\n");
+}
+
+}  // namespace
+}  // namespace embstore::cli
+
+int main(int argc, char** argv) {
+  using namespace embstore::cli;
+  if (argc < 2) {
+    PrintMainHelp();
+    return kExitUsage;
+  }
+  const std::string cmd = argv[1];
+  if (cmd == "-h" || cmd == "--help" || cmd == "help") {
+    PrintMainHelp();
+    return kExitOk;
+  }
+  if (cmd == "--version") {
+    std::printf("embstore 0.1.0\n");
+    return kExitOk;
+  }
+  for (const Command& c : Commands()) {
+    if (cmd == c.name) {
+      try {
+        return c.run(argc - 1, argv + 1);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "embstore %s: internal error: %s\n", cmd.c_str(), e.what());
+        return kExitIO;
+      }
+    }
+  }
+  std::fprintf(stderr, "embstore: unknown command '%s' (see `embstore --help`)\n", cmd.c_str());
+  return kExitUsage;
+}

@@ -1,0 +1,235 @@
+// End-to-end tests of the `embstore` CLI's store commands, error paths included.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <random>
+#include <thread>
+
+#include "test_util.h"
+
+namespace embstore {
+namespace {
+
+using embstore::testing::CommandResult;
+using embstore::testing::RunCli;
+using embstore::testing::TempDir;
+
+bool Contains(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
+
+class CliStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    values_ = embstore::testing::RandomFloats(50 * 7, 11);
+    embstore::testing::WriteF32Npy(tmp_ / "w.npy", {50, 7}, values_);
+    db_ = tmp_ / "db";
+  }
+  CommandResult Import(const std::string& table, const std::string& file, std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {"import", "--db", db_, "--table", table, "--from", file};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return RunCli(args);
+  }
+  TempDir tmp_;
+  std::string db_;
+  std::vector<float> values_;
+};
+
+TEST_F(CliStoreTest, InitImportListInfoExportVerifyDrop) {
+  auto r = RunCli({"init", "--db", db_});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = Import("items", tmp_ / "w.npy");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(Contains(r.out, "imported items: 50 x 7 f32, version 1"));
+
+  r = RunCli({"list", "--db", db_});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("items\t50\t7\tf32\tv1\t", 0), 0u) << r.out;
+
+  r = RunCli({"info", "--db", db_, "--table", "items"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const char* field : {"rows:          50", "dim:           7", "dtype:         f32", "version:       1",
+                            "bytes:", "checksum:      xxh64:", "source:", "w.npy", "bytes_per_row: 28"}) {
+    EXPECT_TRUE(Contains(r.out, field)) << field << "\n" << r.out;
+  }
+
+  r = RunCli({"export", "--db", db_, "--table", "items", "--out", tmp_ / "out.npy"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // An f32 C-order import exports identical bytes of data.
+  std::vector<int64_t> shape;
+  EXPECT_EQ(embstore::testing::ReadF32Npy(tmp_ / "out.npy", &shape), values_);
+  EXPECT_EQ(shape, (std::vector<int64_t>{50, 7}));
+
+  r = RunCli({"verify", "--db", db_});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(Contains(r.out, "ok\titems"));
+  r = RunCli({"verify", "--db", db_, "--table", "items"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+
+  r = RunCli({"drop", "--db", db_, "--table", "items"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = RunCli({"list", "--db", db_});
+  EXPECT_EQ(r.out, "");
+  int files = 0;
+  for (auto& e : std::filesystem::directory_iterator(db_ + "/tables")) files += e.is_regular_file();
+  EXPECT_EQ(files, 0);
+}
+
+TEST_F(CliStoreTest, ImportCreatesDbAndRefusesDuplicatesUnlessReplace) {
+  ASSERT_EQ(Import("t", tmp_ / "w.npy").exit_code, 0);
+  auto r = Import("t", tmp_ / "w.npy");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "exists")) << r.err;
+  EXPECT_TRUE(Contains(r.err, "--replace")) << r.err;
+  r = Import("t", tmp_ / "w.npy", {"--replace", "--dtype", "f16"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(Contains(r.out, "f16, version 2")) << r.out;
+  r = RunCli({"info", "--db", db_, "--table", "t"});
+  EXPECT_TRUE(Contains(r.out, "bytes_per_row: 14")) << r.out;
+  // f16 exports as <f2.
+  r = RunCli({"export", "--db", db_, "--table", "t", "--out", tmp_ / "h.npy"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(Contains(embstore::testing::ReadBytes(tmp_ / "h.npy").substr(0, 64), "'<f2'"));
+}
+
+TEST_F(CliStoreTest, HelpAndUsageErrors) {
+  auto r = RunCli({"--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* cmd : {"init", "import", "list", "info", "export", "drop", "verify", "inspect", "query"}) {
+    EXPECT_TRUE(Contains(r.out, cmd)) << cmd;
+    auto h = RunCli({cmd, "--help"});
+    EXPECT_EQ(h.exit_code, 0) << cmd;
+    EXPECT_TRUE(Contains(h.out, "Usage")) << cmd << h.out;
+  }
+  r = RunCli({});
+  EXPECT_EQ(r.exit_code, 1);
+  r = RunCli({"frobnicate"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "unknown command 'frobnicate'"));
+  r = RunCli({"import", "--db", db_, "--from", tmp_ / "w.npy"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "--table is required")) << r.err;
+  r = RunCli({"list", "--db", db_, "--bogus"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "bogus")) << r.err;
+  r = Import("t", tmp_ / "w.npy", {"--dtype", "f12"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "--dtype")) << r.err;
+  r = Import("bad name!", tmp_ / "w.npy");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "table name")) << r.err;
+}
+
+TEST_F(CliStoreTest, MissingStoreTableAndFile) {
+  auto r = RunCli({"list", "--db", tmp_ / "nostore"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "no embstore store")) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(tmp_ / "nostore"));
+  ASSERT_EQ(RunCli({"init", "--db", db_}).exit_code, 0);
+  r = RunCli({"info", "--db", db_, "--table", "ghost"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "unknown table 'ghost'")) << r.err;
+  r = RunCli({"drop", "--db", db_, "--table", "ghost"});
+  EXPECT_EQ(r.exit_code, 1);
+  r = RunCli({"export", "--db", db_, "--table", "ghost", "--out", tmp_ / "x.npy"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_FALSE(std::filesystem::exists(tmp_ / "x.npy"));
+  r = Import("t", tmp_ / "missing.npy");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "missing.npy")) << r.err;
+}
+
+TEST_F(CliStoreTest, BadNpyFilesAreRefusedAndNothingIsImported) {
+  const std::string good = embstore::testing::ReadBytes(tmp_ / "w.npy");
+  struct Bad {
+    std::string name, bytes, expect;
+  };
+  std::string absurd = good;
+  absurd[8] = '\xff';
+  absurd[9] = '\xff';
+  std::string wrong_dtype = good;
+  wrong_dtype.replace(wrong_dtype.find("<f4"), 3, "<i4");
+  std::vector<Bad> cases = {
+      {"truncated", good.substr(0, good.size() - 100), "truncated"},
+      {"magic", "GARBAGE" + good.substr(7), "bad magic"},
+      {"absurd", absurd, "header"},
+      {"dtype", wrong_dtype, "int32"},
+  };
+  for (const Bad& b : cases) {
+    embstore::testing::WriteBytes(tmp_ / "bad.npy", b.bytes);
+    auto r = Import("t_" + b.name, tmp_ / "bad.npy");
+    EXPECT_EQ(r.exit_code, 1) << b.name << ": " << r.err;
+    EXPECT_TRUE(Contains(r.err, b.expect)) << b.name << ": " << r.err;
+    EXPECT_FALSE(Contains(r.err, "internal error")) << r.err;
+  }
+  auto r = RunCli({"list", "--db", db_});
+  EXPECT_EQ(r.out, "");
+  int files = 0;
+  for (auto& e : std::filesystem::directory_iterator(db_ + "/tables")) files += e.is_regular_file();
+  EXPECT_EQ(files, 0);
+}
+
+TEST_F(CliStoreTest, VerifyReportsCorruptTableWithExitCode2) {
+  ASSERT_EQ(Import("good", tmp_ / "w.npy").exit_code, 0);
+  ASSERT_EQ(Import("bad", tmp_ / "w.npy").exit_code, 0);
+  const std::string path = db_ + "/tables/bad.v1.emb";
+  std::string bytes = embstore::testing::ReadBytes(path);
+  bytes[5000] ^= 0x10;
+  embstore::testing::WriteBytes(path, bytes);
+  auto r = RunCli({"verify", "--db", db_});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_TRUE(Contains(r.out, "CORRUPT\tbad")) << r.out;
+  EXPECT_TRUE(Contains(r.out, "ok\tgood")) << r.out;
+  EXPECT_TRUE(Contains(r.err, "'bad'")) << r.err;
+}
+
+// kill -9 of `import --replace` at random moments leaves the previous version
+// served (or the new one, complete) and `verify` clean.
+TEST_F(CliStoreTest, Kill9DuringImportReplace) {
+  // A 24 MB source so the import takes a while.
+  const int64_t rows = 24 * 1024, dim = 256;
+  std::vector<float> big(static_cast<size_t>(rows * dim));
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<float>(i % 1000) * 0.5f;
+  embstore::testing::WriteF32Npy(tmp_ / "big.npy", {rows, dim}, big);
+  ASSERT_EQ(Import("t", tmp_ / "w.npy").exit_code, 0);
+  std::mt19937 rng(7);
+  int interrupted = 0;
+  for (int iter = 0; iter < 8; ++iter) {
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      std::freopen("/dev/null", "w", stdout);
+      std::string exe = EMBSTORE_CLI;
+      std::string from = tmp_ / "big.npy";
+      execl(exe.c_str(), exe.c_str(), "import", "--db", db_.c_str(), "--table", "t", "--from", from.c_str(),
+            "--replace", static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(1, 120)(rng)));
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    if (WIFSIGNALED(status)) ++interrupted;
+    auto v = RunCli({"verify", "--db", db_});
+    ASSERT_EQ(v.exit_code, 0) << v.out << v.err;
+    auto info = RunCli({"info", "--db", db_, "--table", "t"});
+    ASSERT_EQ(info.exit_code, 0);
+    ASSERT_EQ(RunCli({"export", "--db", db_, "--table", "t", "--out", tmp_ / "e.npy"}).exit_code, 0);
+    std::vector<int64_t> shape;
+    auto got = embstore::testing::ReadF32Npy(tmp_ / "e.npy", &shape);
+    if (shape[0] == 50) {
+      EXPECT_EQ(got, values_);  // the previous version, intact
+      ASSERT_EQ(Import("t", tmp_ / "w.npy", {"--replace"}).exit_code, 0);  // not needed, but keeps v small
+    } else {
+      EXPECT_EQ(got, big);  // the new version, complete
+      ASSERT_EQ(Import("t", tmp_ / "w.npy", {"--replace"}).exit_code, 0);
+    }
+    int files = 0;
+    for (auto& e : std::filesystem::directory_iterator(db_ + "/tables")) files += e.is_regular_file();
+    EXPECT_EQ(files, 1);
+  }
+  EXPECT_GT(interrupted, 0);
+}
+
+}  // namespace
+}  // namespace embstore

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages embstore builds with, where they are missing.
+# Safe to run repeatedly; needs root or sudo only when something is missing.
+set -euo pipefail
+pkgs=(build-essential cmake ninja-build pkg-config
+      libboost-dev libtbb-dev librocksdb-dev libcxxopts-dev
+      libgtest-dev libgmock-dev libbenchmark-dev
+      libxxhash-dev nlohmann-json3-dev libzip-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "embstore: installing ${missing[*]}" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,240 @@
+// `embstore query` end to end: every torch golden and extension golden through
+// the CLI (inputs as .npy files, --out), plus the error paths.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
+
+#include "test_util.h"
+
+namespace embstore {
+namespace {
+
+using embstore::testing::RunCli;
+using embstore::testing::TempDir;
+using nlohmann::json;
+
+bool Contains(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
+
+const std::string kGoldenDir = std::string(EMBSTORE_SOURCE_DIR) + "/tests/golden";
+
+json LoadGoldens() {
+  std::ifstream f(kGoldenDir + "/embedding_bag.json");
+  EXPECT_TRUE(f.good()) << "missing " << kGoldenDir << "/embedding_bag.json";
+  return json::parse(f);
+}
+
+void WriteInts(const std::string& path, const json& values, const json& shape, const std::string& dtype) {
+  std::vector<int64_t> shp = shape.get<std::vector<int64_t>>();
+  if (dtype == "int32") {
+    std::vector<int32_t> v;
+    for (const auto& x : values) v.push_back(x.get<int32_t>());
+    ASSERT_TRUE(storage::WriteNpy(path, "<i4", shp, {reinterpret_cast<uint8_t*>(v.data()), v.size() * 4}).ok());
+  } else {
+    std::vector<int64_t> v;
+    for (const auto& x : values) v.push_back(x.get<int64_t>());
+    ASSERT_TRUE(storage::WriteNpy(path, "<i8", shp, {reinterpret_cast<uint8_t*>(v.data()), v.size() * 8}).ok());
+  }
+}
+
+void WriteFloats(const std::string& path, const json& values, const json& shape) {
+  std::vector<float> v;
+  for (const auto& x : values) v.push_back(x.get<float>());
+  ASSERT_TRUE(storage::WriteNpy(path, "<f4", shape.get<std::vector<int64_t>>(),
+                                {reinterpret_cast<uint8_t*>(v.data()), v.size() * 4})
+                  .ok());
+}
+
+std::string NormText(const json& n) {
+  if (n.is_string()) return n.get<std::string>();
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.17g", n.get<double>());
+  return buf;
+}
+
+class CliGoldenTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    goldens_ = new json(LoadGoldens());
+    tmp_ = new TempDir();
+    db_ = new std::string(*tmp_ / "db");
+    for (auto& [name, t] : (*goldens_)["tables"].items()) {
+      auto r = RunCli({"import", "--db", *db_, "--table", name, "--from", kGoldenDir + "/" + t["file"].get<std::string>()});
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+    }
+  }
+  static void TearDownTestSuite() {
+    delete goldens_;
+    delete db_;
+    delete tmp_;
+  }
+
+  // Runs one case through the CLI and compares with "expected".
+  void RunCase(const json& c) {
+    SCOPED_TRACE(c["name"].get<std::string>());
+    const std::string dir = *tmp_ / "case";
+    std::filesystem::create_directories(dir);
+    std::vector<std::string> args = {"query", "--db", *db_, "--table", c["table"].get<std::string>(), "--mode",
+                                     c["mode"].get<std::string>()};
+    WriteInts(dir + "/i.npy", c["indices"], c["indices_shape"], c["index_dtype"].get<std::string>());
+    args.insert(args.end(), {"--indices", "@" + dir + "/i.npy"});
+    if (c.contains("ends")) {
+      WriteInts(dir + "/e.npy", c["ends"], c["ends_shape"], c["ends_dtype"].get<std::string>());
+      args.insert(args.end(), {"--bag-ends", "@" + dir + "/e.npy"});
+      if (c.contains("weights") && !c["weights"].is_null()) {
+        WriteFloats(dir + "/w.npy", c["weights"], c["indices_shape"]);
+        args.insert(args.end(), {"--weights", "@" + dir + "/w.npy"});
+      }
+    } else {
+      if (!c["offsets"].is_null()) {
+        WriteInts(dir + "/o.npy", c["offsets"], json::array({c["offsets"].size()}), c["offsets_dtype"].get<std::string>());
+        args.insert(args.end(), {"--offsets", "@" + dir + "/o.npy"});
+      }
+      if (!c["per_sample_weights"].is_null()) {
+        WriteFloats(dir + "/w.npy", c["per_sample_weights"], c["indices_shape"]);
+        args.insert(args.end(), {"--weights", "@" + dir + "/w.npy"});
+      }
+      if (c["include_last_offset"].get<bool>()) args.push_back("--include-last-offset");
+    }
+    if (!c["padding_idx"].is_null()) {
+      // As a separate word, negative values included.
+      args.insert(args.end(), {"--padding-idx", std::to_string(c["padding_idx"].get<int64_t>())});
+    }
+    if (!c["max_norm"].is_null()) {
+      args.insert(args.end(), {"--max-norm", NormText(c["max_norm"]), "--norm-type", NormText(c["norm_type"])});
+    }
+    const std::string out = dir + "/out.npy";
+    std::filesystem::remove(out);
+    args.insert(args.end(), {"--out", out});
+    auto r = RunCli(args);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    std::vector<int64_t> shape;
+    std::vector<float> got = embstore::testing::ReadF32Npy(out, &shape);
+    ASSERT_EQ(shape, c["expected_shape"].get<std::vector<int64_t>>());
+    const auto& exp = c["expected"];
+    ASSERT_EQ(got.size(), exp.size());
+    const bool renorm = !c["max_norm"].is_null();
+    for (size_t i = 0; i < got.size(); ++i) {
+      const float e = exp[i].get<float>();
+      const float tol = (renorm ? 1e-4f : 1e-5f) * (1.0f + std::abs(e));
+      ASSERT_NEAR(got[i], e, tol) << "element " << i;
+    }
+  }
+
+  static json* goldens_;
+  static TempDir* tmp_;
+  static std::string* db_;
+};
+json* CliGoldenTest::goldens_ = nullptr;
+TempDir* CliGoldenTest::tmp_ = nullptr;
+std::string* CliGoldenTest::db_ = nullptr;
+
+TEST_F(CliGoldenTest, TorchGoldens) {
+  int n = 0;
+  for (const auto& c : (*goldens_)["cases"]) {
+    RunCase(c);
+    ++n;
+  }
+  EXPECT_GE(n, 200);
+}
+
+TEST_F(CliGoldenTest, ExtensionGoldens) {
+  int n = 0;
+  for (const auto& c : (*goldens_)["extension_cases"]) {
+    RunCase(c);
+    ++n;
+  }
+  EXPECT_GE(n, 50);
+}
+
+TEST_F(CliGoldenTest, InlineSpecsAndPrinting) {
+  // seed003: the worked example of the WeightedEmbeddingBag seed, one sample inline.
+  auto r = RunCli({"query", "--db", *db_, "--table", "seed003", "--mode", "sum", "--indices", "1,2,3,5", "--weights",
+                   "2,-2,0.3,0.6", "--bag-ends", "1,2,3"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // [2 v1 - 2 v2, 0.3 v3, 0.6 v5] printed one bag per line.
+  std::istringstream lines(r.out);
+  std::vector<std::vector<float>> rows;
+  for (std::string line; std::getline(lines, line);) {
+    std::istringstream ls(line);
+    rows.emplace_back();
+    for (float x; ls >> x;) rows.back().push_back(x);
+  }
+  ASSERT_EQ(rows.size(), 3u);
+  const std::vector<std::vector<float>> want = {{0.9096f, -0.9380f, 0.5059f, -2.1014f},
+                                                {0.2433f, -0.0717f, 0.2183f, -0.0541f},
+                                                {0.1722f, -2.0247f, 0.8788f, -0.2933f}};
+  for (int b = 0; b < 3; ++b) {
+    ASSERT_EQ(rows[b].size(), 4u);
+    for (int j = 0; j < 4; ++j) EXPECT_NEAR(rows[b][j], want[b][j], 1e-3) << b << "," << j;
+  }
+  // --padding-idx=-1 and --padding-idx -1 are the same.
+  auto a = RunCli({"query", "--db", *db_, "--table", "t_d8", "--indices", "9,1,9", "--offsets", "0", "--mode", "sum",
+                   "--padding-idx=-1"});
+  auto b = RunCli({"query", "--db", *db_, "--table", "t_d8", "--indices", "9,1,9", "--offsets", "0", "--mode", "sum",
+                   "--padding-idx", "-1"});
+  auto c = RunCli({"query", "--db", *db_, "--table", "t_d8", "--indices", "1", "--offsets", "0", "--mode", "sum"});
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  EXPECT_EQ(a.out, b.out);
+  EXPECT_EQ(a.out, c.out);
+  // Default mode is mean.
+  auto m1 = RunCli({"query", "--db", *db_, "--table", "t_d8", "--indices", "1,2", "--offsets", "0"});
+  auto m2 = RunCli({"query", "--db", *db_, "--table", "t_d8", "--indices", "1,2", "--offsets", "0", "--mode", "mean"});
+  EXPECT_EQ(m1.out, m2.out);
+}
+
+struct ErrorCase {
+  std::vector<std::string> args;  // after --db/--table
+  std::string expect;
+};
+
+TEST_F(CliGoldenTest, ErrorsAreClearAndWriteNothing) {
+  const std::string out = *tmp_ / "err_out.npy";
+  std::vector<int32_t> fi = {0, 1};
+  std::vector<float> ff = {0.5f, 1.5f};
+  ASSERT_TRUE(storage::WriteNpy(*tmp_ / "float_idx.npy", "<f4", {2}, {reinterpret_cast<uint8_t*>(ff.data()), 8}).ok());
+  const std::vector<ErrorCase> cases = {
+      {{"--indices", "1,2,1000", "--offsets", "0"}, "indices[2] = 1000 is out of range for table 't_d8' (10 rows)"},
+      {{"--indices", "1,-2", "--offsets", "0"}, "indices[1] = -2"},
+      {{"--indices", "1,2", "--offsets", "1"}, "offsets[0]"},
+      {{"--indices", "1,2,3", "--offsets", "0,2,1"}, "offsets"},
+      {{"--indices", "1,2,3", "--offsets", "0,5"}, "offsets"},
+      {{"--indices", "1,2,3", "--offsets", "0", "--weights", "1,2"}, "weights"},
+      {{"--indices", "@" + (*tmp_ / "float_idx.npy"), "--offsets", "0"}, "int32 or int64"},
+      {{"--indices", "1.5,2", "--offsets", "0"}, "not an integer"},
+      {{"--indices", "1,2", "--offsets", "0", "--mode", "median"}, "--mode"},
+      {{"--indices", "1,2", "--offsets", "0", "--padding-idx", "10"}, "padding_idx"},
+      {{"--indices", "1,2", "--offsets", "0", "--padding-idx", "-11"}, "padding_idx"},
+      {{"--indices", "1,2", "--offsets", "0", "--max-norm", "0"}, "max_norm"},
+      {{"--indices", "1,2", "--offsets", "0", "--max-norm", "-1"}, "max_norm"},
+      {{"--indices", "1,2", "--offsets", "0", "--max-norm", "abc"}, "not a number"},
+      {{"--indices", "1,2,3", "--bag-ends", "0,5"}, "ends"},
+      {{"--indices", "1,2,3", "--bag-ends", "1,0"}, "ends"},
+  };
+  for (const ErrorCase& e : cases) {
+    std::vector<std::string> args = {"query", "--db", *db_, "--table", "t_d8"};
+    args.insert(args.end(), e.args.begin(), e.args.end());
+    args.insert(args.end(), {"--out", out});
+    auto r = RunCli(args);
+    EXPECT_EQ(r.exit_code, 1) << e.expect << "\n" << r.err;
+    EXPECT_TRUE(Contains(r.err, e.expect)) << "want '" << e.expect << "' in: " << r.err;
+    EXPECT_FALSE(std::filesystem::exists(out)) << e.expect;
+  }
+  auto r = RunCli({"query", "--db", *db_, "--table", "nope", "--indices", "1", "--offsets", "0", "--out", out});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "unknown table 'nope'")) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(out));
+  // 2-D indices with offsets.
+  std::vector<int64_t> two = {1, 2, 3, 4};
+  ASSERT_TRUE(storage::WriteNpy(*tmp_ / "two.npy", "<i8", {2, 2}, {reinterpret_cast<uint8_t*>(two.data()), 32}).ok());
+  r = RunCli({"query", "--db", *db_, "--table", "t_d8", "--indices", "@" + (*tmp_ / "two.npy"), "--offsets", "0",
+              "--out", out});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "if input is 2D, offsets has to be None")) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(out));
+}
+
+}  // namespace
+}  // namespace embstore

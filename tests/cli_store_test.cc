@@ -152,7 +152,7 @@ TEST_F(CliStoreTest, BadNpyFilesAreRefusedAndNothingIsImported) {
   wrong_dtype.replace(wrong_dtype.find("<f4"), 3, "<i4");
   std::vector<Bad> cases = {
       {"truncated", good.substr(0, good.size() - 100), "truncated"},
-      {"magic", "GARBAGE" + good.substr(7), "bad magic"},
+      {"magic", "GARBAGE" + good.substr(7), "not a checkpoint embstore can read"},
       {"absurd", absurd, "header"},
       {"dtype", wrong_dtype, "int32"},
   };

@@ -14,6 +14,7 @@
 
 #include "cuda/device_probe.h"
 #include "embstore/checkpoint.h"
+#include "embstore/fm.h"
 #include "embstore/query.h"
 #include "embstore/store.h"
 #include "storage/convert.h"
@@ -545,6 +546,144 @@ int CmdRenorm(int argc, char** argv) {
   return kExitOk;
 }
 
+// ---- score (FM / FFM) -------------------------------------------------------------------------
+int CmdScore(int argc, char** argv) {
+  cxxopts::Options opts("embstore score",
+                        "Factorization-machine scores over batched bags: y[b] for each sample.\n"
+                        "Bags: --indices/--weights [B,N], --bag-ends [B,K] (inclusive end offsets).");
+  opts.add_options()("db", "Store directory", cxxopts::value<std::string>())(
+      "model", "fm | ffm", cxxopts::value<std::string>())(
+      "vectors", "Vectors table [rows, D] (FFM: D = F * k)", cxxopts::value<std::string>())(
+      "biases", "Biases table [rows, 1]", cxxopts::value<std::string>())(
+      "bias", "Global bias (default 0)", cxxopts::value<std::string>())(
+      "bias-from", "Read the global bias from a checkpoint scalar: FILE[:KEY] (KEY defaults to 'bias')",
+      cxxopts::value<std::string>())("fields", "FFM: field of each bag [B,K]: SPEC (default: bag m is field m)",
+                                     cxxopts::value<std::string>())(
+      "num-fields", "FFM: number of fields F (default K)", cxxopts::value<int64_t>())(
+      "indices", "Row ids [B,N]: SPEC", cxxopts::value<std::string>())(
+      "weights", "Weights [B,N]: SPEC (default all 1)", cxxopts::value<std::string>())(
+      "bag-ends", "Inclusive bag ends [B,K]: SPEC", cxxopts::value<std::string>())(
+      "padding-idx", "Skip items equal to this id", cxxopts::value<std::string>())(
+      "threads", "Worker threads (0 = all cores)", cxxopts::value<int>()->default_value("0"))(
+      "out", "Write the [B] float32 scores to this .npy instead of printing", cxxopts::value<std::string>());
+  int ec = 0;
+  auto r = Parse(opts, "score", argc, argv, &ec);
+  if (!r) return ec;
+  const std::string cmd = "score";
+  std::string db, model_name, vectors_name, biases_name, indices_spec, ends_spec;
+  if (!Require(*r, cmd, "db", &db, &ec) || !Require(*r, cmd, "model", &model_name, &ec) ||
+      !Require(*r, cmd, "vectors", &vectors_name, &ec) || !Require(*r, cmd, "biases", &biases_name, &ec) ||
+      !Require(*r, cmd, "indices", &indices_spec, &ec) || !Require(*r, cmd, "bag-ends", &ends_spec, &ec)) {
+    return ec;
+  }
+  FmModel model;
+  if (model_name == "fm") {
+    model = FmModel::kFm;
+  } else if (model_name == "ffm") {
+    model = FmModel::kFfm;
+  } else {
+    return UsageError(cmd, "--model must be fm or ffm (got '" + model_name + "')");
+  }
+  FmRequest req;
+  if (r->count("bias") && r->count("bias-from")) return UsageError(cmd, "give --bias or --bias-from, not both");
+  if (r->count("bias")) {
+    auto b = ParseNumber((*r)["bias"].as<std::string>(), "--bias");
+    if (!b.ok()) return Fail(cmd, b.status());
+    req.bias = *b;
+  }
+  if (r->count("bias-from")) {
+    std::string spec = (*r)["bias-from"].as<std::string>();
+    std::string file = spec, key = "bias";
+    const size_t colon = spec.rfind(':');
+    if (colon != std::string::npos && colon > 0) {
+      file = spec.substr(0, colon);
+      key = spec.substr(colon + 1);
+    }
+    auto b = ReadCheckpointScalar(file, key);
+    if (!b.ok()) return Fail(cmd, b.status());
+    req.bias = *b;
+  }
+  QueryOptions qo;
+  qo.mode = PoolingMode::kSum;
+  qo.max_threads = (*r)["threads"].as<int>();
+  if (r->count("padding-idx")) {
+    auto p = ParseInteger((*r)["padding-idx"].as<std::string>(), "--padding-idx");
+    if (!p.ok()) return Fail(cmd, p.status());
+    qo.padding_idx = *p;
+  }
+  auto indices = ParseIntSpec(indices_spec, "--indices");
+  if (!indices.ok()) return Fail(cmd, indices.status());
+  auto ends = ParseIntSpec(ends_spec, "--bag-ends");
+  if (!ends.ok()) return Fail(cmd, ends.status());
+  std::optional<FloatArray> weights;
+  if (r->count("weights")) {
+    auto w = ParseFloatSpec((*r)["weights"].as<std::string>(), "--weights");
+    if (!w.ok()) return Fail(cmd, w.status());
+    weights = std::move(w).value();
+  }
+  std::optional<IntArray> fields;
+  if (r->count("fields")) {
+    if (model != FmModel::kFfm) return UsageError(cmd, "--fields applies only to --model ffm");
+    auto f = ParseIntSpec((*r)["fields"].as<std::string>(), "--fields");
+    if (!f.ok()) return Fail(cmd, f.status());
+    fields = std::move(f).value();
+  }
+  if (r->count("num-fields")) {
+    if (model != FmModel::kFfm) return UsageError(cmd, "--num-fields applies only to --model ffm");
+    req.num_fields = (*r)["num-fields"].as<int64_t>();
+    if (req.num_fields <= 0) return UsageError(cmd, "--num-fields must be >= 1");
+  }
+  const auto& is = indices->shape;
+  const auto& es = ends->shape;
+  BatchedBagRequest& bags = req.bags;
+  bags.batch = is.size() == 2 ? is[0] : 1;
+  bags.items = is.size() == 2 ? is[1] : is[0];
+  const int64_t ends_batch = es.size() == 2 ? es[0] : 1;
+  bags.bags_per_sample = es.size() == 2 ? es[1] : es[0];
+  if (ends_batch != bags.batch) {
+    return Fail(cmd, Status::InvalidArgument("--bag-ends has " + std::to_string(ends_batch) +
+                                             " samples but --indices has " + std::to_string(bags.batch)));
+  }
+  if (fields) {
+    const auto& fs = fields->shape;
+    const int64_t fb = fs.size() == 2 ? fs[0] : 1, fk = fs.size() == 2 ? fs[1] : fs[0];
+    if (fb != bags.batch || fk != bags.bags_per_sample) {
+      return Fail(cmd, Status::InvalidArgument(
+                           "--fields has shape [" + std::to_string(fb) + ", " + std::to_string(fk) +
+                           "] but the bags are [B, K] = [" + std::to_string(bags.batch) + ", " +
+                           std::to_string(bags.bags_per_sample) + "]: K must match (one field per bag)"));
+    }
+    req.fields = fields->view();
+  }
+  bags.indices = indices->view();
+  bags.ends = ends->view();
+  if (weights) {
+    if (static_cast<int64_t>(weights->v.size()) != bags.batch * bags.items) {
+      return Fail(cmd, Status::InvalidArgument("--weights has " + std::to_string(weights->v.size()) +
+                                               " values but --indices has " +
+                                               std::to_string(bags.batch * bags.items)));
+    }
+    bags.weights = std::span<const float>(weights->v);
+  }
+  auto store = OpenStore(db, false);
+  if (!store.ok()) return Fail(cmd, store.status());
+  auto vs = (*store)->GetSnapshot(vectors_name);
+  if (!vs.ok()) return Fail(cmd, vs.status());
+  auto bs = (*store)->GetSnapshot(biases_name);
+  if (!bs.ok()) return Fail(cmd, bs.status());
+  std::vector<float> scores(static_cast<size_t>(bags.batch));
+  Status st = FmScore(model, vs->view(), bs->view(), req, qo, scores);
+  if (!st.ok()) return Fail(cmd, st);
+  if (r->count("out")) {
+    st = storage::WriteNpy((*r)["out"].as<std::string>(), "<f4", {bags.batch},
+                           {reinterpret_cast<const uint8_t*>(scores.data()), scores.size() * sizeof(float)});
+    if (!st.ok()) return Fail(cmd, st);
+  } else {
+    for (float y : scores) std::printf("%.8g\n", static_cast<double>(y));
+  }
+  return kExitOk;
+}
+
 // ---- gpu-info ---------------------------------------------------------------------------------
 int CmdGpuInfo(int argc, char** argv) {
   cxxopts::Options opts("embstore gpu-info", "Report the CUDA devices this build can use.");
@@ -575,6 +714,7 @@ const std::vector<Command>& Commands() {
       {"inspect", "list the tensors in a checkpoint file", CmdInspect},
       {"query", "pool bags of embeddings (embedding_bag)", CmdQuery},
       {"renorm", "write a max_norm-renormalized new version of a table", CmdRenorm},
+      {"score", "factorization-machine (FM / FFM) scores over batched bags", CmdScore},
       {"gpu-info", "report CUDA devices", CmdGpuInfo},
   };
   return kCommands;

@@ -25,6 +25,10 @@ struct TensorEntry {
 // Lists every tensor in the file, in file order.
 Result<std::vector<TensorEntry>> InspectCheckpoint(const std::string& path);
 
+// Reads a scalar leaf (a Python float or int, or a one-element floating
+// tensor) stored under `key`, e.g. the global `bias` of an FM state dict.
+Result<double> ReadCheckpointScalar(const std::string& path, const std::string& key);
+
 }  // namespace embstore
 
 #endif  // EMBSTORE_CHECKPOINT_H_

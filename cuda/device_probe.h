@@ -25,6 +25,12 @@ bool BuiltWithCuda();
 // CUDA or no device/driver is present ("no GPU").
 Result<std::vector<DeviceInfo>> ListDevices();
 
+// Measures the device memory bandwidth of `device` the way benchmarks
+// compare against it: the median over `repeats` of a device-to-device copy
+// of `bytes`, counting bytes read plus bytes written, in bytes per second.
+// NotSupported without a GPU; IOError if the buffers do not fit.
+Result<double> MeasureCopyBandwidth(int device, int64_t bytes = int64_t{1} << 30, int repeats = 20);
+
 }  // namespace embstore::cuda
 
 #endif  // EMBSTORE_CUDA_DEVICE_PROBE_H_

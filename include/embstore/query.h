@@ -53,10 +53,14 @@ struct QueryOptions {
   // by max_norm / (norm + 1e-7), exactly as torch would after renormalizing
   // it. The table itself is never modified.
   std::optional<double> max_norm;
-  // p of the p-norm for max_norm: any p > 0, or +inf (max |x|). Default 2.
+  // p of the p-norm for max_norm: any p > 0, +inf (max |x|), and as torch
+  // p = 0 (number of non-zeros) and -inf (min |x|). Finite p < 0 and NaN are
+  // refused. Default 2.
   double norm_type = 2.0;
-  // 1-D layout only: offsets has B + 1 entries and the last one marks the end
-  // of bag B - 1. Indices after offsets[B] are ignored (all modes).
+  // 1-D layout: offsets has B + 1 entries and the last one marks the end of
+  // bag B - 1. Indices after offsets[B] are ignored (all modes; not even
+  // range-checked, as torch). 2-D input [B, N]: as torch, the rows act as
+  // offsets [0, N, ..., (B-1) N], giving B - 1 bags; the last row is ignored.
   bool include_last_offset = false;
   // Worker threads for this call: 0 = TBB's default (all cores), 1 = run on
   // the calling thread only (lowest overhead for tiny requests), n = at most n.
@@ -113,7 +117,9 @@ Result<PooledOutput> BatchedEmbeddingBag(const TableView& table,
                                          const BatchedBagRequest& request,
                                          const QueryOptions& options);
 
-// The p-norm used by max_norm, over a dequantized row (p = +inf: max |x|).
+// The p-norm used by max_norm, over a dequantized row (p = +inf: max |x|;
+// see QueryOptions::norm_type). Computed in double, then rounded to float32
+// as torch's norm of a float32 row is. NaN for a refused norm_type.
 double RowNorm(std::span<const float> row, double norm_type);
 
 }  // namespace embstore

@@ -1,0 +1,526 @@
+// Internal: the pooling kernels, written once over a vector-traits class and
+// instantiated by each ISA file (kernels_generic.cc, kernels_avx2.cc,
+// kernels_avx512.cc) with its own traits.
+//
+// REQUIRES: include only from those files, after defining the traits class
+// in an unnamed namespace. Every template here is instantiated with that
+// TU-local class, so each ISA gets its own internal-linkage copy and no
+// AVX-512 instruction can leak into the generic path. For the same reason
+// nothing here calls an inline function of another header (std::min,
+// TableView::Row, IndexArray::operator[]...).
+//
+// The engine is compiled with -ffp-contract=off: a * b + c written in plain
+// C++ rounds twice everywhere, as in the reference; T::Fma / T::FmaS are the
+// only fused operations.
+//
+// The traits class T provides:
+//   using V (a vector of T::kW floats), Zero, Set1, LoadF32/LoadF16/LoadBF16
+//   /LoadU8 (unaligned, from a byte address), StoreF32, Add, Mul, Div,
+//   Fma(a, b, c) = a * b + c, MaxGt(x, acc) = x > acc ? x : acc (lane-wise,
+//   NaN in either keeps acc), Abs, AnyNan, NonzeroOnes, HSum, HMax, the
+//   double accumulator DAcc with DZero/AddToDouble/DSum, and the scalars
+//   FmaS, HalfToFloat, Prefetch.
+//
+// Algorithm per bag: entries are staged kGroup at a time (row pointer plus
+// the coefficients mul/add, folding in weight, renorm scale and the int8
+// scale/bias), then accumulated over dim in blocks of up to kMaxBlockVecs
+// vector registers, the output row serving as accumulator between blocks
+// and stages. Rows kPrefetchDistance entries ahead in the flat index array
+// are prefetched while staging, across bag boundaries.
+#ifndef EMBSTORE_ENGINE_KERNELS_IMPL_H_
+#define EMBSTORE_ENGINE_KERNELS_IMPL_H_
+
+#include <cstdint>
+#include <cstring>
+
+#include "engine/kernels.h"
+
+namespace embstore::engine::kernel_impl {
+
+inline constexpr int kGroup = 64;
+inline constexpr int kMaxBlockVecs = 8;
+
+// ---- Row access per storage dtype -----------------------------------------
+
+template <class T, DType kD>
+struct RowOps;
+
+template <class T>
+struct RowOps<T, DType::kF32> {
+  static constexpr bool kAffine = false;
+  static typename T::V Load(const uint8_t* row, int64_t d) { return T::LoadF32(row + 4 * d); }
+  static float Scalar(const uint8_t* row, int64_t d) {
+    float f;
+    std::memcpy(&f, row + 4 * d, sizeof(f));
+    return f;
+  }
+};
+
+template <class T>
+struct RowOps<T, DType::kF16> {
+  static constexpr bool kAffine = false;
+  static typename T::V Load(const uint8_t* row, int64_t d) { return T::LoadF16(row + 2 * d); }
+  static float Scalar(const uint8_t* row, int64_t d) {
+    uint16_t h;
+    std::memcpy(&h, row + 2 * d, sizeof(h));
+    return T::HalfToFloat(h);
+  }
+};
+
+template <class T>
+struct RowOps<T, DType::kBF16> {
+  static constexpr bool kAffine = false;
+  static typename T::V Load(const uint8_t* row, int64_t d) { return T::LoadBF16(row + 2 * d); }
+  static float Scalar(const uint8_t* row, int64_t d) {
+    uint16_t h;
+    std::memcpy(&h, row + 2 * d, sizeof(h));
+    const uint32_t bits = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof(f));
+    return f;
+  }
+};
+
+// Int8 rowwise: Load/Scalar return the raw codes as floats; the value is
+// code * scale + bias, folded into the staged mul/add coefficients.
+template <class T>
+struct RowOps<T, DType::kInt8Rowwise> {
+  static constexpr bool kAffine = true;
+  static typename T::V Load(const uint8_t* row, int64_t d) { return T::LoadU8(row + d); }
+  static float Scalar(const uint8_t* row, int64_t d) { return static_cast<float>(row[d]); }
+};
+
+// ---- Small helpers ----------------------------------------------------------
+
+template <class T>
+inline int64_t LoadIndex(const PoolParams& p, int64_t pos) {
+  return p.indices_are_64bit ? static_cast<const int64_t*>(p.indices)[pos]
+                             : static_cast<int64_t>(static_cast<const int32_t*>(p.indices)[pos]);
+}
+
+// Prefetches the row referenced at flat position `pos`, if any. Positions
+// outside every bag were never validated, hence the range check.
+template <class T>
+inline void PrefetchPosition(const PoolParams& p, int64_t pos) {
+  if (pos >= p.num_positions) return;
+  const int64_t id = LoadIndex<T>(p, pos);
+  if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(p.rows)) return;
+  const uint8_t* row = p.data + static_cast<size_t>(id) * p.row_stride;
+  for (size_t off = 0; off < p.payload_bytes; off += 64) T::Prefetch(row + off);
+}
+
+// Dequantized element d of a row (scale/bias used only for int8 rows).
+template <class T, class R>
+inline float DequantScalar(const uint8_t* row, int64_t d, float scale, float bias) {
+  const float x = R::Scalar(row, d);
+  if constexpr (R::kAffine) {
+    return x * scale + bias;  // same two roundings as the reference
+  } else {
+    return x;
+  }
+}
+
+template <class T, class R>
+inline typename T::V DequantVector(const uint8_t* row, int64_t d, typename T::V scale,
+                                   typename T::V bias) {
+  const typename T::V x = R::Load(row, d);
+  if constexpr (R::kAffine) {
+    return T::Add(T::Mul(x, scale), bias);
+  } else {
+    return x;
+  }
+}
+
+// The max_norm norm of one dequantized row, rounded to float as torch's
+// float32 norm is. Agrees with RowNormRef (all-double sums) to a float ulp or
+// two: L1/L2 sum short float partial sums into double.
+template <class T, class R>
+double RowNormOf(const uint8_t* row, const PoolParams& p, float scale_s, float bias_s) {
+  using V = typename T::V;
+  constexpr int W = T::kW;
+  const int64_t dim = p.dim;
+  const V scale = T::Set1(scale_s), bias = T::Set1(bias_s);
+  int64_t d = 0;
+  double norm = 0;
+  switch (p.norm_kind) {
+    case NormKind::kL2:
+    case NormKind::kL1: {
+      // x^2 (or |x|) is summed in float by four independent chains of at
+      // most kFlush terms, whose sum (at most 4 * kFlush terms per lane) is
+      // then added into double: 1 FMA per vector instead of 2 conversions +
+      // 2 double FMAs, with a relative error of a few float ulps. The result
+      // is rounded to float below anyway.
+      constexpr int kFlush = 4;
+      const bool l2 = p.norm_kind == NormKind::kL2;
+      typename T::DAcc total = T::DZero();
+      while (d + 4 * W <= dim) {
+        V a0 = T::Zero(), a1 = T::Zero(), a2 = T::Zero(), a3 = T::Zero();
+        for (int i = 0; i < kFlush && d + 4 * W <= dim; ++i, d += 4 * W) {
+          const V x0 = DequantVector<T, R>(row, d, scale, bias);
+          const V x1 = DequantVector<T, R>(row, d + W, scale, bias);
+          const V x2 = DequantVector<T, R>(row, d + 2 * W, scale, bias);
+          const V x3 = DequantVector<T, R>(row, d + 3 * W, scale, bias);
+          if (l2) {
+            a0 = T::Fma(x0, x0, a0);
+            a1 = T::Fma(x1, x1, a1);
+            a2 = T::Fma(x2, x2, a2);
+            a3 = T::Fma(x3, x3, a3);
+          } else {
+            a0 = T::Add(a0, T::Abs(x0));
+            a1 = T::Add(a1, T::Abs(x1));
+            a2 = T::Add(a2, T::Abs(x2));
+            a3 = T::Add(a3, T::Abs(x3));
+          }
+        }
+        T::AddToDouble(total, T::Add(T::Add(a0, a1), T::Add(a2, a3)));
+      }
+      for (; d + W <= dim; d += W) {
+        const V x = DequantVector<T, R>(row, d, scale, bias);
+        T::AddToDouble(total, l2 ? T::Mul(x, x) : T::Abs(x));
+      }
+      double s = T::DSum(total);
+      for (; d < dim; ++d) {
+        const double x = DequantScalar<T, R>(row, d, scale_s, bias_s);
+        s += l2 ? x * x : __builtin_fabs(x);
+      }
+      if (!(s <= __DBL_MAX__)) {
+        // A float square (or sum) overflowed, or the row holds inf/NaN:
+        // redo it all in double, as the reference does.
+        s = 0;
+        for (int64_t e = 0; e < dim; ++e) {
+          const double x = DequantScalar<T, R>(row, e, scale_s, bias_s);
+          s += l2 ? x * x : __builtin_fabs(x);
+        }
+      }
+      norm = l2 ? __builtin_sqrt(s) : s;
+      break;
+    }
+    case NormKind::kInf: {
+      V m = T::Zero();
+      for (; d + W <= dim; d += W) {
+        const V x = DequantVector<T, R>(row, d, scale, bias);
+        if (T::AnyNan(x)) return __builtin_nan("");
+        m = T::MaxGt(T::Abs(x), m);
+      }
+      float ms = T::HMax(m);
+      for (; d < dim; ++d) {
+        const float x = DequantScalar<T, R>(row, d, scale_s, bias_s);
+        if (x != x) return __builtin_nan("");
+        const float a = __builtin_fabsf(x);
+        if (a > ms) ms = a;
+      }
+      norm = ms;
+      break;
+    }
+    case NormKind::kZero: {
+      V c = T::Zero();
+      for (; d + W <= dim; d += W)
+        c = T::Add(c, T::NonzeroOnes(DequantVector<T, R>(row, d, scale, bias)));
+      double s = T::HSum(c);
+      for (; d < dim; ++d) {
+        if (DequantScalar<T, R>(row, d, scale_s, bias_s) != 0.0f) s += 1;
+      }
+      norm = s;
+      break;
+    }
+    case NormKind::kNegInf: {  // rare: plain scalar loop
+      float ms = __builtin_inff();
+      for (; d < dim; ++d) {
+        const float x = DequantScalar<T, R>(row, d, scale_s, bias_s);
+        if (x != x) return __builtin_nan("");
+        const float a = __builtin_fabsf(x);
+        if (a < ms) ms = a;
+      }
+      norm = ms;
+      break;
+    }
+    case NormKind::kGeneral: {
+      double s = 0;
+      for (; d < dim; ++d) {
+        s += __builtin_pow(
+            __builtin_fabs(static_cast<double>(DequantScalar<T, R>(row, d, scale_s, bias_s))),
+            p.norm_type);
+      }
+      norm = __builtin_pow(s, 1.0 / p.norm_type);
+      break;
+    }
+  }
+  return static_cast<double>(static_cast<float>(norm));
+}
+
+// Entries of one bag staged for accumulation. (A template only so that each
+// ISA file gets its own copy of the implicit constructor.)
+template <class T>
+struct Stage {
+  const uint8_t* rows[kGroup];
+  float mul[kGroup];
+  float add[kGroup];
+  int n = 0;
+};
+
+// The value entry e contributes at vector position d.
+template <class T, class R, bool kUnit>
+inline typename T::V EntryVector(const Stage<T>& s, int e, int64_t d) {
+  const typename T::V x = R::Load(s.rows[e], d);
+  if constexpr (R::kAffine) {
+    return T::Fma(x, T::Set1(s.mul[e]), T::Set1(s.add[e]));
+  } else if constexpr (kUnit) {
+    return x;
+  } else {
+    return T::Mul(x, T::Set1(s.mul[e]));
+  }
+}
+
+template <class T, class R, bool kUnit>
+inline float EntryScalar(const Stage<T>& s, int e, int64_t d) {
+  const float x = R::Scalar(s.rows[e], d);
+  if constexpr (R::kAffine) {
+    return T::FmaS(x, s.mul[e], s.add[e]);
+  } else if constexpr (kUnit) {
+    return x;
+  } else {
+    return x * s.mul[e];
+  }
+}
+
+// Accumulates the staged entries into out_row[d0, d0 + kV * W). `first`: the
+// output row holds nothing of this bag yet.
+template <class T, class R, bool kMax, bool kUnit, int kV>
+inline void AccumulateVectors(const Stage<T>& s, int64_t d0, float* out_row, bool first) {
+  using V = typename T::V;
+  constexpr int W = T::kW;
+  V acc[kV];
+  int e0 = 0;
+  if (first) {
+    if constexpr (kMax) {
+      for (int k = 0; k < kV; ++k) acc[k] = EntryVector<T, R, kUnit>(s, 0, d0 + k * W);
+      e0 = 1;
+    } else {
+      for (int k = 0; k < kV; ++k) acc[k] = T::Zero();
+    }
+  } else {
+    for (int k = 0; k < kV; ++k) acc[k] = T::LoadF32(out_row + d0 + k * W);
+  }
+  for (int e = e0; e < s.n; ++e) {
+    const uint8_t* row = s.rows[e];
+    const V mul = T::Set1(s.mul[e]);
+    const V add = T::Set1(R::kAffine ? s.add[e] : 0.0f);
+    for (int k = 0; k < kV; ++k) {
+      const V x = R::Load(row, d0 + k * W);
+      if constexpr (kMax) {
+        V v;
+        if constexpr (R::kAffine) {
+          v = T::Fma(x, mul, add);
+        } else if constexpr (kUnit) {
+          v = x;
+        } else {
+          v = T::Mul(x, mul);
+        }
+        acc[k] = T::MaxGt(v, acc[k]);
+      } else {
+        if constexpr (R::kAffine) {
+          acc[k] = T::Fma(x, mul, T::Add(acc[k], add));
+        } else if constexpr (kUnit) {
+          acc[k] = T::Add(acc[k], x);
+        } else {
+          acc[k] = T::Fma(x, mul, acc[k]);
+        }
+      }
+    }
+  }
+  for (int k = 0; k < kV; ++k) T::StoreF32(out_row + d0 + k * W, acc[k]);
+}
+
+// The same for the last dim % W elements, one at a time.
+template <class T, class R, bool kMax, bool kUnit>
+inline void AccumulateTail(const Stage<T>& s, int64_t d0, int64_t dim, float* out_row, bool first) {
+  for (int64_t d = d0; d < dim; ++d) {
+    float acc = 0.0f;
+    int e0 = 0;
+    if (first) {
+      if constexpr (kMax) {
+        acc = EntryScalar<T, R, kUnit>(s, 0, d);
+        e0 = 1;
+      }
+    } else {
+      acc = out_row[d];
+    }
+    for (int e = e0; e < s.n; ++e) {
+      if constexpr (kMax) {
+        const float v = EntryScalar<T, R, kUnit>(s, e, d);
+        acc = v > acc ? v : acc;
+      } else {
+        const float x = R::Scalar(s.rows[e], d);
+        if constexpr (R::kAffine) {
+          acc = T::FmaS(x, s.mul[e], acc + s.add[e]);
+        } else if constexpr (kUnit) {
+          acc = acc + x;
+        } else {
+          acc = T::FmaS(x, s.mul[e], acc);
+        }
+      }
+    }
+    out_row[d] = acc;
+  }
+}
+
+template <class T, class R, bool kMax, bool kUnit>
+inline void AccumulateStage(const Stage<T>& s, int64_t dim, float* out_row, bool first) {
+  constexpr int W = T::kW;
+  constexpr int64_t kBlock = static_cast<int64_t>(kMaxBlockVecs) * W;
+  int64_t d0 = 0;
+  for (; d0 + kBlock <= dim; d0 += kBlock) {
+    AccumulateVectors<T, R, kMax, kUnit, kMaxBlockVecs>(s, d0, out_row, first);
+  }
+  const int rem = static_cast<int>((dim - d0) / W);
+  switch (rem) {
+    case 1:
+      AccumulateVectors<T, R, kMax, kUnit, 1>(s, d0, out_row, first);
+      break;
+    case 2:
+      AccumulateVectors<T, R, kMax, kUnit, 2>(s, d0, out_row, first);
+      break;
+    case 3:
+      AccumulateVectors<T, R, kMax, kUnit, 3>(s, d0, out_row, first);
+      break;
+    case 4:
+      AccumulateVectors<T, R, kMax, kUnit, 4>(s, d0, out_row, first);
+      break;
+    case 5:
+      AccumulateVectors<T, R, kMax, kUnit, 5>(s, d0, out_row, first);
+      break;
+    case 6:
+      AccumulateVectors<T, R, kMax, kUnit, 6>(s, d0, out_row, first);
+      break;
+    case 7:
+      AccumulateVectors<T, R, kMax, kUnit, 7>(s, d0, out_row, first);
+      break;
+    default:
+      break;
+  }
+  d0 += static_cast<int64_t>(rem) * W;
+  if (d0 < dim) AccumulateTail<T, R, kMax, kUnit>(s, d0, dim, out_row, first);
+}
+
+template <class T>
+inline void ZeroRow(float* out_row, int64_t dim) {
+  constexpr int W = T::kW;
+  int64_t d = 0;
+  for (; d + W <= dim; d += W) T::StoreF32(out_row + d, T::Zero());
+  for (; d < dim; ++d) out_row[d] = 0.0f;
+}
+
+template <class T>
+inline void DivideRow(float* out_row, int64_t dim, float count) {
+  constexpr int W = T::kW;
+  const typename T::V c = T::Set1(count);
+  int64_t d = 0;
+  for (; d + W <= dim; d += W) T::StoreF32(out_row + d, T::Div(T::LoadF32(out_row + d), c));
+  for (; d < dim; ++d) out_row[d] = out_row[d] / count;
+}
+
+// ---- The per-bag kernel -----------------------------------------------------
+
+template <class T, DType kD, PoolingMode kMode, bool kWeighted, bool kRenorm>
+void PoolBags(const PoolParams& p, int64_t first_bag, int64_t last_bag, float* out) {
+  using R = RowOps<T, kD>;
+  constexpr bool kMax = kMode == PoolingMode::kMax;
+  constexpr bool kMean = kMode == PoolingMode::kMean;
+  // Unweighted, not renormalized, not int8: rows are added as they are.
+  constexpr bool kUnit = !kWeighted && !kRenorm && !R::kAffine;
+  const int64_t dim = p.dim;
+  if (first_bag >= last_bag) return;
+
+  {  // The first rows of this range were not prefetched by an earlier bag.
+    const int64_t start = p.bag_begin[first_bag];
+    for (int64_t pos = start; pos < start + kPrefetchDistance; ++pos) PrefetchPosition<T>(p, pos);
+  }
+  Stage<T> s;
+  for (int64_t b = first_bag; b < last_bag; ++b) {
+    float* out_row = out + b * dim;
+    int64_t count = 0;
+    const int64_t begin = p.bag_begin[b], end = p.bag_end[b];
+    for (int64_t g = begin; g < end; g += kGroup) {
+      const int64_t group_end = (end - g > kGroup) ? g + kGroup : end;
+      s.n = 0;
+      for (int64_t pos = g; pos < group_end; ++pos) {
+        PrefetchPosition<T>(p, pos + kPrefetchDistance);
+        const int64_t id = LoadIndex<T>(p, pos);
+        if (id == p.padding_row) continue;
+        const uint8_t* row = p.data + static_cast<size_t>(id) * p.row_stride;
+        float c = 1.0f;
+        if constexpr (kWeighted) c = p.weights[pos];
+        float scale = 1.0f, bias = 0.0f;
+        if constexpr (R::kAffine) {
+          std::memcpy(&scale, row + dim, sizeof(scale));
+          std::memcpy(&bias, row + dim + sizeof(float), sizeof(bias));
+        }
+        if constexpr (kRenorm) {
+          // Branch-free: about half of the rows exceed max_norm in typical
+          // use, and a mispredicted branch would flush the next rows' work.
+          const double norm = RowNormOf<T, R>(row, p, scale, bias);
+          const float shrink = static_cast<float>(p.max_norm / (norm + 1e-7));
+          c = norm > p.max_norm ? c * shrink : c;
+        }
+        s.rows[s.n] = row;
+        if constexpr (R::kAffine) {
+          s.mul[s.n] = c * scale;
+          s.add[s.n] = c * bias;
+        } else {
+          s.mul[s.n] = c;
+        }
+        ++s.n;
+      }
+      if (s.n == 0) continue;
+      AccumulateStage<T, R, kMax, kUnit>(s, dim, out_row, count == 0);
+      count += s.n;
+    }
+    if (count == 0) {
+      ZeroRow<T>(out_row, dim);
+    } else if constexpr (kMean) {
+      DivideRow<T>(out_row, dim, static_cast<float>(count));
+    }
+  }
+}
+
+// ---- Kernel table -------------------------------------------------------------
+
+template <class T, DType kD, PoolingMode kMode>
+PoolBagsFn SelectFlags(bool weighted, bool renorm) {
+  if (weighted) {
+    return renorm ? &PoolBags<T, kD, kMode, true, true> : &PoolBags<T, kD, kMode, true, false>;
+  }
+  return renorm ? &PoolBags<T, kD, kMode, false, true> : &PoolBags<T, kD, kMode, false, false>;
+}
+
+template <class T, DType kD>
+PoolBagsFn SelectMode(PoolingMode mode, bool weighted, bool renorm) {
+  switch (mode) {
+    case PoolingMode::kSum:
+      return SelectFlags<T, kD, PoolingMode::kSum>(weighted, renorm);
+    case PoolingMode::kMean:
+      return SelectFlags<T, kD, PoolingMode::kMean>(weighted, renorm);
+    case PoolingMode::kMax:
+      return SelectFlags<T, kD, PoolingMode::kMax>(weighted, renorm);
+  }
+  return nullptr;
+}
+
+template <class T>
+PoolBagsFn SelectKernel(DType dtype, PoolingMode mode, bool weighted, bool renorm) {
+  switch (dtype) {
+    case DType::kF32:
+      return SelectMode<T, DType::kF32>(mode, weighted, renorm);
+    case DType::kF16:
+      return SelectMode<T, DType::kF16>(mode, weighted, renorm);
+    case DType::kBF16:
+      return SelectMode<T, DType::kBF16>(mode, weighted, renorm);
+    case DType::kInt8Rowwise:
+      return SelectMode<T, DType::kInt8Rowwise>(mode, weighted, renorm);
+  }
+  return nullptr;
+}
+
+}  // namespace embstore::engine::kernel_impl
+
+#endif  // EMBSTORE_ENGINE_KERNELS_IMPL_H_

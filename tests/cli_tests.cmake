@@ -4,3 +4,5 @@ embstore_test(cli_query_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cli_query_test.
 add_dependencies(cli_query_test embstore)
 embstore_test(fm_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/fm_test.cc LIBS embstore_storage embstore_engine nlohmann_json::nlohmann_json)
 add_dependencies(fm_test embstore)
+embstore_test(cli_checkpoint_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cli_checkpoint_test.cc LIBS embstore_storage nlohmann_json::nlohmann_json)
+add_dependencies(cli_checkpoint_test embstore)

@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
 # The main job, from a fresh Debian machine: install missing packages, build
-# the `embstore` CLI, import the sample checkpoint committed in examples/,
-# inspect it and query it.
+# the `embstore` CLI, import the sample checkpoints committed in examples/,
+# inspect, verify and query them, and score a factorization machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install_deps.sh
 cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build/release -j"${EMBSTORE_JOBS:-2}" --target embstore
 bin=build/release/tools/embstore
-db=$(mktemp -d)/demo-store
-trap 'rm -rf "$(dirname "$db")"' EXIT
+work=$(mktemp -d)
+db=$work/demo-store
+trap 'rm -rf "$work"' EXIT
 set -x
-$bin inspect examples/items.npy
-$bin import --db "$db" --table items --from examples/items.npy
+# A torch.save training checkpoint: list its tensors, import three tables in one go.
+$bin inspect examples/model.pt
+$bin import --db "$db" --from examples/model.pt \
+  --tensor model.items.weight=items --tensor model.vectors.weight=fm_vectors --tensor model.biases.weight=fm_biases
+# A NumPy array, stored as int8 row-wise.
+$bin import --db "$db" --table items_int8 --from examples/items.npy --dtype int8
 $bin list --db "$db"
 $bin info --db "$db" --table items
 $bin verify --db "$db"
-# Two bags, {1, 2, 3} and {40, 41}, pooled three ways.
+# Two bags, {1, 2, 3} and {40, 41}, pooled as torch's embedding_bag would.
 $bin query --db "$db" --table items --indices 1,2,3,40,41 --offsets 0,3 --mode sum
 $bin query --db "$db" --table items --indices 1,2,3,40,41 --offsets 0,3 --mode mean --max-norm 1.0
-$bin query --db "$db" --table items --indices 1,2,3,40,41 --offsets 0,3 --mode max --padding-idx -1
+$bin query --db "$db" --table items_int8 --indices 1,2,3,40,41 --offsets 0,3 --mode max --padding-idx -1
+# Extensions: weighted max, and batched bags with inclusive end offsets.
+$bin query --db "$db" --table items --indices 1,2,3,40,41 --offsets 0,3 --weights 1,0.5,2,1,-1 --mode max
+$bin query --db "$db" --table items --indices 1,2,3,5 --weights 2,-2,0.3,0.6 --bag-ends 1,2,3 --mode sum
+# A weighted FM score of one sample with three multi-value fields; the global
+# bias comes from the checkpoint.
+$bin score --db "$db" --model fm --vectors fm_vectors --biases fm_biases --bias-from examples/model.pt:model.bias \
+  --indices 3,17,17,42,99,150 --weights 1,0.5,0.5,1,0.7,0.3 --bag-ends 0,3,5

@@ -10,6 +10,7 @@
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
 #include <tbb/parallel_reduce.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdio>
@@ -265,6 +266,8 @@ BENCHMARK(BM_MemoryReadBandwidth)->UseRealTime()->Unit(benchmark::kMillisecond);
 // reference, per variant, after the usual console output.
 class RatioReporter : public benchmark::ConsoleReporter {
  public:
+  // Colors only on a terminal (the library's own reporter does the same).
+  RatioReporter() : ConsoleReporter(isatty(fileno(stdout)) ? OO_ColorTabular : OO_Tabular) {}
   void ReportRuns(const std::vector<Run>& runs) override {
     ConsoleReporter::ReportRuns(runs);
     for (const Run& run : runs) {

@@ -2,6 +2,7 @@
 
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
 
 #include <algorithm>
 #include <cstring>
@@ -44,6 +45,116 @@ void DedupPositions(const Int* ids, const engine::BagPlan& plan, FlatIdMap* map,
   if (plan.weights != nullptr) out->entry_weight.resize(e);
 }
 
+uint64_t MixRow(uint64_t x) {  // splitmix64's finalizer
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  x ^= x >> 31;
+  return x;
+}
+
+// Large batches: partition the entries by a hash of their row, deduplicate
+// each partition on its own (in parallel, with a map small enough to stay in
+// the CPU caches), then number the partitions' rows one after the other.
+// Rows are numbered by partition, then by first use within it.
+template <typename Int>
+void DedupParallel(const Int* ids, const engine::BagPlan& plan, DedupedBatch* out) {
+  constexpr int kPartBits = 6;
+  constexpr int kParts = 1 << kPartBits;
+  const int64_t bags = plan.num_bags();
+  // 1. Entries per bag (padding dropped), then their rows and weights.
+  out->bag_offsets.assign(static_cast<size_t>(bags) + 1, 0);
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, bags, 1024), [&](const auto& r) {
+    for (int64_t b = r.begin(); b < r.end(); ++b) {
+      int64_t n = 0;
+      for (int64_t pos = plan.bag_begin[b]; pos < plan.bag_end[b]; ++pos) {
+        n += static_cast<int64_t>(ids[pos]) != plan.padding_row;
+      }
+      out->bag_offsets[b + 1] = n;
+    }
+  });
+  for (int64_t b = 0; b < bags; ++b) out->bag_offsets[b + 1] += out->bag_offsets[b];
+  const int64_t entries = out->bag_offsets[bags];
+  std::vector<int64_t> rows(static_cast<size_t>(entries));
+  out->entry_unique.resize(static_cast<size_t>(entries));
+  if (plan.weights != nullptr) out->entry_weight.resize(static_cast<size_t>(entries));
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, bags, 1024), [&](const auto& r) {
+    for (int64_t b = r.begin(); b < r.end(); ++b) {
+      int64_t e = out->bag_offsets[b];
+      for (int64_t pos = plan.bag_begin[b]; pos < plan.bag_end[b]; ++pos) {
+        const int64_t row = static_cast<int64_t>(ids[pos]);
+        if (row == plan.padding_row) continue;
+        rows[e] = row;
+        if (plan.weights != nullptr) out->entry_weight[e] = plan.weights[pos];
+        ++e;
+      }
+    }
+  });
+  // 2. Partition the entries (stable: chunk by chunk, in entry order).
+  const int64_t chunks = std::min<int64_t>(256, std::max<int64_t>(1, entries / 4096));
+  const int64_t per_chunk = (entries + chunks - 1) / chunks;
+  auto part_of = [](int64_t row) {
+    return static_cast<int>(MixRow(static_cast<uint64_t>(row)) >> (64 - kPartBits));
+  };
+  std::vector<int64_t> hist(static_cast<size_t>(chunks * kParts), 0);
+  tbb::parallel_for(int64_t{0}, chunks, [&](int64_t c) {
+    const int64_t first = c * per_chunk, last = std::min(entries, first + per_chunk);
+    for (int64_t e = first; e < last; ++e) ++hist[c * kParts + part_of(rows[e])];
+  });
+  std::vector<int64_t> part_begin(kParts + 1, 0);
+  {
+    int64_t at = 0;
+    for (int p = 0; p < kParts; ++p) {
+      part_begin[p] = at;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t n = hist[c * kParts + p];
+        hist[c * kParts + p] = at;
+        at += n;
+      }
+    }
+    part_begin[kParts] = at;
+  }
+  // (row, entry) pairs in partition order, so that step 3 reads sequentially.
+  struct Item {
+    int64_t row;
+    int32_t entry;
+    int32_t local;  // the row's number within its partition (step 3)
+  };
+  std::vector<Item> items(static_cast<size_t>(entries));
+  tbb::parallel_for(int64_t{0}, chunks, [&](int64_t c) {
+    const int64_t first = c * per_chunk, last = std::min(entries, first + per_chunk);
+    for (int64_t e = first; e < last; ++e) {
+      items[hist[c * kParts + part_of(rows[e])]++] = Item{rows[e], static_cast<int32_t>(e), 0};
+    }
+  });
+  // 3. Deduplicate each partition.
+  std::vector<std::vector<int64_t>> part_rows(kParts);
+  tbb::parallel_for(0, kParts, [&](int p) {
+    FlatIdMap map(static_cast<size_t>(part_begin[p + 1] - part_begin[p]) / 4);
+    std::vector<int64_t>& mine = part_rows[p];
+    for (int64_t k = part_begin[p]; k < part_begin[p + 1]; ++k) {
+      Item& it = items[k];
+      const auto [u, inserted] =
+          map.Insert(static_cast<uint64_t>(it.row), static_cast<int32_t>(mine.size()));
+      if (inserted) mine.push_back(it.row);
+      it.local = *u;
+    }
+  });
+  // 4. Number the partitions' rows one after the other.
+  std::vector<int32_t> base(kParts + 1, 0);
+  for (int p = 0; p < kParts; ++p) {
+    base[p + 1] = base[p] + static_cast<int32_t>(part_rows[p].size());
+  }
+  out->unique_rows.resize(static_cast<size_t>(base[kParts]));
+  tbb::parallel_for(0, kParts, [&](int p) {
+    std::copy(part_rows[p].begin(), part_rows[p].end(), out->unique_rows.begin() + base[p]);
+    for (int64_t k = part_begin[p]; k < part_begin[p + 1]; ++k) {
+      out->entry_unique[items[k].entry] = items[k].local + base[p];
+    }
+  });
+}
+
 }  // namespace
 
 Result<DedupedBatch> DedupBags(const engine::BagPlan& plan, FlatIdMap* scratch) {
@@ -56,6 +167,11 @@ Result<DedupedBatch> DedupBags(const engine::BagPlan& plan, FlatIdMap* scratch) 
                                    " entries (got " + std::to_string(positions) + ")");
   }
   out.weighted = plan.weights != nullptr;
+  // The partitioned dedup does ~2x the work of the serial one (measured on
+  // one core), so it pays only with several cores.
+  if (positions >= kParallelDedupEntries && tbb::this_task_arena::max_concurrency() >= 4) {
+    return DedupBagsPartitioned(plan);
+  }
   out.bag_offsets.assign(static_cast<size_t>(bags) + 1, 0);
   out.entry_unique.resize(static_cast<size_t>(positions));
   if (out.weighted) out.entry_weight.resize(static_cast<size_t>(positions));
@@ -69,6 +185,22 @@ Result<DedupedBatch> DedupBags(const engine::BagPlan& plan, FlatIdMap* scratch) 
     DedupPositions(static_cast<const int64_t*>(plan.indices.data), plan, map, &out);
   } else {
     DedupPositions(static_cast<const int32_t*>(plan.indices.data), plan, map, &out);
+  }
+  return out;
+}
+
+Result<DedupedBatch> DedupBagsPartitioned(const engine::BagPlan& plan) {
+  if (plan.num_entries() >= std::numeric_limits<int32_t>::max()) {
+    return Status::InvalidArgument("a GPU batch holds at most " +
+                                   std::to_string(std::numeric_limits<int32_t>::max() - 1) +
+                                   " entries (got " + std::to_string(plan.num_entries()) + ")");
+  }
+  DedupedBatch out;
+  out.weighted = plan.weights != nullptr;
+  if (plan.indices.type == IndexType::kInt64) {
+    DedupParallel(static_cast<const int64_t*>(plan.indices.data), plan, &out);
+  } else {
+    DedupParallel(static_cast<const int32_t*>(plan.indices.data), plan, &out);
   }
   return out;
 }

@@ -32,7 +32,7 @@ namespace embstore::cuda {
 // padding keeps the semantics: padding neither adds nor counts, and a bag of
 // only padding is empty (zeros).
 struct DedupedBatch {
-  std::vector<int64_t> unique_rows;   // distinct row ids, in first-use order
+  std::vector<int64_t> unique_rows;   // distinct row ids (order: see DedupBags)
   std::vector<int64_t> bag_offsets;   // num_bags + 1: bag b = entries [o[b], o[b+1])
   std::vector<int32_t> entry_unique;  // per entry: index into unique_rows
   std::vector<float> entry_weight;    // per entry when weighted, else empty
@@ -43,11 +43,19 @@ struct DedupedBatch {
   bool weighted = false;              // the request had per-sample weights
 };
 
+// Batches of at least this many positions, on a machine with 4 or more
+// cores, are deduplicated in parallel (TBB), partitioned by row hash; their
+// rows are numbered partition by partition. Others serially, rows numbered in
+// first-use order.
+inline constexpr int64_t kParallelDedupEntries = int64_t{1} << 16;
+
 // REQUIRES: a plan from PlanBags/PlanBatchedBags (ids inside bags in range).
 // InvalidArgument if a batch has 2^31 or more entries. `scratch`, if given,
 // is the hash map to use (cleared first): reusing one across batches saves
 // allocating and faulting in a fresh table each time.
 Result<DedupedBatch> DedupBags(const engine::BagPlan& plan, FlatIdMap* scratch = nullptr);
+// The partitioned algorithm, whatever the batch size (for tests).
+Result<DedupedBatch> DedupBagsPartitioned(const engine::BagPlan& plan);
 
 // One pass over the device: bags [first_bag, last_bag) and the distinct rows
 // (indices into DedupedBatch::unique_rows) they use.

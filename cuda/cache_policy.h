@@ -20,6 +20,7 @@
 #include <functional>
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -65,6 +66,12 @@ struct CacheStats {
     return lookups == 0 ? 0.0 : static_cast<double>(hits) / static_cast<double>(lookups);
   }
 };
+
+// One line of key=value pairs, e.g. for `embstore query --stats`:
+// "batches=1 sub_batches=1 lookups=3 hits=0 misses=3 hit_rate=0.000
+//  evictions=0 prefetch_requests=0 prefetched_rows=0 prefetch_dropped=0
+//  bytes_copied=192 capacity_rows=1000 resident_rows=3" (one line).
+std::string CacheStatsToString(const CacheStats& stats);
 
 // Largest row id a key can carry, and the number of table ids.
 inline constexpr int kCacheKeyRowBits = 40;

@@ -185,6 +185,33 @@ TEST_F(CliGoldenTest, InlineSpecsAndPrinting) {
   EXPECT_EQ(m1.out, m2.out);
 }
 
+// --device cuda: equals the CPU output on a GPU machine; a clear "no GPU" error
+// (exit 1, no output file) elsewhere.
+TEST_F(CliGoldenTest, DeviceCudaMatchesCpuOrSaysNoGpu) {
+  const std::string out = *tmp_ / "gpu_out.npy";
+  std::vector<std::string> args = {"query", "--db", *db_, "--table", "t_d37", "--indices", "1,2,3,4,5,22",
+                                   "--offsets", "0,2,2", "--mode", "max", "--max-norm", "1.5"};
+  auto cpu = RunCli(args);
+  ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
+  args.insert(args.end(), {"--device", "cuda", "--cache-rows", "4", "--stats", "--out", out});
+  auto gpu = RunCli(args);
+  if (RunCli({"gpu-info"}).exit_code != 0) {
+    EXPECT_EQ(gpu.exit_code, 1);
+    EXPECT_TRUE(Contains(gpu.err, "no GPU")) << gpu.err;
+    EXPECT_FALSE(std::filesystem::exists(out));
+    return;
+  }
+  ASSERT_EQ(gpu.exit_code, 0) << gpu.err;
+  EXPECT_TRUE(Contains(gpu.err, "hits")) << gpu.err;
+  args.resize(args.size() - 7);
+  args.insert(args.end(), {"--out", *tmp_ / "cpu_out.npy"});
+  ASSERT_EQ(RunCli(args).exit_code, 0);
+  auto a = embstore::testing::ReadF32Npy(out);
+  auto b = embstore::testing::ReadF32Npy(*tmp_ / "cpu_out.npy");
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5f * (1 + std::abs(b[i])));
+}
+
 struct ErrorCase {
   std::vector<std::string> args;  // after --db/--table
   std::string expect;

@@ -327,6 +327,10 @@ TEST(SlotCacheCounters, CountHitsMissesEvictions) {
   EXPECT_EQ(s.misses, 3);
   EXPECT_EQ(s.evictions, 1);
   EXPECT_DOUBLE_EQ(s.hit_rate(), 0.4);
+  EXPECT_EQ(CacheStatsToString(s),
+            "batches=0 sub_batches=0 lookups=5 hits=2 misses=3 hit_rate=0.400 evictions=1 "
+            "prefetch_requests=0 prefetched_rows=0 prefetch_dropped=0 bytes_copied=0 "
+            "capacity_rows=0 resident_rows=0");
   c.ResetCounters();
   EXPECT_EQ(c.counters().lookups, 0);
   EXPECT_EQ(c.counters().hit_rate(), 0.0);

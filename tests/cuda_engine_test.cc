@@ -140,7 +140,8 @@ const DType kDTypes[] = {DType::kF32, DType::kF16, DType::kBF16, DType::kInt8Row
 const PoolingMode kModes[] = {PoolingMode::kSum, PoolingMode::kMean, PoolingMode::kMax};
 const Layout kLayouts[] = {Layout::kOffsets, Layout::kLastOffset, Layout::k2D, Layout::kBatched};
 const std::optional<double> kNorms[] = {std::nullopt, 2.0, 1.0,
-                                        std::numeric_limits<double>::infinity(), 3.0, 0.5};
+                                        std::numeric_limits<double>::infinity(),
+                                        -std::numeric_limits<double>::infinity(), 3.0, 0.5};
 
 TEST_P(GpuParity, EveryDtypeModeOptionAndLayout) {
   const Config cfg = GetParam();

@@ -272,7 +272,8 @@ const DType kDTypes[] = {DType::kF32, DType::kF16, DType::kBF16, DType::kInt8Row
 const PoolingMode kModes[] = {PoolingMode::kSum, PoolingMode::kMean, PoolingMode::kMax};
 const Layout kLayouts[] = {Layout::kOffsets, Layout::kLastOffset, Layout::k2D, Layout::kBatched};
 const std::optional<double> kNorms[] = {std::nullopt, 2.0, 1.0,
-                                        std::numeric_limits<double>::infinity(), 3.0, 0.5, 0.0};
+                                        std::numeric_limits<double>::infinity(),
+                                        -std::numeric_limits<double>::infinity(), 3.0, 0.5, 0.0};
 
 struct Totals {
   int64_t cases = 0, passes = 0, fills = 0, evictions = 0, resident = 0;
@@ -497,6 +498,56 @@ TEST(PipelineDedup, DropsPaddingAndNumbersRowsInFirstUseOrder) {
   EXPECT_EQ(d->entry_unique, std::vector<int32_t>({0, 1, 0, 1, 2}));
   EXPECT_EQ(d->entry_weight, std::vector<float>({1, 2, 3, 5, 6}));
   EXPECT_TRUE(d->weighted);
+}
+
+// The partitioned (parallel) dedup numbers rows differently but must
+// describe the same batch as the serial one.
+TEST(PipelineDedup, PartitionedMatchesSerial) {
+  std::mt19937_64 rng(21);
+  const TestTable table = test::RandomTable(5000, 2, DType::kF32, rng);
+  for (int round = 0; round < 6; ++round) {
+    const bool padding = round % 2 == 1;
+    const auto req = MakeRequest(rng, 5000, round < 4 ? Layout::kOffsets : Layout::kBatched,
+                                 PoolingMode::kSum, round % 3 == 0, padding, std::nullopt,
+                                 round < 2 ? 3 : 40);
+    auto plan = Plan(table.view(), *req);
+    ASSERT_TRUE(plan.ok());
+    auto serial = DedupBags(*plan);
+    auto parts = DedupBagsPartitioned(*plan);
+    ASSERT_TRUE(serial.ok() && parts.ok());
+    EXPECT_EQ(parts->bag_offsets, serial->bag_offsets);
+    EXPECT_EQ(parts->entry_weight, serial->entry_weight);
+    EXPECT_EQ(parts->weighted, serial->weighted);
+    ASSERT_EQ(parts->num_entries(), serial->num_entries());
+    std::vector<int64_t> a = parts->unique_rows, b = serial->unique_rows;
+    std::sort(a.begin(), a.end());
+    std::sort(b.begin(), b.end());
+    EXPECT_EQ(a, b);
+    EXPECT_EQ(std::adjacent_find(a.begin(), a.end()), a.end());  // distinct
+    for (int64_t e = 0; e < serial->num_entries(); ++e) {
+      ASSERT_EQ(parts->unique_rows[parts->entry_unique[e]],
+                serial->unique_rows[serial->entry_unique[e]]);
+    }
+  }
+  // A large batch (the size DedupBags hands to the partitioned path).
+  std::vector<int64_t> ids(200000), offsets;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    ids[i] = static_cast<int64_t>(rng() % 5000);
+    if (i % 37 == 0) offsets.push_back(static_cast<int64_t>(i));
+  }
+  BagRequest r;
+  r.indices = std::span<const int64_t>(ids);
+  r.offsets = std::span<const int64_t>(offsets);
+  auto plan = engine::PlanBags(table.view(), r, QueryOptions());
+  ASSERT_TRUE(plan.ok());
+  FlatIdMap scratch;
+  auto serial = DedupBags(*plan, &scratch);
+  auto parts = DedupBagsPartitioned(*plan);
+  ASSERT_TRUE(serial.ok() && parts.ok());
+  EXPECT_EQ(parts->num_unique(), serial->num_unique());
+  for (int64_t e = 0; e < serial->num_entries(); ++e) {
+    ASSERT_EQ(parts->unique_rows[parts->entry_unique[e]], ids[e]);
+  }
 }
 
 TEST(PipelineStaging, GatherLaysRowsOutForSlots) {

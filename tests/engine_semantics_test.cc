@@ -418,9 +418,9 @@ TEST(Semantics, RowNorm) {
   EXPECT_EQ(RowNorm({}, 2), 0);
 }
 
-// The worked example of seeds/003 (WeightedEmbeddingBag): indices [3, 4],
-// weights [3, 4], inclusive ends [3, 3] -> output [3, 3, 4]; printed to 4
-// places, hence the 1e-3 tolerance.
+// The worked example of seeds/003 (WeightedEmbeddingBag) on its 6 x 4 table:
+// indices and weights of shape [3, 4], inclusive ends of shape [3, 3] ->
+// output [3, 3, 4]. The seed prints 4 decimals, hence the 1e-3 tolerance.
 TEST(Semantics, BatchedBagsSeedExample) {
   const std::vector<float> w = {-0.4172f, -0.1485f, 0.9262f,  -0.4852f,  //
                                 0.1526f,  -0.5395f, 0.0916f,  -1.2741f,  //

@@ -12,7 +12,9 @@
 #include <string>
 #include <vector>
 
+#include "cuda/cache_policy.h"
 #include "cuda/device_probe.h"
+#include "cuda/gpu_engine.h"
 #include "embstore/checkpoint.h"
 #include "embstore/fm.h"
 #include "embstore/query.h"
@@ -377,6 +379,11 @@ int CmdQuery(int argc, char** argv) {
                                      cxxopts::value<std::string>()->default_value("2"))(
       "include-last-offset", "offsets has B+1 entries; the last ends bag B-1")(
       "threads", "Worker threads (0 = all cores)", cxxopts::value<int>()->default_value("0"))(
+      "device", "cpu | cuda (pool on the GPU through a row cache)", cxxopts::value<std::string>()->default_value("cpu"))(
+      "cache-rows", "GPU row cache capacity in rows (default: 1 GiB of device memory)", cxxopts::value<int64_t>())(
+      "cache-mb", "GPU row cache capacity in MiB", cxxopts::value<int64_t>())(
+      "cache-policy", "GPU cache eviction: lru | lfu", cxxopts::value<std::string>()->default_value("lru"))(
+      "stats", "Print GPU cache statistics to stderr")(
       "out", "Write the [B, dim] float32 result to this .npy instead of printing", cxxopts::value<std::string>());
   int ec = 0;
   auto r = Parse(opts, "query", argc, argv, &ec);
@@ -409,6 +416,34 @@ int CmdQuery(int argc, char** argv) {
   qo.include_last_offset = r->count("include-last-offset") > 0;
   qo.max_threads = (*r)["threads"].as<int>();
   if (qo.max_threads < 0) return UsageError(cmd, "--threads must be >= 0");
+  const std::string device = (*r)["device"].as<std::string>();
+  if (device != "cpu" && device != "cuda") return UsageError(cmd, "--device must be cpu or cuda");
+  const bool on_gpu = device == "cuda";
+  cuda::GpuEngineOptions gpu_options;
+  if (!on_gpu && (r->count("cache-rows") || r->count("cache-mb") || r->count("stats"))) {
+    return UsageError(cmd, "--cache-rows, --cache-mb and --stats need --device cuda");
+  }
+  if (r->count("cache-rows") && r->count("cache-mb")) return UsageError(cmd, "give --cache-rows or --cache-mb, not both");
+  if (r->count("cache-rows")) {
+    gpu_options.cache_rows = (*r)["cache-rows"].as<int64_t>();
+    if (gpu_options.cache_rows <= 0) return UsageError(cmd, "--cache-rows must be >= 1");
+  }
+  if (r->count("cache-mb")) {
+    const int64_t mb = (*r)["cache-mb"].as<int64_t>();
+    if (mb <= 0 || mb > (int64_t{1} << 30)) return UsageError(cmd, "--cache-mb must be >= 1");
+    gpu_options.cache_bytes = mb << 20;
+  }
+  {
+    auto policy = cuda::ParseCachePolicy((*r)["cache-policy"].as<std::string>());
+    if (!policy) return UsageError(cmd, "--cache-policy must be lru or lfu");
+    gpu_options.policy = *policy;
+  }
+  std::unique_ptr<cuda::GpuEngine> gpu;
+  if (on_gpu) {
+    auto g = cuda::GpuEngine::Create(gpu_options);
+    if (!g.ok()) return Fail(cmd, g.status());
+    gpu = std::move(g).value();
+  }
 
   auto indices = ParseIntSpec(indices_spec, "--indices");
   if (!indices.ok()) return Fail(cmd, indices.status());
@@ -454,7 +489,7 @@ int CmdQuery(int argc, char** argv) {
       }
       req.weights = std::span<const float>(weights->v);
     }
-    out = BatchedEmbeddingBag(view, req, qo);
+    out = gpu ? gpu->BatchedEmbeddingBag(view, req, qo) : BatchedEmbeddingBag(view, req, qo);
   } else {
     BagRequest req;
     req.indices = indices->view();
@@ -470,9 +505,12 @@ int CmdQuery(int argc, char** argv) {
       req.offsets = offsets->view();
     }
     if (weights) req.weights = std::span<const float>(weights->v);
-    out = EmbeddingBag(view, req, qo);
+    out = gpu ? gpu->EmbeddingBag(view, req, qo) : EmbeddingBag(view, req, qo);
   }
   if (!out.ok()) return Fail(cmd, out.status());
+  if (gpu && r->count("stats")) {
+    std::fprintf(stderr, "gpu cache: %s\n", cuda::CacheStatsToString(gpu->stats()).c_str());
+  }
   if (r->count("out")) {
     const std::string path = (*r)["out"].as<std::string>();
     Status st = storage::WriteNpy(

@@ -73,7 +73,8 @@ inline std::unique_ptr<RandomRequest> MakeRequest(std::mt19937_64& rng, int64_t 
   if (norm_type.has_value()) {
     r->options.norm_type = *norm_type;
     // Around the middle of the rows' norms, so some rows exceed it.
-    r->options.max_norm = *norm_type == 0 ? 3.0 : (std::isinf(*norm_type) ? 0.6 : 1.5);
+    const double p = *norm_type;
+    r->options.max_norm = p == 0 ? 3.0 : !std::isinf(p) ? 1.5 : p > 0 ? 0.6 : 0.05;
   }
   if (layout == Layout::kBatched) {
     r->is_batched = true;

@@ -185,6 +185,42 @@ TEST_F(CliGoldenTest, InlineSpecsAndPrinting) {
   EXPECT_EQ(m1.out, m2.out);
 }
 
+// `embstore renorm` writes the weight torch reaches after touching every row:
+// querying the renormalized version WITHOUT max_norm reproduces torch's
+// max_norm goldens, and the original version is left as it was.
+TEST_F(CliGoldenTest, RenormMatchesTorchMaxNormGoldens) {
+  int n = 0;
+  for (const auto& c : (*goldens_)["cases"]) {
+    if (c["max_norm"].is_null() || c["source"] != "torch" || n >= 24) continue;
+    SCOPED_TRACE(c["name"].get<std::string>());
+    TempDir work;
+    const std::string db = work / "db";
+    const std::string table = c["table"];
+    const std::string file = kGoldenDir + "/" + (*goldens_)["tables"][table]["file"].get<std::string>();
+    ASSERT_EQ(RunCli({"import", "--db", db, "--table", table, "--from", file}).exit_code, 0);
+    auto r = RunCli({"renorm", "--db", db, "--table", table, "--max-norm", NormText(c["max_norm"]), "--norm-type",
+                     NormText(c["norm_type"])});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_TRUE(Contains(r.out, "version 2")) << r.out;
+    json plain = c;
+    plain["max_norm"] = nullptr;
+    std::string* saved = db_;
+    std::string local_db = db;
+    db_ = &local_db;
+    RunCase(plain);
+    db_ = saved;
+    ++n;
+  }
+  EXPECT_GE(n, 10);
+  // Bad arguments.
+  auto r = RunCli({"renorm", "--db", *db_, "--table", "t_d8", "--max-norm", "0"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "--max-norm")) << r.err;
+  r = RunCli({"renorm", "--db", *db_, "--table", "nope", "--max-norm", "1"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "unknown table")) << r.err;
+}
+
 // --device cuda: equals the CPU output on a GPU machine; a clear "no GPU" error
 // (exit 1, no output file) elsewhere.
 TEST_F(CliGoldenTest, DeviceCudaMatchesCpuOrSaysNoGpu) {

@@ -530,7 +530,7 @@ int CmdRenorm(int argc, char** argv) {
                         "(the weight torch reaches after every row has been looked up with max_norm).");
   opts.add_options()("db", "Store directory", cxxopts::value<std::string>())(
       "table", "Table name", cxxopts::value<std::string>())("max-norm", "X > 0", cxxopts::value<std::string>())(
-      "norm-type", "p (default 2; inf allowed)", cxxopts::value<std::string>()->default_value("2"));
+      "norm-type", "p of the p-norm (default 2; 0, inf and -inf as torch)", cxxopts::value<std::string>()->default_value("2"));
   int ec = 0;
   auto r = Parse(opts, "renorm", argc, argv, &ec);
   if (!r) return ec;
@@ -547,7 +547,9 @@ int CmdRenorm(int argc, char** argv) {
   if (!(*max_norm > 0) || std::isinf(*max_norm)) {
     return Fail(cmd, Status::InvalidArgument("--max-norm must be a finite number > 0"));
   }
-  if (std::isnan(*p) || *p <= 0) return Fail(cmd, Status::InvalidArgument("--norm-type must be > 0 (or inf)"));
+  if (std::isnan(*p) || (*p < 0 && !std::isinf(*p))) {
+    return Fail(cmd, Status::InvalidArgument("--norm-type must be >= 0, inf or -inf (as torch's norm)"));
+  }
   auto store = OpenStore(db, false);
   if (!store.ok()) return Fail(cmd, store.status());
   auto snap = (*store)->GetSnapshot(table);

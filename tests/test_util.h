@@ -59,7 +59,7 @@ inline std::vector<float> ReadF32Npy(const std::string& path, std::vector<int64_
   if (!a.ok() || a->header.descr != "<f4") return {};
   if (shape) *shape = a->header.shape;
   std::vector<float> v(a->data.size() / 4);
-  std::memcpy(v.data(), a->data.data(), a->data.size());
+  if (!v.empty()) std::memcpy(v.data(), a->data.data(), a->data.size());
   return v;
 }
 

@@ -97,11 +97,11 @@ Result<IntArray> ParseIntSpec(const std::string& spec, const std::string& what) 
     if (h.item_size == 8) {
       out.type = IndexType::kInt64;
       out.v64.resize(n);
-      std::memcpy(out.v64.data(), arr->data.data(), n * 8);
+      if (n > 0) std::memcpy(out.v64.data(), arr->data.data(), n * 8);
     } else {
       out.type = IndexType::kInt32;
       out.v32.resize(n);
-      std::memcpy(out.v32.data(), arr->data.data(), n * 4);
+      if (n > 0) std::memcpy(out.v32.data(), arr->data.data(), n * 4);
     }
     return out;
   }
@@ -134,7 +134,7 @@ Result<FloatArray> ParseFloatSpec(const std::string& spec, const std::string& wh
     for (int64_t d : h.shape) n *= static_cast<size_t>(d);
     out.v.resize(n);
     if (h.item_size == 4) {
-      std::memcpy(out.v.data(), arr->data.data(), n * 4);
+      if (n > 0) std::memcpy(out.v.data(), arr->data.data(), n * 4);
     } else {
       for (size_t i = 0; i < n; ++i) {
         double d;

@@ -43,7 +43,7 @@ std::vector<float> ReadExport(const std::string& path, std::vector<int64_t>* sha
     }
   } else {
     v.resize(a->data.size() / 4);
-    std::memcpy(v.data(), a->data.data(), a->data.size());
+    if (!v.empty()) std::memcpy(v.data(), a->data.data(), a->data.size());
   }
   return v;
 }

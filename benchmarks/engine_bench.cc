@@ -271,10 +271,13 @@ class RatioReporter : public benchmark::ConsoleReporter {
   void ReportRuns(const std::vector<Run>& runs) override {
     ConsoleReporter::ReportRuns(runs);
     for (const Run& run : runs) {
+      // With --benchmark_repetitions, the medians stand for the runs.
+      if (run.run_type == Run::RT_Aggregate && run.aggregate_name != "median") continue;
+      const std::string name = run.run_name.str();
       auto it = run.counters.find("lookups");
-      if (it != run.counters.end()) rates_[run.benchmark_name()] = it->second.value;
+      if (it != run.counters.end()) rates_[name] = it->second.value;
       auto read = run.counters.find("read");
-      if (read != run.counters.end()) reads_[run.benchmark_name()] = read->second.value;
+      if (read != run.counters.end()) reads_[name] = read->second.value;
     }
   }
   void Finalize() override {

@@ -6,6 +6,9 @@
 #include <string>
 #include <vector>
 
+#include "engine/plan.h"
+#include "engine/pool.h"
+
 namespace embstore {
 namespace {
 
@@ -62,11 +65,13 @@ Status FmScore(FmModel model, const TableView& vectors, const TableView& biases,
     return Invalid("fields apply only to the ffm model");
   }
 
-  // Pool with the engine (validates indices, weights and ends).
+  // One validated plan (indices, weights, ends) pools both tables with the
+  // engine's batched-bag pooling.
+  EMBSTORE_ASSIGN_OR_RETURN(engine::BagPlan plan, engine::PlanBatchedBags(vectors, bags, options));
   std::vector<float> v(static_cast<size_t>(B * K * D));
   std::vector<float> beta(static_cast<size_t>(B * K));
-  EMBSTORE_RETURN_IF_ERROR(BatchedEmbeddingBag(vectors, bags, options, v));
-  EMBSTORE_RETURN_IF_ERROR(BatchedEmbeddingBag(biases, bags, options, beta));
+  EMBSTORE_RETURN_IF_ERROR(engine::PoolPlan(vectors, plan, options, v));
+  EMBSTORE_RETURN_IF_ERROR(engine::PoolPlan(biases, plan, options, beta));
 
   auto field = [&](int64_t b, int64_t m) { return request.fields ? (*request.fields)[b * K + m] : m; };
   auto score = [&](int64_t b) {

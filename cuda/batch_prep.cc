@@ -364,17 +364,16 @@ void FillDirectBags(const Int* ids, const engine::BagPlan& plan, const DirectPla
 void FillDirectMeta(const engine::BagPlan& plan, const DirectPlan& d, uint8_t* meta,
                     bool parallel) {
   const MetaLayout& l = d.layout;
-  std::memcpy(meta + l.offsets_at, d.bag_offsets.data(),
-              d.bag_offsets.size() * sizeof(int64_t));
+  std::memcpy(meta + l.offsets_at, d.bag_offsets.data(), d.bag_offsets.size() * sizeof(int64_t));
   auto* slots = reinterpret_cast<int32_t*>(meta + l.slots_at);
   float* weights = l.weights_at >= 0 ? reinterpret_cast<float*>(meta + l.weights_at) : nullptr;
   auto fill = [&](int64_t first, int64_t last) {
     if (plan.indices.type == IndexType::kInt64) {
-      FillDirectBags(static_cast<const int64_t*>(plan.indices.data), plan, d, slots, weights,
-                     first, last);
+      FillDirectBags(static_cast<const int64_t*>(plan.indices.data), plan, d, slots, weights, first,
+                     last);
     } else {
-      FillDirectBags(static_cast<const int32_t*>(plan.indices.data), plan, d, slots, weights,
-                     first, last);
+      FillDirectBags(static_cast<const int32_t*>(plan.indices.data), plan, d, slots, weights, first,
+                     last);
     }
   };
   if (parallel && l.entries > (int64_t{1} << 16)) {
@@ -415,9 +414,8 @@ void GatherRows(const TableView& table, const SlotLayout& layout, std::span<cons
   const size_t elem_bytes = static_cast<size_t>(layout.element_bytes());
   const size_t pad = static_cast<size_t>(layout.row_bytes) - elem_bytes;
   uint8_t* dst_rows = staging + staging_layout.rows_at;
-  float* qparams = layout.quantized
-                       ? reinterpret_cast<float*>(staging + staging_layout.qparams_at)
-                       : nullptr;
+  float* qparams =
+      layout.quantized ? reinterpret_cast<float*>(staging + staging_layout.qparams_at) : nullptr;
   auto copy = [&](int64_t first, int64_t last) {
     for (int64_t i = first; i < last; ++i) {
       const uint8_t* src = table.Row(rows[i]);

@@ -40,7 +40,7 @@ struct DedupedBatch {
   int64_t num_bags() const { return static_cast<int64_t>(bag_offsets.size()) - 1; }
   int64_t num_entries() const { return static_cast<int64_t>(entry_unique.size()); }
   int64_t num_unique() const { return static_cast<int64_t>(unique_rows.size()); }
-  bool weighted = false;              // the request had per-sample weights
+  bool weighted = false;  // the request had per-sample weights
 };
 
 // Batches of at least this many positions, on a machine with 4 or more

@@ -9,8 +9,10 @@ namespace embstore::cuda {
 
 const char* CachePolicyName(CachePolicy policy) {
   switch (policy) {
-    case CachePolicy::kLru: return "lru";
-    case CachePolicy::kLfu: return "lfu";
+    case CachePolicy::kLru:
+      return "lru";
+    case CachePolicy::kLfu:
+      return "lfu";
   }
   return "unknown";
 }
@@ -41,8 +43,8 @@ Result<int64_t> CacheCapacityRows(int64_t cache_rows, int64_t cache_bytes,
                                    ")");
   }
   if (cache_bytes < 0) {
-    return Status::InvalidArgument("cache_bytes must be >= 0 (got " +
-                                   std::to_string(cache_bytes) + ")");
+    return Status::InvalidArgument("cache_bytes must be >= 0 (got " + std::to_string(cache_bytes) +
+                                   ")");
   }
   if (cache_rows > 0 && cache_bytes > 0) {
     return Status::InvalidArgument(

@@ -47,12 +47,12 @@ std::optional<CachePolicy> ParseCachePolicy(std::string_view name);
 // counted once per distinct row per batch (after dedup); prefetches are
 // counted apart so that the hit rate shows what batches saw.
 struct CacheStats {
-  int64_t batches = 0;           // pooling calls (GpuEngine)
-  int64_t sub_batches = 0;       // passes: > batches when a batch outgrew the cache
-  int64_t lookups = 0;           // distinct rows looked up by batches
-  int64_t hits = 0;              // ... found in the cache
-  int64_t misses = 0;            // ... copied in from the table
-  int64_t evictions = 0;         // rows dropped to make room (batches and prefetches)
+  int64_t batches = 0;            // pooling calls (GpuEngine)
+  int64_t sub_batches = 0;        // passes: > batches when a batch outgrew the cache
+  int64_t lookups = 0;            // distinct rows looked up by batches
+  int64_t hits = 0;               // ... found in the cache
+  int64_t misses = 0;             // ... copied in from the table
+  int64_t evictions = 0;          // rows dropped to make room (batches and prefetches)
   int64_t prefetch_requests = 0;  // Prefetch calls (GpuEngine)
   int64_t prefetch_lookups = 0;   // distinct rows a prefetch asked for
   int64_t prefetched_rows = 0;    // ... copied in
@@ -162,7 +162,7 @@ class SlotCache {
   CachePolicy policy() const { return policy_; }
   int64_t capacity() const { return capacity_; }
   int64_t size() const { return static_cast<int64_t>(map_.size()); }  // resident rows
-  int64_t pinned() const { return pinned_; }                           // slots with pins
+  int64_t pinned() const { return pinned_; }                          // slots with pins
   int64_t free_slots() const { return static_cast<int64_t>(free_.size()); }
   int64_t evictable() const { return size() - pinned_; }
 
@@ -243,9 +243,9 @@ class SlotCache {
   // Everything about one slot, together (one cache line for most updates).
   struct Entry {
     uint64_t key = 0;
-    int64_t freq = 0;        // LFU use count
+    int64_t freq = 0;  // LFU use count
     int32_t pins = 0;
-    int32_t prev = kNone;    // links in its evictable list
+    int32_t prev = kNone;  // links in its evictable list
     int32_t next = kNone;
     int32_t bucket = kNone;  // LFU bucket
     bool used = false;       // holds a row
@@ -269,13 +269,13 @@ class SlotCache {
 
   CachePolicy policy_;
   int64_t capacity_;
-  FlatIdMap map_;                  // key -> slot
-  std::vector<Entry> e_;           // per slot
-  std::vector<int32_t> free_;      // free slots (a stack)
-  List lru_;                       // LRU
-  std::vector<Bucket> buckets_;    // LFU bucket pool
+  FlatIdMap map_;                // key -> slot
+  std::vector<Entry> e_;         // per slot
+  std::vector<int32_t> free_;    // free slots (a stack)
+  List lru_;                     // LRU
+  std::vector<Bucket> buckets_;  // LFU bucket pool
   std::vector<int32_t> free_buckets_;
-  int32_t first_bucket_ = kNone;   // LFU: lowest frequency
+  int32_t first_bucket_ = kNone;  // LFU: lowest frequency
   int64_t pinned_ = 0;
   CacheStats counters_;
 };

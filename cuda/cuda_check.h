@@ -20,25 +20,25 @@ Status CudaStatus(cudaError_t err, const char* what, const char* file, int line)
 
 }  // namespace embstore::cuda
 
-#define EMBSTORE_CUDA_CHECK(expr)                                                  \
-  do {                                                                             \
-    const cudaError_t embstore_cuda_err_ = (expr);                                 \
-    if (embstore_cuda_err_ != cudaSuccess) {                                       \
+#define EMBSTORE_CUDA_CHECK(expr)                                                         \
+  do {                                                                                    \
+    const cudaError_t embstore_cuda_err_ = (expr);                                        \
+    if (embstore_cuda_err_ != cudaSuccess) {                                              \
       return ::embstore::cuda::CudaStatus(embstore_cuda_err_, #expr, __FILE__, __LINE__); \
-    }                                                                              \
+    }                                                                                     \
   } while (0)
 
 // Launches `kernel` (a kernel or a pointer to one; wrap template ids in a
 // variable first) and checks the launch. Errors of the kernel's execution
 // surface at the next checked synchronizing call.
-#define EMBSTORE_LAUNCH_KERNEL(kernel, grid, block, shared_bytes, stream, ...)      \
-  do {                                                                             \
-    kernel<<<(grid), (block), (shared_bytes), (stream)>>>(__VA_ARGS__);            \
-    const cudaError_t embstore_launch_err_ = cudaGetLastError();                   \
-    if (embstore_launch_err_ != cudaSuccess) {                                     \
-      return ::embstore::cuda::CudaStatus(embstore_launch_err_, "launch of " #kernel, \
-                                          __FILE__, __LINE__);                     \
-    }                                                                              \
+#define EMBSTORE_LAUNCH_KERNEL(kernel, grid, block, shared_bytes, stream, ...)                  \
+  do {                                                                                          \
+    kernel<<<(grid), (block), (shared_bytes), (stream)>>>(__VA_ARGS__);                         \
+    const cudaError_t embstore_launch_err_ = cudaGetLastError();                                \
+    if (embstore_launch_err_ != cudaSuccess) {                                                  \
+      return ::embstore::cuda::CudaStatus(embstore_launch_err_, "launch of " #kernel, __FILE__, \
+                                          __LINE__);                                            \
+    }                                                                                           \
   } while (0)
 
 #endif  // EMBSTORE_CUDA_CUDA_CHECK_H_

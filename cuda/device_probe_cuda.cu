@@ -31,8 +31,8 @@ Result<std::vector<DeviceInfo>> ListDevices() {
     if (err == cudaErrorInsufficientDriver && driver == 0) {
       why = "no NVIDIA driver is installed on this machine";
     } else if (err == cudaErrorInsufficientDriver) {
-      why = "the NVIDIA driver supports CUDA " + VersionString(driver) + ", older than this build's CUDA " +
-            VersionString(runtime);
+      why = "the NVIDIA driver supports CUDA " + VersionString(driver) +
+            ", older than this build's CUDA " + VersionString(runtime);
     } else if (err == cudaErrorNoDevice || (err == cudaSuccess && count == 0)) {
       why = "no CUDA device found";
     } else {

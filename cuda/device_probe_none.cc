@@ -6,11 +6,13 @@ namespace embstore::cuda {
 bool BuiltWithCuda() { return false; }
 
 Result<std::vector<DeviceInfo>> ListDevices() {
-  return Status::NotSupported("no GPU: this embstore was built without CUDA (EMBSTORE_CUDA=OFF or no nvcc)");
+  return Status::NotSupported(
+      "no GPU: this embstore was built without CUDA (EMBSTORE_CUDA=OFF or no nvcc)");
 }
 
 Result<double> MeasureCopyBandwidth(int, int64_t, int) {
-  return Status::NotSupported("no GPU: this embstore was built without CUDA (EMBSTORE_CUDA=OFF or no nvcc)");
+  return Status::NotSupported(
+      "no GPU: this embstore was built without CUDA (EMBSTORE_CUDA=OFF or no nvcc)");
 }
 
 }  // namespace embstore::cuda

@@ -119,12 +119,10 @@ class GpuEngine {
   // As embstore::BatchedEmbeddingBag (batched bags with inclusive ends).
   Status BatchedEmbeddingBag(const TableView& table, const BatchedBagRequest& request,
                              const QueryOptions& options, std::span<float> host_out);
-  Result<PooledOutput> BatchedEmbeddingBag(const TableView& table,
-                                           const BatchedBagRequest& request,
+  Result<PooledOutput> BatchedEmbeddingBag(const TableView& table, const BatchedBagRequest& request,
                                            const QueryOptions& options);
   Status BatchedEmbeddingBagToDevice(const TableView& table, const BatchedBagRequest& request,
-                                     const QueryOptions& options, float* device_out,
-                                     size_t count);
+                                     const QueryOptions& options, float* device_out, size_t count);
 
   // Warms the cache with rows `ids` of `table` for a coming batch, and
   // returns as soon as the rows are reserved: the gather and the copy run in

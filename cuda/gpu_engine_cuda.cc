@@ -187,8 +187,8 @@ Status FillSlots(const TableView& table, const SlotLayout& layout, const SlotAre
   const int64_t n = static_cast<int64_t>(rows.size());
   if (n == 0) return Status::OK();
   const int64_t chunk = StagingRowsFor(staging_bytes, layout);
-  EMBSTORE_RETURN_IF_ERROR(
-      staging->Reserve(static_cast<size_t>(ComputeStagingLayout(std::min(chunk, n), layout).total)));
+  EMBSTORE_RETURN_IF_ERROR(staging->Reserve(
+      static_cast<size_t>(ComputeStagingLayout(std::min(chunk, n), layout).total)));
   for (int64_t first = 0; first < n; first += chunk) {
     const int64_t count = std::min(chunk, n - first);
     const int i = staging->next;
@@ -206,12 +206,12 @@ Status FillSlots(const TableView& table, const SlotLayout& layout, const SlotAre
       GatherRows(table, layout, chunk_rows, chunk_slots, sl, host, max_threads != 1);
     }
     uint8_t* dev = staging->device[i].data();
-    EMBSTORE_CUDA_CHECK(cudaMemcpyAsync(dev, host, static_cast<size_t>(sl.total),
-                                        cudaMemcpyHostToDevice, stream));
+    EMBSTORE_CUDA_CHECK(
+        cudaMemcpyAsync(dev, host, static_cast<size_t>(sl.total), cudaMemcpyHostToDevice, stream));
     ScatterArgs sa;
     sa.staged_rows = dev + sl.rows_at;
-    sa.staged_qparams = sl.qparams_at >= 0 ? reinterpret_cast<const float*>(dev + sl.qparams_at)
-                                           : nullptr;
+    sa.staged_qparams =
+        sl.qparams_at >= 0 ? reinterpret_cast<const float*>(dev + sl.qparams_at) : nullptr;
     sa.slots = reinterpret_cast<const int32_t*>(dev + sl.slots_at);
     sa.count = count;
     sa.row_bytes = layout.row_bytes;
@@ -254,9 +254,12 @@ void AddCounters(CacheStats* into, const CacheStats& c) {
 
 PoolKind KindOf(PoolingMode mode) {
   switch (mode) {
-    case PoolingMode::kSum: return PoolKind::kSum;
-    case PoolingMode::kMean: return PoolKind::kMean;
-    case PoolingMode::kMax: return PoolKind::kMax;
+    case PoolingMode::kSum:
+      return PoolKind::kSum;
+    case PoolingMode::kMean:
+      return PoolKind::kMean;
+    case PoolingMode::kMax:
+      return PoolKind::kMax;
   }
   return PoolKind::kMean;
 }
@@ -337,7 +340,7 @@ class GpuEngine::Impl {
 
   mutable std::mutex mu_;  // guards everything below except the worker's own state
   cudaStream_t compute_ = nullptr;
-  cudaStream_t copy_ = nullptr;      // prefetch copies
+  cudaStream_t copy_ = nullptr;  // prefetch copies
   cudaEvent_t prefetch_done_ = nullptr;
   SlotLayout layout_;
   std::unique_ptr<SlotCache> cache_;
@@ -345,23 +348,23 @@ class GpuEngine::Impl {
   SlotArena arena_;
   std::vector<std::pair<TableIdentity, uint32_t>> tables_;
   uint32_t next_table_id_ = 0;
-  std::vector<uint8_t> in_flight_;   // per slot: being filled by the pending prefetch
-  bool resident_ = false;            // resident mode: resident_id_'s row r is in slot r
-  bool resident_allowed_ = true;     // false once two tables shared this layout
+  std::vector<uint8_t> in_flight_;  // per slot: being filled by the pending prefetch
+  bool resident_ = false;           // resident mode: resident_id_'s row r is in slot r
+  bool resident_allowed_ = true;    // false once two tables shared this layout
   TableIdentity resident_id_{};
   std::unique_ptr<PrefetchJob> pending_;
-  Status deferred_;                  // a failed prefetch, to report on the next call
+  Status deferred_;  // a failed prefetch, to report on the next call
   Staging batch_staging_;
   PinnedBuffer meta_host_;
   DeviceBuffer meta_device_;
   DeviceBuffer out_device_;
-  CacheStats counters_;              // engine fields, and those of replaced caches
-  FlatIdMap dedup_map_;              // scratch for DedupBags
+  CacheStats counters_;  // engine fields, and those of replaced caches
+  FlatIdMap dedup_map_;  // scratch for DedupBags
 
   // Worker: job hand-over. The worker owns prefetch_staging_.
   std::mutex job_mu_;
   std::condition_variable job_cv_;
-  PrefetchJob* job_ = nullptr;       // submitted, not yet taken
+  PrefetchJob* job_ = nullptr;  // submitted, not yet taken
   bool stop_ = false;
   std::thread worker_;
   Staging prefetch_staging_;
@@ -579,9 +582,8 @@ Status GpuEngine::Impl::EnterResident(const TableView& table, int max_threads) {
       rows[k] = first + k;
       slots[k] = static_cast<int32_t>(first + k);
     }
-    EMBSTORE_RETURN_IF_ERROR(FillSlots(table, layout_, arena_, rows, slots,
-                                       options_.staging_bytes, max_threads, &batch_staging_,
-                                       compute_));
+    EMBSTORE_RETURN_IF_ERROR(FillSlots(table, layout_, arena_, rows, slots, options_.staging_bytes,
+                                       max_threads, &batch_staging_, compute_));
   }
   EMBSTORE_CUDA_CHECK(cudaStreamSynchronize(compute_));
   resident_ = true;
@@ -621,8 +623,7 @@ Status GpuEngine::Impl::RunResident(const engine::BagPlan& plan, const QueryOpti
                                          reinterpret_cast<const int32_t*>(dmeta + meta.slots_at),
                                          meta.entries, options, out_dev));
   if (!out_on_device) {
-    EMBSTORE_CUDA_CHECK(
-        cudaMemcpyAsync(out, out_dev, out_bytes, cudaMemcpyDeviceToHost, compute_));
+    EMBSTORE_CUDA_CHECK(cudaMemcpyAsync(out, out_dev, out_bytes, cudaMemcpyDeviceToHost, compute_));
   }
   EMBSTORE_CUDA_CHECK(cudaStreamSynchronize(compute_));
   counters_.lookups += meta.entries;
@@ -730,12 +731,12 @@ Status GpuEngine::Impl::Run(const TableView& table, const engine::BagPlan& plan,
     // Later passes may evict these rows: their refills are queued on
     // compute_ after this pass's kernels.
     cache_->Release(acquired.slots);
-    counters_.bytes_copied += static_cast<int64_t>(acquired.fills.size()) * RowTransferBytes(layout_);
+    counters_.bytes_copied +=
+        static_cast<int64_t>(acquired.fills.size()) * RowTransferBytes(layout_);
     ++counters_.sub_batches;
   }
   if (!out_on_device) {
-    EMBSTORE_CUDA_CHECK(
-        cudaMemcpyAsync(out, out_dev, out_bytes, cudaMemcpyDeviceToHost, compute_));
+    EMBSTORE_CUDA_CHECK(cudaMemcpyAsync(out, out_dev, out_bytes, cudaMemcpyDeviceToHost, compute_));
   }
   EMBSTORE_CUDA_CHECK(cudaStreamSynchronize(compute_));
   // A prefetch that is done by now gives its rows back to the cache; its
@@ -808,8 +809,8 @@ void GpuEngine::Impl::WorkerLoop() {
 
 Status GpuEngine::Impl::RunJob(PrefetchJob* job) {
   EMBSTORE_RETURN_IF_ERROR(FillSlots(job->table, job->layout, job->arena, job->rows, job->slots,
-                                     options_.staging_bytes, /*max_threads=*/0,
-                                     &prefetch_staging_, copy_));
+                                     options_.staging_bytes, /*max_threads=*/0, &prefetch_staging_,
+                                     copy_));
   EMBSTORE_CUDA_CHECK(cudaEventRecord(prefetch_done_, copy_));
   return Status::OK();
 }
@@ -876,36 +877,33 @@ GpuEngine::GpuEngine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 GpuEngine::~GpuEngine() = default;
 
 Result<std::unique_ptr<GpuEngine>> GpuEngine::Create(const GpuEngineOptions& options) {
-  return Guarded<Result<std::unique_ptr<GpuEngine>>>(
-      [&]() -> Result<std::unique_ptr<GpuEngine>> {
-        if (options.policy != CachePolicy::kLru && options.policy != CachePolicy::kLfu) {
-          return Status::InvalidArgument("unknown cache policy (expected lru or lfu)");
-        }
-        if (options.staging_bytes < 0) {
-          return Status::InvalidArgument("staging_bytes must be >= 0");
-        }
-        // Check the sizes now (against f32 rows of dim 1) so a typo fails early.
-        EMBSTORE_RETURN_IF_ERROR(
-            CacheCapacityRows(options.cache_rows, options.cache_bytes,
-                              MakeSlotLayout(DType::kF32, 1))
-                .status());
-        EMBSTORE_ASSIGN_OR_RETURN(const std::vector<DeviceInfo> devices, ListDevices());
-        if (options.device < 0 || options.device >= static_cast<int>(devices.size())) {
-          return Status::InvalidArgument("no CUDA device " + std::to_string(options.device) +
-                                         " (this machine has " +
-                                         std::to_string(devices.size()) + ")");
-        }
-        const DeviceInfo& info = devices[static_cast<size_t>(options.device)];
-        if (info.compute_major < 9) {
-          return Status::NotSupported(
-              "no GPU: cuda:" + std::to_string(info.ordinal) + " (" + info.name + ") is sm_" +
-              std::to_string(info.compute_major) + std::to_string(info.compute_minor) +
-              ", but this build has code for sm_90 and newer only");
-        }
-        auto impl = std::make_unique<Impl>(options, info);
-        EMBSTORE_RETURN_IF_ERROR(impl->Init());
-        return std::unique_ptr<GpuEngine>(new GpuEngine(std::move(impl)));
-      });
+  return Guarded<Result<std::unique_ptr<GpuEngine>>>([&]() -> Result<std::unique_ptr<GpuEngine>> {
+    if (options.policy != CachePolicy::kLru && options.policy != CachePolicy::kLfu) {
+      return Status::InvalidArgument("unknown cache policy (expected lru or lfu)");
+    }
+    if (options.staging_bytes < 0) {
+      return Status::InvalidArgument("staging_bytes must be >= 0");
+    }
+    // Check the sizes now (against f32 rows of dim 1) so a typo fails early.
+    EMBSTORE_RETURN_IF_ERROR(
+        CacheCapacityRows(options.cache_rows, options.cache_bytes, MakeSlotLayout(DType::kF32, 1))
+            .status());
+    EMBSTORE_ASSIGN_OR_RETURN(const std::vector<DeviceInfo> devices, ListDevices());
+    if (options.device < 0 || options.device >= static_cast<int>(devices.size())) {
+      return Status::InvalidArgument("no CUDA device " + std::to_string(options.device) +
+                                     " (this machine has " + std::to_string(devices.size()) + ")");
+    }
+    const DeviceInfo& info = devices[static_cast<size_t>(options.device)];
+    if (info.compute_major < 9) {
+      return Status::NotSupported("no GPU: cuda:" + std::to_string(info.ordinal) + " (" +
+                                  info.name + ") is sm_" + std::to_string(info.compute_major) +
+                                  std::to_string(info.compute_minor) +
+                                  ", but this build has code for sm_90 and newer only");
+    }
+    auto impl = std::make_unique<Impl>(options, info);
+    EMBSTORE_RETURN_IF_ERROR(impl->Init());
+    return std::unique_ptr<GpuEngine>(new GpuEngine(std::move(impl)));
+  });
 }
 
 Status GpuEngine::EmbeddingBag(const TableView& table, const BagRequest& request,
@@ -926,7 +924,8 @@ Result<PooledOutput> GpuEngine::EmbeddingBag(const TableView& table, const BagRe
     PooledOutput result;
     result.shape = plan.OutputShape(table.dim);
     result.values.resize(static_cast<size_t>(plan.num_bags()) * static_cast<size_t>(table.dim));
-    EMBSTORE_RETURN_IF_ERROR(engine::ValidatePoolInputs(table, plan, options, result.values.size()));
+    EMBSTORE_RETURN_IF_ERROR(
+        engine::ValidatePoolInputs(table, plan, options, result.values.size()));
     EMBSTORE_RETURN_IF_ERROR(impl_->Run(table, plan, options, result.values.data(), false));
     return result;
   });
@@ -978,7 +977,8 @@ Result<PooledOutput> GpuEngine::BatchedEmbeddingBag(const TableView& table,
     PooledOutput result;
     result.shape = plan.OutputShape(table.dim);
     result.values.resize(static_cast<size_t>(plan.num_bags()) * static_cast<size_t>(table.dim));
-    EMBSTORE_RETURN_IF_ERROR(engine::ValidatePoolInputs(table, plan, options, result.values.size()));
+    EMBSTORE_RETURN_IF_ERROR(
+        engine::ValidatePoolInputs(table, plan, options, result.values.size()));
     EMBSTORE_RETURN_IF_ERROR(impl_->Run(table, plan, options, result.values.data(), false));
     return result;
   });

@@ -18,14 +18,13 @@
 #ifndef EMBSTORE_CUDA_POOL_MATH_H_
 #define EMBSTORE_CUDA_POOL_MATH_H_
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 
 #include "cuda/slot_layout.h"
 #include "embstore/types.h"
-
-#include <cmath>
 
 #if defined(__CUDACC__)
 #include <cuda_fp16.h>
@@ -64,19 +63,19 @@ inline NormKind NormKindFor(double p) {
 
 // The pooling kernel's inputs: the cache slots and one pass's CSR of bags.
 struct PoolArgs {
-  const uint8_t* rows = nullptr;       // slot s at rows + s * row_bytes
-  int64_t row_bytes = 0;               // SlotLayout::row_bytes
-  const float* qparams = nullptr;      // int8: scale, bias of slot s at [2s], [2s + 1]
-  const float* row_scale = nullptr;    // max_norm scale of slot s; null: no max_norm
+  const uint8_t* rows = nullptr;         // slot s at rows + s * row_bytes
+  int64_t row_bytes = 0;                 // SlotLayout::row_bytes
+  const float* qparams = nullptr;        // int8: scale, bias of slot s at [2s], [2s + 1]
+  const float* row_scale = nullptr;      // max_norm scale of slot s; null: no max_norm
   const int64_t* bag_offsets = nullptr;  // num_bags + 1
   const int32_t* entry_slot = nullptr;   // per entry
   const float* entry_weight = nullptr;   // per entry; null: all 1
   int64_t num_bags = 0;
   int64_t dim = 0;
   int64_t vecs_per_row = 0;
-  int lanes = 1;                       // threads per bag (LanesPerRow)
-  float* out = nullptr;                // bag b at out + b * dim
-  bool vector_store = false;           // out rows 16-byte aligned and dim % 4 == 0
+  int lanes = 1;              // threads per bag (LanesPerRow)
+  float* out = nullptr;       // bag b at out + b * dim
+  bool vector_store = false;  // out rows 16-byte aligned and dim % 4 == 0
 };
 
 // The max_norm kernel's inputs: one scale per distinct slot of a pass.
@@ -92,7 +91,7 @@ struct NormArgs {
   NormKind kind = NormKind::kL2;
   double norm_type = 2;
   double max_norm = 0;
-  float* row_scale = nullptr;      // written at each slot
+  float* row_scale = nullptr;  // written at each slot
 };
 
 // The scatter kernel's inputs: staged rows (batch_prep.h StagingLayout) to
@@ -104,7 +103,7 @@ struct ScatterArgs {
   int64_t count = 0;
   int64_t row_bytes = 0;
   uint8_t* rows = nullptr;
-  float* qparams = nullptr;               // int8 only
+  float* qparams = nullptr;  // int8 only
 };
 
 // ---- Scalar helpers -----------------------------------------------------------
@@ -251,7 +250,7 @@ EMBSTORE_HD void EntryValues(const PoolArgs& a, int64_t e, int32_t slot, const V
   const float renorm = a.row_scale != nullptr ? a.row_scale[slot] : 1.0f;
   const bool weighted = a.entry_weight != nullptr;
   const float w = weighted ? a.entry_weight[e] : 1.0f;
-EMBSTORE_UNROLL
+  EMBSTORE_UNROLL
   for (int j = 0; j < kN; ++j) {
     float v = Element<kD>(raw, j, scale, bias);
     if (a.row_scale != nullptr) v = MulF(v, renorm);
@@ -262,7 +261,7 @@ EMBSTORE_UNROLL
 
 template <PoolKind kKind, int kN>
 EMBSTORE_HD void Combine(float (&acc)[kN], const float (&x)[kN]) {
-EMBSTORE_UNROLL
+  EMBSTORE_UNROLL
   for (int j = 0; j < kN; ++j) {
     if constexpr (kKind == PoolKind::kMax) {
       acc[j] = x[j] > acc[j] ? x[j] : acc[j];  // ties and NaN keep the earlier value
@@ -277,7 +276,7 @@ EMBSTORE_HD void StoreOut(float* out_row, int64_t d0, const float (&acc)[kN], in
                           bool vector_store) {
 #if defined(__CUDA_ARCH__)
   if (vector_store && d0 + kN <= dim) {
-EMBSTORE_UNROLL
+    EMBSTORE_UNROLL
     for (int j = 0; j < kN; j += 4) {
       *reinterpret_cast<float4*>(out_row + d0 + j) =
           make_float4(acc[j], acc[j + 1], acc[j + 2], acc[j + 3]);
@@ -287,7 +286,7 @@ EMBSTORE_UNROLL
 #else
   (void)vector_store;
 #endif
-EMBSTORE_UNROLL
+  EMBSTORE_UNROLL
   for (int j = 0; j < kN; ++j) {
     if (d0 + j < dim) out_row[d0 + j] = acc[j];
   }
@@ -308,7 +307,7 @@ EMBSTORE_HD void PoolBagLane(const PoolArgs& a, int64_t bag, int lane) {
   for (int64_t vec = lane; vec < a.vecs_per_row; vec += a.lanes) {
     const int64_t byte_off = vec * kVectorBytes;
     float acc[kN];
-EMBSTORE_UNROLL
+    EMBSTORE_UNROLL
     for (int j = 0; j < kN; ++j) acc[j] = 0.0f;
     int64_t e = begin;
     if constexpr (kKind == PoolKind::kMax) {
@@ -322,13 +321,13 @@ EMBSTORE_UNROLL
     for (; e + kUnroll <= end; e += kUnroll) {
       int32_t slot[kUnroll];
       Vec16 raw[kUnroll];
-EMBSTORE_UNROLL
+      EMBSTORE_UNROLL
       for (int k = 0; k < kUnroll; ++k) slot[k] = a.entry_slot[e + k];
-EMBSTORE_UNROLL
+      EMBSTORE_UNROLL
       for (int k = 0; k < kUnroll; ++k) {
         raw[k] = Load16(a.rows + static_cast<int64_t>(slot[k]) * a.row_bytes + byte_off);
       }
-EMBSTORE_UNROLL
+      EMBSTORE_UNROLL
       for (int k = 0; k < kUnroll; ++k) {
         float x[kN];
         EntryValues<kD>(a, e + k, slot[k], raw[k], x);
@@ -345,7 +344,7 @@ EMBSTORE_UNROLL
     if constexpr (kKind == PoolKind::kMean) {
       if (end > begin) {
         const float count = static_cast<float>(end - begin);
-EMBSTORE_UNROLL
+        EMBSTORE_UNROLL
         for (int j = 0; j < kN; ++j) acc[j] = DivF(acc[j], count);
       }
     }
@@ -356,8 +355,8 @@ EMBSTORE_UNROLL
 // ---- max_norm: per-lane partial norms, their combination, the scale -------------
 
 struct NormPartial {
-  double sum = 0;   // L2, L1, zero, general
-  float m = 0;      // inf: max |x|; -inf: min |x| (starts at +inf)
+  double sum = 0;  // L2, L1, zero, general
+  float m = 0;     // inf: max |x|; -inf: min |x| (starts at +inf)
   bool nan = false;
 };
 
@@ -410,12 +409,20 @@ EMBSTORE_HD float NormScale(const NormPartial& p, NormKind kind, double norm_typ
                             double max_norm) {
   double norm = 0;
   switch (kind) {
-    case NormKind::kL2: norm = sqrt(p.sum); break;
+    case NormKind::kL2:
+      norm = sqrt(p.sum);
+      break;
     case NormKind::kL1:
-    case NormKind::kZero: norm = p.sum; break;
+    case NormKind::kZero:
+      norm = p.sum;
+      break;
     case NormKind::kInf:
-    case NormKind::kNegInf: norm = p.nan ? static_cast<double>(BitsToFloat(0x7fc00000u)) : p.m; break;
-    case NormKind::kGeneral: norm = pow(p.sum, 1.0 / norm_type); break;
+    case NormKind::kNegInf:
+      norm = p.nan ? static_cast<double>(BitsToFloat(0x7fc00000u)) : p.m;
+      break;
+    case NormKind::kGeneral:
+      norm = pow(p.sum, 1.0 / norm_type);
+      break;
   }
   const double rounded = static_cast<double>(static_cast<float>(norm));
   if (rounded > max_norm) return static_cast<float>(max_norm / (rounded + 1e-7));
@@ -436,11 +443,12 @@ EMBSTORE_HD NormPartial NormLane(const NormArgs& a, int64_t i, int lane) {
   const uint8_t* row = a.rows + static_cast<int64_t>(slot) * a.row_bytes;
   for (int64_t vec = lane; vec < a.vecs_per_row; vec += a.lanes) {
     const Vec16 raw = Load16(row + vec * kVectorBytes);
-EMBSTORE_UNROLL
+    EMBSTORE_UNROLL
     for (int j = 0; j < kN; ++j) {
       // Padding elements are not part of the row (int8 padding would
       // dequantize to `bias`, not 0).
-      if (vec * kN + j < a.dim) NormAccumulate(&p, a.kind, a.norm_type, Element<kD>(raw, j, scale, bias));
+      if (vec * kN + j < a.dim)
+        NormAccumulate(&p, a.kind, a.norm_type, Element<kD>(raw, j, scale, bias));
     }
   }
   return p;

@@ -15,9 +15,7 @@
 namespace embstore::cuda {
 namespace {
 
-int64_t BlocksFor(int64_t threads) {
-  return (threads + kThreadsPerBlock - 1) / kThreadsPerBlock;
-}
+int64_t BlocksFor(int64_t threads) { return (threads + kThreadsPerBlock - 1) / kThreadsPerBlock; }
 
 Status CheckGrid(int64_t blocks, const char* what) {
   if (blocks > 0x7fffffff) {
@@ -39,9 +37,12 @@ Status LaunchPoolT(const PoolArgs& args, cudaStream_t stream) {
 template <DType kD>
 Status LaunchPoolKind(PoolKind kind, const PoolArgs& args, cudaStream_t stream) {
   switch (kind) {
-    case PoolKind::kSum: return LaunchPoolT<kD, PoolKind::kSum>(args, stream);
-    case PoolKind::kMean: return LaunchPoolT<kD, PoolKind::kMean>(args, stream);
-    case PoolKind::kMax: return LaunchPoolT<kD, PoolKind::kMax>(args, stream);
+    case PoolKind::kSum:
+      return LaunchPoolT<kD, PoolKind::kSum>(args, stream);
+    case PoolKind::kMean:
+      return LaunchPoolT<kD, PoolKind::kMean>(args, stream);
+    case PoolKind::kMax:
+      return LaunchPoolT<kD, PoolKind::kMax>(args, stream);
   }
   return Status::Internal("unknown pooling kind");
 }
@@ -60,20 +61,28 @@ Status LaunchRowScalesT(const NormArgs& args, cudaStream_t stream) {
 
 Status LaunchPool(DType dtype, PoolKind kind, const PoolArgs& args, cudaStream_t stream) {
   switch (dtype) {
-    case DType::kF32: return LaunchPoolKind<DType::kF32>(kind, args, stream);
-    case DType::kF16: return LaunchPoolKind<DType::kF16>(kind, args, stream);
-    case DType::kBF16: return LaunchPoolKind<DType::kBF16>(kind, args, stream);
-    case DType::kInt8Rowwise: return LaunchPoolKind<DType::kInt8Rowwise>(kind, args, stream);
+    case DType::kF32:
+      return LaunchPoolKind<DType::kF32>(kind, args, stream);
+    case DType::kF16:
+      return LaunchPoolKind<DType::kF16>(kind, args, stream);
+    case DType::kBF16:
+      return LaunchPoolKind<DType::kBF16>(kind, args, stream);
+    case DType::kInt8Rowwise:
+      return LaunchPoolKind<DType::kInt8Rowwise>(kind, args, stream);
   }
   return Status::Internal("unknown dtype");
 }
 
 Status LaunchRowScales(DType dtype, const NormArgs& args, cudaStream_t stream) {
   switch (dtype) {
-    case DType::kF32: return LaunchRowScalesT<DType::kF32>(args, stream);
-    case DType::kF16: return LaunchRowScalesT<DType::kF16>(args, stream);
-    case DType::kBF16: return LaunchRowScalesT<DType::kBF16>(args, stream);
-    case DType::kInt8Rowwise: return LaunchRowScalesT<DType::kInt8Rowwise>(args, stream);
+    case DType::kF32:
+      return LaunchRowScalesT<DType::kF32>(args, stream);
+    case DType::kF16:
+      return LaunchRowScalesT<DType::kF16>(args, stream);
+    case DType::kBF16:
+      return LaunchRowScalesT<DType::kBF16>(args, stream);
+    case DType::kInt8Rowwise:
+      return LaunchRowScalesT<DType::kInt8Rowwise>(args, stream);
   }
   return Status::Internal("unknown dtype");
 }

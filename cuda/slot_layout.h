@@ -44,10 +44,13 @@ struct SlotLayout {
 
 inline int StoredElementBytes(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return 4;
+    case DType::kF32:
+      return 4;
     case DType::kF16:
-    case DType::kBF16: return 2;
-    case DType::kInt8Rowwise: return 1;
+    case DType::kBF16:
+      return 2;
+    case DType::kInt8Rowwise:
+      return 1;
   }
   return 4;
 }

@@ -16,8 +16,8 @@ Status Invalid(const std::string& msg) { return Status::InvalidArgument(msg); }
 
 }  // namespace
 
-Status FmScore(FmModel model, const TableView& vectors, const TableView& biases, const FmRequest& request,
-               const QueryOptions& options, std::span<float> out) {
+Status FmScore(FmModel model, const TableView& vectors, const TableView& biases,
+               const FmRequest& request, const QueryOptions& options, std::span<float> out) {
   const BatchedBagRequest& bags = request.bags;
   const int64_t B = bags.batch, K = bags.bags_per_sample, D = vectors.dim;
   if (options.mode != PoolingMode::kSum) {
@@ -28,9 +28,9 @@ Status FmScore(FmModel model, const TableView& vectors, const TableView& biases,
                    std::to_string(biases.dim) + ")");
   }
   if (biases.rows != vectors.rows) {
-    return Invalid("the vectors table '" + std::string(vectors.name) + "' has " + std::to_string(vectors.rows) +
-                   " rows but the biases table '" + std::string(biases.name) + "' has " +
-                   std::to_string(biases.rows));
+    return Invalid("the vectors table '" + std::string(vectors.name) + "' has " +
+                   std::to_string(vectors.rows) + " rows but the biases table '" +
+                   std::string(biases.name) + "' has " + std::to_string(biases.rows));
   }
   if (static_cast<int64_t>(out.size()) != B) {
     return Invalid("output holds " + std::to_string(out.size()) + " scores; the request has " +
@@ -41,20 +41,23 @@ Status FmScore(FmModel model, const TableView& vectors, const TableView& biases,
     F = request.num_fields > 0 ? request.num_fields : K;
     if (F <= 0) return Invalid("FFM needs at least one field");
     if (D % F != 0) {
-      return Invalid("FFM: the vectors dim " + std::to_string(D) + " of table '" + std::string(vectors.name) +
-                     "' is not divisible by the number of fields " + std::to_string(F));
+      return Invalid("FFM: the vectors dim " + std::to_string(D) + " of table '" +
+                     std::string(vectors.name) + "' is not divisible by the number of fields " +
+                     std::to_string(F));
     }
     k = D / F;
     if (request.fields) {
       if (request.fields->size != B * K) {
-        return Invalid("fields has " + std::to_string(request.fields->size) + " entries; expected B x K = " +
-                       std::to_string(B) + " x " + std::to_string(K) + " (one field per bag)");
+        return Invalid("fields has " + std::to_string(request.fields->size) +
+                       " entries; expected B x K = " + std::to_string(B) + " x " +
+                       std::to_string(K) + " (one field per bag)");
       }
       for (int64_t i = 0; i < request.fields->size; ++i) {
         const int64_t f = (*request.fields)[i];
         if (f < 0 || f >= F) {
-          return Invalid("fields[" + std::to_string(i / K) + ", " + std::to_string(i % K) + "] = " +
-                         std::to_string(f) + " is out of range for " + std::to_string(F) + " fields");
+          return Invalid("fields[" + std::to_string(i / K) + ", " + std::to_string(i % K) +
+                         "] = " + std::to_string(f) + " is out of range for " + std::to_string(F) +
+                         " fields");
         }
       }
     } else if (K > F) {
@@ -73,7 +76,9 @@ Status FmScore(FmModel model, const TableView& vectors, const TableView& biases,
   EMBSTORE_RETURN_IF_ERROR(engine::PoolPlan(vectors, plan, options, v));
   EMBSTORE_RETURN_IF_ERROR(engine::PoolPlan(biases, plan, options, beta));
 
-  auto field = [&](int64_t b, int64_t m) { return request.fields ? (*request.fields)[b * K + m] : m; };
+  auto field = [&](int64_t b, int64_t m) {
+    return request.fields ? (*request.fields)[b * K + m] : m;
+  };
   auto score = [&](int64_t b) {
     const float* vb = v.data() + b * K * D;
     double y = request.bias;
@@ -95,8 +100,8 @@ Status FmScore(FmModel model, const TableView& vectors, const TableView& biases,
         const int64_t fm = field(b, m);
         for (int64_t m2 = m + 1; m2 < K; ++m2) {
           const int64_t fm2 = field(b, m2);
-          const float* a = vb + m * D + fm2 * k;   // V_m[f_m']
-          const float* c = vb + m2 * D + fm * k;   // V_m'[f_m]
+          const float* a = vb + m * D + fm2 * k;  // V_m[f_m']
+          const float* c = vb + m2 * D + fm * k;  // V_m'[f_m]
           double dot = 0;
           for (int64_t j = 0; j < k; ++j) dot += static_cast<double>(a[j]) * c[j];
           y += dot;
@@ -108,9 +113,10 @@ Status FmScore(FmModel model, const TableView& vectors, const TableView& biases,
   if (options.max_threads == 1 || B < 64) {
     for (int64_t b = 0; b < B; ++b) score(b);
   } else {
-    tbb::parallel_for(tbb::blocked_range<int64_t>(0, B, 16), [&](const tbb::blocked_range<int64_t>& r) {
-      for (int64_t b = r.begin(); b != r.end(); ++b) score(b);
-    });
+    tbb::parallel_for(tbb::blocked_range<int64_t>(0, B, 16),
+                      [&](const tbb::blocked_range<int64_t>& r) {
+                        for (int64_t b = r.begin(); b != r.end(); ++b) score(b);
+                      });
   }
   return Status::OK();
 }

@@ -58,14 +58,16 @@ bool EncodeRow(const float* src, int64_t dim, DType dtype, size_t stride, uint8_
 Status EncodeRows(const float* src, int64_t count, int64_t dim, DType dtype, size_t stride,
                   uint8_t* dst, int64_t first_row) {
   std::atomic<int64_t> bad_row{-1};
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, count, 256), [&](const tbb::blocked_range<int64_t>& r) {
-    for (int64_t i = r.begin(); i != r.end(); ++i) {
-      if (!EncodeRow(src + i * dim, dim, dtype, stride, dst + static_cast<size_t>(i) * stride)) {
-        int64_t expected = -1;
-        bad_row.compare_exchange_strong(expected, i);
-      }
-    }
-  });
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, count, 256),
+                    [&](const tbb::blocked_range<int64_t>& r) {
+                      for (int64_t i = r.begin(); i != r.end(); ++i) {
+                        if (!EncodeRow(src + i * dim, dim, dtype, stride,
+                                       dst + static_cast<size_t>(i) * stride)) {
+                          int64_t expected = -1;
+                          bad_row.compare_exchange_strong(expected, i);
+                        }
+                      }
+                    });
   if (bad_row.load() >= 0) {
     return Status::InvalidArgument("row " + std::to_string(first_row + bad_row.load()) +
                                    " holds a non-finite value, which int8 row-wise quantization "

@@ -8,8 +8,16 @@
 
 namespace embstore::storage {
 
-inline float BitsToFloat(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
-inline uint32_t FloatToBits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+inline float BitsToFloat(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint32_t FloatToBits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
 
 // Exact: every half is a float.
 inline float HalfToFloat(uint16_t h) {
@@ -38,7 +46,7 @@ inline uint16_t FloatToHalf(float f) {
   if (ax < 0x38800000u) {  // below the smallest normal half (2^-14): subnormal or zero
     // value in units of 2^-24, rounded to nearest even.
     const float v = BitsToFloat(ax);
-    const float scaled = v * 16777216.0f;  // exact (power of two)
+    const float scaled = v * 16777216.0f;    // exact (power of two)
     const float r = std::nearbyint(scaled);  // default rounding mode: nearest even
     return static_cast<uint16_t>(sign | static_cast<uint16_t>(r));
   }
@@ -54,7 +62,8 @@ inline float BF16ToFloat(uint16_t b) { return BitsToFloat(static_cast<uint32_t>(
 
 inline uint16_t FloatToBF16(float f) {
   uint32_t x = FloatToBits(f);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // quiet NaN
+  if ((x & 0x7fffffffu) > 0x7f800000u)
+    return static_cast<uint16_t>((x >> 16) | 0x40u);  // quiet NaN
   const uint32_t lsb = (x >> 16) & 1u;
   x += 0x7fffu + lsb;  // round to nearest even
   return static_cast<uint16_t>(x >> 16);

@@ -152,7 +152,8 @@ Result<NpyHeader> ParseNpyHeader(std::span<const uint8_t> prefix, uint64_t file_
   } else if (major == 2 || major == 3) {
     if (prefix.size() < 12) return Status::InvalidArgument("truncated .npy header");
     header_len = prefix[8] | (static_cast<uint64_t>(prefix[9]) << 8) |
-                 (static_cast<uint64_t>(prefix[10]) << 16) | (static_cast<uint64_t>(prefix[11]) << 24);
+                 (static_cast<uint64_t>(prefix[10]) << 16) |
+                 (static_cast<uint64_t>(prefix[11]) << 24);
     preamble = 12;
   } else {
     return Status::InvalidArgument("unsupported .npy format version " + std::to_string(major));
@@ -216,7 +217,8 @@ Result<NpyHeader> ReadNpyHeader(const std::string& path) {
     want = std::min<uint64_t>(size, 10 + (prefix[8] | (static_cast<uint64_t>(prefix[9]) << 8)));
   } else if (prefix.size() >= 12) {
     uint64_t len = prefix[8] | (static_cast<uint64_t>(prefix[9]) << 8) |
-                   (static_cast<uint64_t>(prefix[10]) << 16) | (static_cast<uint64_t>(prefix[11]) << 24);
+                   (static_cast<uint64_t>(prefix[10]) << 16) |
+                   (static_cast<uint64_t>(prefix[11]) << 24);
     want = std::min<uint64_t>(size, 12 + std::min<uint64_t>(len, kMaxHeaderLen + 1));
   }
   prefix.resize(want);
@@ -306,13 +308,15 @@ Status NpyWriter::Open(const std::string& path, const std::string& descr,
 Status NpyWriter::Append(std::span<const uint8_t> bytes) {
   if (fd_ < 0) return Status::Internal("NpyWriter::Append before Open");
   written_bytes_ += bytes.size();
-  if (written_bytes_ > expected_bytes_) return Status::Internal("NpyWriter: more data than the shape");
+  if (written_bytes_ > expected_bytes_)
+    return Status::Internal("NpyWriter: more data than the shape");
   return WriteFull(fd_, bytes.data(), bytes.size(), tmp_path_);
 }
 
 Status NpyWriter::Commit() {
   if (fd_ < 0) return Status::Internal("NpyWriter::Commit before Open");
-  if (written_bytes_ != expected_bytes_) return Status::Internal("NpyWriter: less data than the shape");
+  if (written_bytes_ != expected_bytes_)
+    return Status::Internal("NpyWriter: less data than the shape");
   if (::fsync(fd_) != 0) return ErrnoStatus("cannot fsync", tmp_path_, errno);
   if (::close(fd_) != 0) {
     fd_ = -1;
@@ -328,8 +332,8 @@ Status NpyWriter::Commit() {
   return Status::OK();
 }
 
-Status WriteNpy(const std::string& path, const std::string& descr, const std::vector<int64_t>& shape,
-                std::span<const uint8_t> data) {
+Status WriteNpy(const std::string& path, const std::string& descr,
+                const std::vector<int64_t>& shape, std::span<const uint8_t> data) {
   NpyWriter w;
   EMBSTORE_RETURN_IF_ERROR(w.Open(path, descr, shape));
   EMBSTORE_RETURN_IF_ERROR(w.Append(data));
@@ -365,7 +369,8 @@ class NpyTensorReader : public TensorReader {
       // Column-major: column j holds element (i, j) at j * rows + i.
       for (int64_t j = 0; j < dim_; ++j) {
         const uint64_t off =
-            h_.data_offset + (static_cast<uint64_t>(j) * rows_ + static_cast<uint64_t>(first)) * isz;
+            h_.data_offset +
+            (static_cast<uint64_t>(j) * rows_ + static_cast<uint64_t>(first)) * isz;
         EMBSTORE_RETURN_IF_ERROR(PReadFull(fd_.get(), buf_.data(), count * isz, off, path_));
         Convert(buf_.data(), static_cast<uint64_t>(count), out + j, dim_);
       }

@@ -13,13 +13,13 @@ namespace embstore::storage {
 
 // A parsed .npy header.
 struct NpyHeader {
-  std::string descr;           // e.g. "<f4"
-  char kind = 0;               // 'f', 'i', 'u', 'b', ... (numpy's kind letter)
-  int item_size = 0;           // bytes per element
+  std::string descr;  // e.g. "<f4"
+  char kind = 0;      // 'f', 'i', 'u', 'b', ... (numpy's kind letter)
+  int item_size = 0;  // bytes per element
   bool fortran_order = false;
-  std::vector<int64_t> shape;  // as stored
-  uint64_t data_offset = 0;    // bytes from the start of the file to the data
-  uint64_t data_bytes = 0;     // product(shape) * item_size
+  std::vector<int64_t> shape;     // as stored
+  uint64_t data_offset = 0;       // bytes from the start of the file to the data
+  uint64_t data_bytes = 0;        // product(shape) * item_size
   std::string DTypeName() const;  // "f32", "f64", "f16", "int64", ... or the descr
 };
 
@@ -42,8 +42,8 @@ Result<NpyArray> LoadNpy(const std::string& path, uint64_t max_bytes = uint64_t{
 // Writes a .npy file atomically: to "<path>.tmp-<pid>", fsync, rename. On any
 // error the destination is untouched and the temporary removed. `descr` is
 // "<f4" or "<f2"; `data` holds product(shape) elements of that type.
-Status WriteNpy(const std::string& path, const std::string& descr, const std::vector<int64_t>& shape,
-                std::span<const uint8_t> data);
+Status WriteNpy(const std::string& path, const std::string& descr,
+                const std::vector<int64_t>& shape, std::span<const uint8_t> data);
 
 // Streaming writer for large arrays: header first, then Append() chunks, then
 // Commit() (fsync + rename). Destroying an uncommitted writer removes the

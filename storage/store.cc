@@ -57,7 +57,8 @@ class TableSnapshot::Mapping {
   mutable std::atomic<bool> obsolete_{false};
 };
 
-TableSnapshot::TableSnapshot(std::shared_ptr<const Mapping> mapping) : mapping_(std::move(mapping)) {}
+TableSnapshot::TableSnapshot(std::shared_ptr<const Mapping> mapping)
+    : mapping_(std::move(mapping)) {}
 const TableInfo& TableSnapshot::info() const { return mapping_->info(); }
 TableView TableSnapshot::view() const { return mapping_->view(); }
 
@@ -67,7 +68,8 @@ Status ValidateTableName(const std::string& name) {
   if (name.empty() || name.size() > 128) {
     return Status::InvalidArgument("table name must be 1 to 128 characters long");
   }
-  if (name[0] == '.') return Status::InvalidArgument("table name '" + name + "' must not start with '.'");
+  if (name[0] == '.')
+    return Status::InvalidArgument("table name '" + name + "' must not start with '.'");
   for (char c : name) {
     const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                     c == '_' || c == '-' || c == '.';
@@ -88,10 +90,18 @@ constexpr size_t kChunkBytes = 32u << 20;  // f32 staging per import chunk
 
 std::string EncodeInfo(const TableInfo& t) {
   nlohmann::json j = {
-      {"name", t.name},           {"version", t.version},     {"rows", t.rows},
-      {"dim", t.dim},             {"dtype", DTypeName(t.dtype)}, {"row_stride", t.row_stride},
-      {"data_bytes", t.data_bytes}, {"file_bytes", t.file_bytes}, {"checksum", t.checksum},
-      {"source", t.source},       {"file", t.file},           {"created_unix", t.created_unix},
+      {"name", t.name},
+      {"version", t.version},
+      {"rows", t.rows},
+      {"dim", t.dim},
+      {"dtype", DTypeName(t.dtype)},
+      {"row_stride", t.row_stride},
+      {"data_bytes", t.data_bytes},
+      {"file_bytes", t.file_bytes},
+      {"checksum", t.checksum},
+      {"source", t.source},
+      {"file", t.file},
+      {"created_unix", t.created_unix},
   };
   return j.dump();
 }
@@ -142,7 +152,10 @@ Status MakeDir(const std::string& p) {
 class StoreImpl final : public Store {
  public:
   StoreImpl(std::string dir, StoreOptions options, std::unique_ptr<rocksdb::DB> db)
-      : dir_(std::move(dir)), tables_dir_(dir_ + "/tables"), options_(options), db_(std::move(db)) {}
+      : dir_(std::move(dir)),
+        tables_dir_(dir_ + "/tables"),
+        options_(options),
+        db_(std::move(db)) {}
 
   Status CollectLeftovers() {
     std::set<std::string> referenced;
@@ -186,7 +199,8 @@ class StoreImpl final : public Store {
     if (it != open_.end()) return TableSnapshot(it->second);
     EMBSTORE_ASSIGN_OR_RETURN(TableInfo info, GetInfo(name));
     const std::string path = tables_dir_ + "/" + info.file;
-    EMBSTORE_ASSIGN_OR_RETURN(auto file, storage::MappedTableFile::Open(path, options_.advise_random));
+    EMBSTORE_ASSIGN_OR_RETURN(auto file,
+                              storage::MappedTableFile::Open(path, options_.advise_random));
     const storage::TableHeader& h = file->header();
     if (h.rows != static_cast<uint64_t>(info.rows) || h.dim != static_cast<uint64_t>(info.dim) ||
         h.dtype != info.dtype || h.data_checksum != info.checksum) {
@@ -204,7 +218,8 @@ class StoreImpl final : public Store {
       auto existing = GetInfo(name);
       if (existing.ok()) {
         return Status::AlreadyExists("table '" + name + "' exists (version " +
-                                     std::to_string(existing->version) + "); pass --replace to publish a new version");
+                                     std::to_string(existing->version) +
+                                     "); pass --replace to publish a new version");
       }
     }
     EMBSTORE_ASSIGN_OR_RETURN(auto reader, storage::OpenTensor(path, options.tensor_key));
@@ -212,9 +227,15 @@ class StoreImpl final : public Store {
     spec.rows = reader->rows();
     spec.dim = reader->dim();
     switch (reader->source_dtype()) {
-      case storage::SourceDType::kF16: spec.dtype = DType::kF16; break;
-      case storage::SourceDType::kBF16: spec.dtype = DType::kBF16; break;
-      default: spec.dtype = DType::kF32; break;
+      case storage::SourceDType::kF16:
+        spec.dtype = DType::kF16;
+        break;
+      case storage::SourceDType::kBF16:
+        spec.dtype = DType::kBF16;
+        break;
+      default:
+        spec.dtype = DType::kF32;
+        break;
     }
     if (options.dtype) spec.dtype = *options.dtype;
     spec.source = reader->source();
@@ -241,7 +262,8 @@ class StoreImpl final : public Store {
       auto existing = GetInfo(name);
       if (existing.ok() && !spec.replace) {
         return Status::AlreadyExists("table '" + name + "' exists (version " +
-                                     std::to_string(existing->version) + "); pass --replace to publish a new version");
+                                     std::to_string(existing->version) +
+                                     "); pass --replace to publish a new version");
       }
       std::string seq;
       rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), kVersionSeqPrefix + name, &seq);
@@ -249,8 +271,8 @@ class StoreImpl final : public Store {
       version = (s.ok() ? std::stoull(seq) : 0) + 1;
       rocksdb::WriteOptions wo;
       wo.sync = true;
-      EMBSTORE_RETURN_IF_ERROR(
-          FromRocks(db_->Put(wo, kVersionSeqPrefix + name, std::to_string(version)), "catalog write"));
+      EMBSTORE_RETURN_IF_ERROR(FromRocks(
+          db_->Put(wo, kVersionSeqPrefix + name, std::to_string(version)), "catalog write"));
     }
     const std::string file = name + ".v" + std::to_string(version) + ".emb";
     const std::string final_path = tables_dir_ + "/" + file;
@@ -262,15 +284,20 @@ class StoreImpl final : public Store {
     const int64_t chunk_rows =
         spec.chunk_rows > 0
             ? spec.chunk_rows
-            : std::max<int64_t>(1, static_cast<int64_t>(kChunkBytes / (sizeof(float) * static_cast<size_t>(spec.dim))));
-    std::vector<float> f32(static_cast<size_t>(std::min(chunk_rows, std::max<int64_t>(spec.rows, 1)) * spec.dim));
-    std::vector<uint8_t> encoded(static_cast<size_t>(std::min(chunk_rows, std::max<int64_t>(spec.rows, 1))) * stride);
+            : std::max<int64_t>(
+                  1, static_cast<int64_t>(kChunkBytes /
+                                          (sizeof(float) * static_cast<size_t>(spec.dim))));
+    std::vector<float> f32(
+        static_cast<size_t>(std::min(chunk_rows, std::max<int64_t>(spec.rows, 1)) * spec.dim));
+    std::vector<uint8_t> encoded(
+        static_cast<size_t>(std::min(chunk_rows, std::max<int64_t>(spec.rows, 1))) * stride);
     for (int64_t first = 0; first < spec.rows; first += chunk_rows) {
       const int64_t count = std::min(chunk_rows, spec.rows - first);
       EMBSTORE_RETURN_IF_ERROR(fill(first, count, f32.data()));
+      EMBSTORE_RETURN_IF_ERROR(storage::EncodeRows(f32.data(), count, spec.dim, spec.dtype, stride,
+                                                   encoded.data(), first));
       EMBSTORE_RETURN_IF_ERROR(
-          storage::EncodeRows(f32.data(), count, spec.dim, spec.dtype, stride, encoded.data(), first));
-      EMBSTORE_RETURN_IF_ERROR(writer.AppendRows({encoded.data(), static_cast<size_t>(count) * stride}, count));
+          writer.AppendRows({encoded.data(), static_cast<size_t>(count) * stride}, count));
       if (spec.progress) spec.progress(first + count, spec.rows);
     }
     if (spec.progress && spec.rows == 0) spec.progress(0, 0);
@@ -374,8 +401,9 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& dir, const StoreOp
   const std::string catalog = dir + "/catalog";
   if (!DirExists(catalog)) {
     if (!options.create_if_missing) {
-      return Status::NotFound("no embstore store at '" + dir + "' (create one with `embstore init --db " +
-                              dir + "` or by importing a table)");
+      return Status::NotFound("no embstore store at '" + dir +
+                              "' (create one with `embstore init --db " + dir +
+                              "` or by importing a table)");
     }
     EMBSTORE_RETURN_IF_ERROR(MakeDir(dir));
   }
@@ -389,7 +417,8 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& dir, const StoreOp
   rocksdb::Status s = rocksdb::DB::Open(ro, catalog, &raw);
   if (!s.ok()) {
     if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
-      return Status::IOError("store '" + dir + "' is in use by another process (" + s.ToString() + ")");
+      return Status::IOError("store '" + dir + "' is in use by another process (" + s.ToString() +
+                             ")");
     }
     return FromRocks(s, "cannot open the catalog of store '" + dir + "'");
   }
@@ -403,7 +432,8 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& dir, const StoreOp
   } else if (!s.ok()) {
     return FromRocks(s, "catalog read");
   } else if (fmt != "1") {
-    return Status::NotSupported("store '" + dir + "' has catalog format " + fmt + "; this build reads 1");
+    return Status::NotSupported("store '" + dir + "' has catalog format " + fmt +
+                                "; this build reads 1");
   }
   auto store = std::make_unique<StoreImpl>(dir, options, std::move(db));
   EMBSTORE_RETURN_IF_ERROR(store->CollectLeftovers());

@@ -18,8 +18,16 @@ namespace {
 
 void Put32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }  // x86/ARM little-endian hosts
 void Put64(uint8_t* p, uint64_t v) { std::memcpy(p, &v, 8); }
-uint32_t Get32(const uint8_t* p) { uint32_t v; std::memcpy(&v, p, 4); return v; }
-uint64_t Get64(const uint8_t* p) { uint64_t v; std::memcpy(&v, p, 8); return v; }
+uint32_t Get32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+uint64_t Get64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
 
 static_assert(std::endian::native == std::endian::little, "table files are little-endian");
 
@@ -46,7 +54,8 @@ Result<TableHeader> DecodeHeader(std::span<const uint8_t> b, const std::string& 
     return Status::Corruption("table file '" + path + "': " + what);
   };
   if (b.size() < 72) return bad("shorter than its header");
-  if (std::memcmp(b.data(), kTableMagic, 8) != 0) return bad("bad magic (not an embstore table file)");
+  if (std::memcmp(b.data(), kTableMagic, 8) != 0)
+    return bad("bad magic (not an embstore table file)");
   if (Get64(b.data() + 64) != Checksum64(b.data(), 64)) return bad("header checksum mismatch");
   TableHeader h;
   h.format_version = Get32(b.data() + 8);
@@ -65,7 +74,8 @@ Result<TableHeader> DecodeHeader(std::span<const uint8_t> b, const std::string& 
   h.data_bytes = Get64(b.data() + 48);
   h.data_checksum = Get64(b.data() + 56);
   if (h.dim == 0 || h.dim > (uint64_t{1} << 32)) return bad("bad dim");
-  if (h.row_stride != RowStrideBytes(h.dtype, static_cast<int64_t>(h.dim))) return bad("bad row stride");
+  if (h.row_stride != RowStrideBytes(h.dtype, static_cast<int64_t>(h.dim)))
+    return bad("bad row stride");
   if (h.data_offset != kHeaderBytes) return bad("bad data offset");
   if (h.rows > (uint64_t{1} << 48) / h.row_stride || h.data_bytes != h.rows * h.row_stride) {
     return bad("data size does not match rows x row stride");
@@ -99,13 +109,14 @@ Status TableFileWriter::Open(const std::string& tmp_path, DType dtype, int64_t r
   // Reserve the whole file up front: a full disk fails here, not half way.
   const off_t total = static_cast<off_t>(kHeaderBytes + header_.data_bytes);
   int rc = ::posix_fallocate(fd_, 0, total);
-  if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL) return ErrnoStatus("cannot allocate", tmp_path, rc);
+  if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL)
+    return ErrnoStatus("cannot allocate", tmp_path, rc);
   if (rc != 0 && ::ftruncate(fd_, total) != 0) return ErrnoStatus("cannot size", tmp_path, errno);
-  hash_ = std::unique_ptr<HashState, void (*)(HashState*)>(
-      new HashState{XXH64_createState()}, [](HashState* s) {
-        XXH64_freeState(s->state);
-        delete s;
-      });
+  hash_ = std::unique_ptr<HashState, void (*)(HashState*)>(new HashState{XXH64_createState()},
+                                                           [](HashState* s) {
+                                                             XXH64_freeState(s->state);
+                                                             delete s;
+                                                           });
   XXH64_reset(hash_->state, 0);
   return Status::OK();
 }
@@ -172,7 +183,8 @@ Result<std::unique_ptr<MappedTableFile>> MappedTableFile::Open(const std::string
   EMBSTORE_ASSIGN_OR_RETURN(TableHeader h, DecodeHeader(hdr, path));
   if (size != h.data_offset + h.data_bytes) {
     return Status::Corruption("table file '" + path + "' has " + std::to_string(size) +
-                              " bytes; its header says " + std::to_string(h.data_offset + h.data_bytes));
+                              " bytes; its header says " +
+                              std::to_string(h.data_offset + h.data_bytes));
   }
   std::unique_ptr<MappedTableFile> m(new MappedTableFile());
   m->impl_ = std::make_unique<Impl>();
@@ -200,7 +212,8 @@ Result<TableHeader> VerifyTableFile(const std::string& path) {
   EMBSTORE_ASSIGN_OR_RETURN(TableHeader h, DecodeHeader(buf, path));
   if (size != h.data_offset + h.data_bytes) {
     return Status::Corruption("table file '" + path + "' has " + std::to_string(size) +
-                              " bytes; its header says " + std::to_string(h.data_offset + h.data_bytes));
+                              " bytes; its header says " +
+                              std::to_string(h.data_offset + h.data_bytes));
   }
   ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   XXH64_state_t* st = XXH64_createState();
@@ -221,7 +234,8 @@ Result<TableHeader> VerifyTableFile(const std::string& path) {
   EMBSTORE_RETURN_IF_ERROR(status);
   if (sum != h.data_checksum) {
     return Status::Corruption("table file '" + path + "': data checksum mismatch (header " +
-                              std::to_string(h.data_checksum) + ", data " + std::to_string(sum) + ")");
+                              std::to_string(h.data_checksum) + ", data " + std::to_string(sum) +
+                              ")");
   }
   return h;
 }

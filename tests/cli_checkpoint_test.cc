@@ -20,7 +20,9 @@ using nlohmann::json;
 
 const std::string kDir = std::string(EMBSTORE_SOURCE_DIR) + "/tests/data/checkpoints";
 
-bool Contains(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
+bool Contains(const std::string& hay, const std::string& needle) {
+  return hay.find(needle) != std::string::npos;
+}
 
 json Manifest() {
   std::ifstream f(kDir + "/manifest.json");
@@ -28,7 +30,8 @@ json Manifest() {
 }
 
 // Reads an exported .npy (<f4, or <f2 widened to float).
-std::vector<float> ReadExport(const std::string& path, std::vector<int64_t>* shape, std::string* descr) {
+std::vector<float> ReadExport(const std::string& path, std::vector<int64_t>* shape,
+                              std::string* descr) {
   auto a = storage::LoadNpy(path);
   EXPECT_TRUE(a.ok()) << a.status().ToString();
   if (!a.ok()) return {};
@@ -60,8 +63,10 @@ TEST(CliCheckpointTest, EveryTensorExportsBackEqual) {
       if (!t.contains("expected")) continue;
       SCOPED_TRACE(file + ":" + t["key"].get<std::string>());
       const std::string table = "t" + std::to_string(checked);
-      std::vector<std::string> args = {"import", "--db", db, "--table", table, "--from", kDir + "/" + file};
-      if (!t["key"].get<std::string>().empty()) args.insert(args.end(), {"--tensor", t["key"].get<std::string>()});
+      std::vector<std::string> args = {"import", "--db",           db, "--table", table,
+                                       "--from", kDir + "/" + file};
+      if (!t["key"].get<std::string>().empty())
+        args.insert(args.end(), {"--tensor", t["key"].get<std::string>()});
       auto r = RunCli(args);
       ASSERT_EQ(r.exit_code, 0) << r.err;
       // f64 becomes f32 by default; f16/bf16/f32 keep their dtype.
@@ -75,11 +80,13 @@ TEST(CliCheckpointTest, EveryTensorExportsBackEqual) {
       auto got = ReadExport(tmp / "e.npy", &shape, &descr);
       EXPECT_EQ(descr, dt == "f16" ? "<f2" : "<f4");
       std::vector<int64_t> want_shape;
-      auto want = embstore::testing::ReadF32Npy(kDir + "/" + t["expected"].get<std::string>(), &want_shape);
+      auto want =
+          embstore::testing::ReadF32Npy(kDir + "/" + t["expected"].get<std::string>(), &want_shape);
       ASSERT_EQ(got.size(), want.size());
       const int64_t rows = want_shape.empty() ? 1 : want_shape[0];
       ASSERT_EQ(shape[0], rows);
-      for (size_t i = 0; i < got.size(); ++i) ASSERT_TRUE(SameValue(got[i], want[i])) << i << ": " << got[i] << " vs " << want[i];
+      for (size_t i = 0; i < got.size(); ++i)
+        ASSERT_TRUE(SameValue(got[i], want[i])) << i << ": " << got[i] << " vs " << want[i];
       ++checked;
     }
   }
@@ -93,8 +100,8 @@ TEST(CliCheckpointTest, RefusedTensorsSayWhy) {
   for (auto& [file, entry] : m.items()) {
     for (const auto& t : entry["tensors"]) {
       if (!t.contains("refused")) continue;
-      auto r = RunCli({"import", "--db", tmp / "db", "--table", "x", "--from", kDir + "/" + file, "--tensor",
-                       t["key"].get<std::string>()});
+      auto r = RunCli({"import", "--db", tmp / "db", "--table", "x", "--from", kDir + "/" + file,
+                       "--tensor", t["key"].get<std::string>()});
       EXPECT_EQ(r.exit_code, 1) << file << ":" << t["key"];
       EXPECT_TRUE(Contains(r.err, t["refused"].get<std::string>())) << r.err;
       ++checked;
@@ -122,8 +129,8 @@ TEST(CliCheckpointTest, InspectListsKeysDtypesShapes) {
 
 TEST(CliCheckpointTest, SeveralTablesFromOneCheckpoint) {
   TempDir tmp;
-  auto r = RunCli({"import", "--db", tmp / "db", "--from", kDir + "/training.pt", "--tensor", "model.emb.weight=emb",
-                   "--tensor", "optimizer.state.0.exp_avg=avg"});
+  auto r = RunCli({"import", "--db", tmp / "db", "--from", kDir + "/training.pt", "--tensor",
+                   "model.emb.weight=emb", "--tensor", "optimizer.state.0.exp_avg=avg"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   r = RunCli({"list", "--db", tmp / "db"});
   EXPECT_TRUE(Contains(r.out, "emb\t12\t6\tf32")) << r.out;
@@ -132,7 +139,8 @@ TEST(CliCheckpointTest, SeveralTablesFromOneCheckpoint) {
   r = RunCli({"import", "--db", tmp / "db", "--table", "x", "--from", kDir + "/training.pt"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_TRUE(Contains(r.err, "model.emb.weight")) << r.err;
-  r = RunCli({"import", "--db", tmp / "db", "--table", "x", "--from", kDir + "/training.pt", "--tensor", "model.emb"});
+  r = RunCli({"import", "--db", tmp / "db", "--table", "x", "--from", kDir + "/training.pt",
+              "--tensor", "model.emb"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_TRUE(Contains(r.err, "embstore inspect")) << r.err;
 }
@@ -144,11 +152,13 @@ TEST(CliCheckpointTest, StorageDtypesConvertExportAndQuery) {
   const std::string db = tmp / "db";
   const std::string src = kDir + "/training.pt";
   std::vector<int64_t> shape;
-  auto want = embstore::testing::ReadF32Npy(kDir + "/expected/training.pt/model.emb.weight.npy", &shape);
+  auto want =
+      embstore::testing::ReadF32Npy(kDir + "/expected/training.pt/model.emb.weight.npy", &shape);
   const int64_t dim = shape[1];
   for (const std::string dt : {"f32", "f16", "bf16", "int8"}) {
     SCOPED_TRACE(dt);
-    auto r = RunCli({"import", "--db", db, "--table", dt, "--from", src, "--tensor", "model.emb.weight", "--dtype", dt});
+    auto r = RunCli({"import", "--db", db, "--table", dt, "--from", src, "--tensor",
+                     "model.emb.weight", "--dtype", dt});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     r = RunCli({"info", "--db", db, "--table", dt});
     EXPECT_TRUE(Contains(r.out, "dtype:         " + dt)) << r.out;
@@ -162,7 +172,8 @@ TEST(CliCheckpointTest, StorageDtypesConvertExportAndQuery) {
     ASSERT_EQ(got.size(), want.size());
     for (int64_t i = 0; i < shape[0]; ++i) {
       float lo = want[i * dim], hi = lo;
-      for (int64_t j = 0; j < dim; ++j) lo = std::min(lo, want[i * dim + j]), hi = std::max(hi, want[i * dim + j]);
+      for (int64_t j = 0; j < dim; ++j)
+        lo = std::min(lo, want[i * dim + j]), hi = std::max(hi, want[i * dim + j]);
       for (int64_t j = 0; j < dim; ++j) {
         const float w = want[i * dim + j], g = got[i * dim + j];
         float tol = 0;
@@ -173,8 +184,8 @@ TEST(CliCheckpointTest, StorageDtypesConvertExportAndQuery) {
       }
     }
     // Pool rows 1, 3, 3, 7 (sum): equals the sum of the dequantized export.
-    r = RunCli({"query", "--db", db, "--table", dt, "--indices", "1,3,3,7", "--offsets", "0", "--mode", "sum", "--out",
-                tmp / "q.npy"});
+    r = RunCli({"query", "--db", db, "--table", dt, "--indices", "1,3,3,7", "--offsets", "0",
+                "--mode", "sum", "--out", tmp / "q.npy"});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     auto q = embstore::testing::ReadF32Npy(tmp / "q.npy");
     ASSERT_EQ(static_cast<int64_t>(q.size()), dim);
@@ -192,7 +203,8 @@ TEST(CliCheckpointTest, HostileAndBrokenFilesAreRefusedAndStoreStillWorks) {
   int n = 0;
   for (auto& e : std::filesystem::directory_iterator(kDir + "/bad")) {
     SCOPED_TRACE(e.path().filename().string());
-    auto r = RunCli({"import", "--db", db, "--table", "x", "--from", e.path().string(), "--tensor", "emb.weight"});
+    auto r = RunCli({"import", "--db", db, "--table", "x", "--from", e.path().string(), "--tensor",
+                     "emb.weight"});
     EXPECT_NE(r.exit_code, 0);
     EXPECT_LT(r.exit_code, 3);
     EXPECT_TRUE(Contains(r.err, "embstore import: error:")) << r.err;
@@ -207,7 +219,8 @@ TEST(CliCheckpointTest, HostileAndBrokenFilesAreRefusedAndStoreStillWorks) {
   EXPECT_TRUE(Contains(r.err, "os.system")) << r.err;
   EXPECT_EQ(RunCli({"list", "--db", db}).out, "");
   // The store still works.
-  r = RunCli({"import", "--db", db, "--table", "ok", "--from", kDir + "/state_dict.pt", "--tensor", "emb.weight"});
+  r = RunCli({"import", "--db", db, "--table", "ok", "--from", kDir + "/state_dict.pt", "--tensor",
+              "emb.weight"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(RunCli({"verify", "--db", db}).exit_code, 0);
 }

@@ -16,7 +16,9 @@ using embstore::testing::RunCli;
 using embstore::testing::TempDir;
 using nlohmann::json;
 
-bool Contains(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
+bool Contains(const std::string& hay, const std::string& needle) {
+  return hay.find(needle) != std::string::npos;
+}
 
 const std::string kGoldenDir = std::string(EMBSTORE_SOURCE_DIR) + "/tests/golden";
 
@@ -26,16 +28,21 @@ json LoadGoldens() {
   return json::parse(f);
 }
 
-void WriteInts(const std::string& path, const json& values, const json& shape, const std::string& dtype) {
+void WriteInts(const std::string& path, const json& values, const json& shape,
+               const std::string& dtype) {
   std::vector<int64_t> shp = shape.get<std::vector<int64_t>>();
   if (dtype == "int32") {
     std::vector<int32_t> v;
     for (const auto& x : values) v.push_back(x.get<int32_t>());
-    ASSERT_TRUE(storage::WriteNpy(path, "<i4", shp, {reinterpret_cast<uint8_t*>(v.data()), v.size() * 4}).ok());
+    ASSERT_TRUE(
+        storage::WriteNpy(path, "<i4", shp, {reinterpret_cast<uint8_t*>(v.data()), v.size() * 4})
+            .ok());
   } else {
     std::vector<int64_t> v;
     for (const auto& x : values) v.push_back(x.get<int64_t>());
-    ASSERT_TRUE(storage::WriteNpy(path, "<i8", shp, {reinterpret_cast<uint8_t*>(v.data()), v.size() * 8}).ok());
+    ASSERT_TRUE(
+        storage::WriteNpy(path, "<i8", shp, {reinterpret_cast<uint8_t*>(v.data()), v.size() * 8})
+            .ok());
   }
 }
 
@@ -61,7 +68,8 @@ class CliGoldenTest : public ::testing::Test {
     tmp_ = new TempDir();
     db_ = new std::string(*tmp_ / "db");
     for (auto& [name, t] : (*goldens_)["tables"].items()) {
-      auto r = RunCli({"import", "--db", *db_, "--table", name, "--from", kGoldenDir + "/" + t["file"].get<std::string>()});
+      auto r = RunCli({"import", "--db", *db_, "--table", name, "--from",
+                       kGoldenDir + "/" + t["file"].get<std::string>()});
       ASSERT_EQ(r.exit_code, 0) << r.err;
     }
   }
@@ -76,9 +84,15 @@ class CliGoldenTest : public ::testing::Test {
     SCOPED_TRACE(c["name"].get<std::string>());
     const std::string dir = *tmp_ / "case";
     std::filesystem::create_directories(dir);
-    std::vector<std::string> args = {"query", "--db", *db_, "--table", c["table"].get<std::string>(), "--mode",
+    std::vector<std::string> args = {"query",
+                                     "--db",
+                                     *db_,
+                                     "--table",
+                                     c["table"].get<std::string>(),
+                                     "--mode",
                                      c["mode"].get<std::string>()};
-    WriteInts(dir + "/i.npy", c["indices"], c["indices_shape"], c["index_dtype"].get<std::string>());
+    WriteInts(dir + "/i.npy", c["indices"], c["indices_shape"],
+              c["index_dtype"].get<std::string>());
     args.insert(args.end(), {"--indices", "@" + dir + "/i.npy"});
     if (c.contains("ends")) {
       WriteInts(dir + "/e.npy", c["ends"], c["ends_shape"], c["ends_dtype"].get<std::string>());
@@ -89,7 +103,8 @@ class CliGoldenTest : public ::testing::Test {
       }
     } else {
       if (!c["offsets"].is_null()) {
-        WriteInts(dir + "/o.npy", c["offsets"], json::array({c["offsets"].size()}), c["offsets_dtype"].get<std::string>());
+        WriteInts(dir + "/o.npy", c["offsets"], json::array({c["offsets"].size()}),
+                  c["offsets_dtype"].get<std::string>());
         args.insert(args.end(), {"--offsets", "@" + dir + "/o.npy"});
       }
       if (!c["per_sample_weights"].is_null()) {
@@ -103,7 +118,8 @@ class CliGoldenTest : public ::testing::Test {
       args.insert(args.end(), {"--padding-idx", std::to_string(c["padding_idx"].get<int64_t>())});
     }
     if (!c["max_norm"].is_null()) {
-      args.insert(args.end(), {"--max-norm", NormText(c["max_norm"]), "--norm-type", NormText(c["norm_type"])});
+      args.insert(args.end(),
+                  {"--max-norm", NormText(c["max_norm"]), "--norm-type", NormText(c["norm_type"])});
     }
     const std::string out = dir + "/out.npy";
     std::filesystem::remove(out);
@@ -151,8 +167,8 @@ TEST_F(CliGoldenTest, ExtensionGoldens) {
 
 TEST_F(CliGoldenTest, InlineSpecsAndPrinting) {
   // seed003: the worked example of the WeightedEmbeddingBag seed, one sample inline.
-  auto r = RunCli({"query", "--db", *db_, "--table", "seed003", "--mode", "sum", "--indices", "1,2,3,5", "--weights",
-                   "2,-2,0.3,0.6", "--bag-ends", "1,2,3"});
+  auto r = RunCli({"query", "--db", *db_, "--table", "seed003", "--mode", "sum", "--indices",
+                   "1,2,3,5", "--weights", "2,-2,0.3,0.6", "--bag-ends", "1,2,3"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   // [2 v1 - 2 v2, 0.3 v3, 0.6 v5] printed one bag per line.
   std::istringstream lines(r.out);
@@ -171,17 +187,20 @@ TEST_F(CliGoldenTest, InlineSpecsAndPrinting) {
     for (int j = 0; j < 4; ++j) EXPECT_NEAR(rows[b][j], want[b][j], 1e-3) << b << "," << j;
   }
   // --padding-idx=-1 and --padding-idx -1 are the same.
-  auto a = RunCli({"query", "--db", *db_, "--table", "t_d8", "--indices", "9,1,9", "--offsets", "0", "--mode", "sum",
-                   "--padding-idx=-1"});
-  auto b = RunCli({"query", "--db", *db_, "--table", "t_d8", "--indices", "9,1,9", "--offsets", "0", "--mode", "sum",
-                   "--padding-idx", "-1"});
-  auto c = RunCli({"query", "--db", *db_, "--table", "t_d8", "--indices", "1", "--offsets", "0", "--mode", "sum"});
+  auto a = RunCli({"query", "--db", *db_, "--table", "t_d8", "--indices", "9,1,9", "--offsets", "0",
+                   "--mode", "sum", "--padding-idx=-1"});
+  auto b = RunCli({"query", "--db", *db_, "--table", "t_d8", "--indices", "9,1,9", "--offsets", "0",
+                   "--mode", "sum", "--padding-idx", "-1"});
+  auto c = RunCli({"query", "--db", *db_, "--table", "t_d8", "--indices", "1", "--offsets", "0",
+                   "--mode", "sum"});
   ASSERT_EQ(a.exit_code, 0) << a.err;
   EXPECT_EQ(a.out, b.out);
   EXPECT_EQ(a.out, c.out);
   // Default mode is mean.
-  auto m1 = RunCli({"query", "--db", *db_, "--table", "t_d8", "--indices", "1,2", "--offsets", "0"});
-  auto m2 = RunCli({"query", "--db", *db_, "--table", "t_d8", "--indices", "1,2", "--offsets", "0", "--mode", "mean"});
+  auto m1 =
+      RunCli({"query", "--db", *db_, "--table", "t_d8", "--indices", "1,2", "--offsets", "0"});
+  auto m2 = RunCli({"query", "--db", *db_, "--table", "t_d8", "--indices", "1,2", "--offsets", "0",
+                    "--mode", "mean"});
   EXPECT_EQ(m1.out, m2.out);
 }
 
@@ -196,10 +215,11 @@ TEST_F(CliGoldenTest, RenormMatchesTorchMaxNormGoldens) {
     TempDir work;
     const std::string db = work / "db";
     const std::string table = c["table"];
-    const std::string file = kGoldenDir + "/" + (*goldens_)["tables"][table]["file"].get<std::string>();
+    const std::string file =
+        kGoldenDir + "/" + (*goldens_)["tables"][table]["file"].get<std::string>();
     ASSERT_EQ(RunCli({"import", "--db", db, "--table", table, "--from", file}).exit_code, 0);
-    auto r = RunCli({"renorm", "--db", db, "--table", table, "--max-norm", NormText(c["max_norm"]), "--norm-type",
-                     NormText(c["norm_type"])});
+    auto r = RunCli({"renorm", "--db", db, "--table", table, "--max-norm", NormText(c["max_norm"]),
+                     "--norm-type", NormText(c["norm_type"])});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_TRUE(Contains(r.out, "version 2")) << r.out;
     json plain = c;
@@ -225,8 +245,9 @@ TEST_F(CliGoldenTest, RenormMatchesTorchMaxNormGoldens) {
 // (exit 1, no output file) elsewhere.
 TEST_F(CliGoldenTest, DeviceCudaMatchesCpuOrSaysNoGpu) {
   const std::string out = *tmp_ / "gpu_out.npy";
-  std::vector<std::string> args = {"query", "--db", *db_, "--table", "t_d37", "--indices", "1,2,3,4,5,22",
-                                   "--offsets", "0,2,2", "--mode", "max", "--max-norm", "1.5"};
+  std::vector<std::string> args = {"query",     "--db",         *db_,        "--table", "t_d37",
+                                   "--indices", "1,2,3,4,5,22", "--offsets", "0,2,2",   "--mode",
+                                   "max",       "--max-norm",   "1.5"};
   auto cpu = RunCli(args);
   ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
   args.insert(args.end(), {"--device", "cuda", "--cache-rows", "4", "--stats", "--out", out});
@@ -257,9 +278,12 @@ TEST_F(CliGoldenTest, ErrorsAreClearAndWriteNothing) {
   const std::string out = *tmp_ / "err_out.npy";
   std::vector<int32_t> fi = {0, 1};
   std::vector<float> ff = {0.5f, 1.5f};
-  ASSERT_TRUE(storage::WriteNpy(*tmp_ / "float_idx.npy", "<f4", {2}, {reinterpret_cast<uint8_t*>(ff.data()), 8}).ok());
+  ASSERT_TRUE(storage::WriteNpy(*tmp_ / "float_idx.npy", "<f4", {2},
+                                {reinterpret_cast<uint8_t*>(ff.data()), 8})
+                  .ok());
   const std::vector<ErrorCase> cases = {
-      {{"--indices", "1,2,1000", "--offsets", "0"}, "indices[2] = 1000 is out of range for table 't_d8' (10 rows)"},
+      {{"--indices", "1,2,1000", "--offsets", "0"},
+       "indices[2] = 1000 is out of range for table 't_d8' (10 rows)"},
       {{"--indices", "1,-2", "--offsets", "0"}, "indices[1] = -2"},
       {{"--indices", "1,2", "--offsets", "1"}, "offsets[0]"},
       {{"--indices", "1,2,3", "--offsets", "0,2,1"}, "offsets"},
@@ -285,15 +309,18 @@ TEST_F(CliGoldenTest, ErrorsAreClearAndWriteNothing) {
     EXPECT_TRUE(Contains(r.err, e.expect)) << "want '" << e.expect << "' in: " << r.err;
     EXPECT_FALSE(std::filesystem::exists(out)) << e.expect;
   }
-  auto r = RunCli({"query", "--db", *db_, "--table", "nope", "--indices", "1", "--offsets", "0", "--out", out});
+  auto r = RunCli(
+      {"query", "--db", *db_, "--table", "nope", "--indices", "1", "--offsets", "0", "--out", out});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_TRUE(Contains(r.err, "unknown table 'nope'")) << r.err;
   EXPECT_FALSE(std::filesystem::exists(out));
   // 2-D indices with offsets.
   std::vector<int64_t> two = {1, 2, 3, 4};
-  ASSERT_TRUE(storage::WriteNpy(*tmp_ / "two.npy", "<i8", {2, 2}, {reinterpret_cast<uint8_t*>(two.data()), 32}).ok());
-  r = RunCli({"query", "--db", *db_, "--table", "t_d8", "--indices", "@" + (*tmp_ / "two.npy"), "--offsets", "0",
-              "--out", out});
+  ASSERT_TRUE(storage::WriteNpy(*tmp_ / "two.npy", "<i8", {2, 2},
+                                {reinterpret_cast<uint8_t*>(two.data()), 32})
+                  .ok());
+  r = RunCli({"query", "--db", *db_, "--table", "t_d8", "--indices", "@" + (*tmp_ / "two.npy"),
+              "--offsets", "0", "--out", out});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_TRUE(Contains(r.err, "if input is 2D, offsets has to be None")) << r.err;
   EXPECT_FALSE(std::filesystem::exists(out));

@@ -17,7 +17,9 @@ using embstore::testing::CommandResult;
 using embstore::testing::RunCli;
 using embstore::testing::TempDir;
 
-bool Contains(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
+bool Contains(const std::string& hay, const std::string& needle) {
+  return hay.find(needle) != std::string::npos;
+}
 
 class CliStoreTest : public ::testing::Test {
  protected:
@@ -26,7 +28,8 @@ class CliStoreTest : public ::testing::Test {
     embstore::testing::WriteF32Npy(tmp_ / "w.npy", {50, 7}, values_);
     db_ = tmp_ / "db";
   }
-  CommandResult Import(const std::string& table, const std::string& file, std::vector<std::string> extra = {}) {
+  CommandResult Import(const std::string& table, const std::string& file,
+                       std::vector<std::string> extra = {}) {
     std::vector<std::string> args = {"import", "--db", db_, "--table", table, "--from", file};
     args.insert(args.end(), extra.begin(), extra.end());
     return RunCli(args);
@@ -49,8 +52,9 @@ TEST_F(CliStoreTest, InitImportListInfoExportVerifyDrop) {
 
   r = RunCli({"info", "--db", db_, "--table", "items"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  for (const char* field : {"rows:          50", "dim:           7", "dtype:         f32", "version:       1",
-                            "bytes:", "checksum:      xxh64:", "source:", "w.npy", "bytes_per_row: 28"}) {
+  for (const char* field :
+       {"rows:          50", "dim:           7", "dtype:         f32", "version:       1",
+        "bytes:", "checksum:      xxh64:", "source:", "w.npy", "bytes_per_row: 28"}) {
     EXPECT_TRUE(Contains(r.out, field)) << field << "\n" << r.out;
   }
 
@@ -96,7 +100,8 @@ TEST_F(CliStoreTest, ImportCreatesDbAndRefusesDuplicatesUnlessReplace) {
 TEST_F(CliStoreTest, HelpAndUsageErrors) {
   auto r = RunCli({"--help"});
   EXPECT_EQ(r.exit_code, 0);
-  for (const char* cmd : {"init", "import", "list", "info", "export", "drop", "verify", "inspect", "query"}) {
+  for (const char* cmd :
+       {"init", "import", "list", "info", "export", "drop", "verify", "inspect", "query"}) {
     EXPECT_TRUE(Contains(r.out, cmd)) << cmd;
     auto h = RunCli({cmd, "--help"});
     EXPECT_EQ(h.exit_code, 0) << cmd;
@@ -201,11 +206,12 @@ TEST_F(CliStoreTest, Kill9DuringImportReplace) {
       std::freopen("/dev/null", "w", stdout);
       std::string exe = EMBSTORE_CLI;
       std::string from = tmp_ / "big.npy";
-      execl(exe.c_str(), exe.c_str(), "import", "--db", db_.c_str(), "--table", "t", "--from", from.c_str(),
-            "--replace", static_cast<char*>(nullptr));
+      execl(exe.c_str(), exe.c_str(), "import", "--db", db_.c_str(), "--table", "t", "--from",
+            from.c_str(), "--replace", static_cast<char*>(nullptr));
       _exit(127);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(1, 120)(rng)));
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds(std::uniform_int_distribution<int>(1, 120)(rng)));
     ::kill(pid, SIGKILL);
     int status = 0;
     ::waitpid(pid, &status, 0);
@@ -214,18 +220,21 @@ TEST_F(CliStoreTest, Kill9DuringImportReplace) {
     ASSERT_EQ(v.exit_code, 0) << v.out << v.err;
     auto info = RunCli({"info", "--db", db_, "--table", "t"});
     ASSERT_EQ(info.exit_code, 0);
-    ASSERT_EQ(RunCli({"export", "--db", db_, "--table", "t", "--out", tmp_ / "e.npy"}).exit_code, 0);
+    ASSERT_EQ(RunCli({"export", "--db", db_, "--table", "t", "--out", tmp_ / "e.npy"}).exit_code,
+              0);
     std::vector<int64_t> shape;
     auto got = embstore::testing::ReadF32Npy(tmp_ / "e.npy", &shape);
     if (shape[0] == 50) {
       EXPECT_EQ(got, values_);  // the previous version, intact
-      ASSERT_EQ(Import("t", tmp_ / "w.npy", {"--replace"}).exit_code, 0);  // not needed, but keeps v small
+      ASSERT_EQ(Import("t", tmp_ / "w.npy", {"--replace"}).exit_code,
+                0);  // not needed, but keeps v small
     } else {
       EXPECT_EQ(got, big);  // the new version, complete
       ASSERT_EQ(Import("t", tmp_ / "w.npy", {"--replace"}).exit_code, 0);
     }
     int files = 0;
-    for (auto& e : std::filesystem::directory_iterator(db_ + "/tables")) files += e.is_regular_file();
+    for (auto& e : std::filesystem::directory_iterator(db_ + "/tables"))
+      files += e.is_regular_file();
     EXPECT_EQ(files, 1);
   }
   EXPECT_GT(interrupted, 0);

@@ -87,8 +87,7 @@ TEST(CacheCapacity, RowsVersusBytes) {
   const SlotLayout q = MakeSlotLayout(DType::kInt8Rowwise, 37);  // 60 bytes
   EXPECT_EQ(*CacheCapacityRows(0, 6000, q), 100);
   // A byte budget is clamped to the slot limit; a row count is checked.
-  EXPECT_EQ(*CacheCapacityRows(0, int64_t{1} << 62, MakeSlotLayout(DType::kF16, 1)),
-            kMaxCacheRows);
+  EXPECT_EQ(*CacheCapacityRows(0, int64_t{1} << 62, MakeSlotLayout(DType::kF16, 1)), kMaxCacheRows);
   auto too_many = CacheCapacityRows(kMaxCacheRows + 1, 0, l);
   ASSERT_FALSE(too_many.ok());
   EXPECT_EQ(too_many.status().code(), Status::Code::kInvalidArgument);
@@ -318,9 +317,9 @@ TEST(SlotCachePrefetch, LruPrefetchedRowsAreMostRecent) {
 
 TEST(SlotCacheCounters, CountHitsMissesEvictions) {
   SlotCache c(CachePolicy::kLru, 2);
-  Use(c, K({1, 2}));     // 2 misses
-  Use(c, K({1, 2}));     // 2 hits
-  Use(c, K({3}));        // 1 miss, 1 eviction
+  Use(c, K({1, 2}));  // 2 misses
+  Use(c, K({1, 2}));  // 2 hits
+  Use(c, K({3}));     // 1 miss, 1 eviction
   const CacheStats& s = c.counters();
   EXPECT_EQ(s.lookups, 5);
   EXPECT_EQ(s.hits, 2);
@@ -431,8 +430,8 @@ class NaiveCache {
     return true;
   }
 
-  void Prefetch(const std::vector<uint64_t>& keys, std::vector<uint64_t>* fills,
-                int64_t* evictions, int64_t* dropped) {
+  void Prefetch(const std::vector<uint64_t>& keys, std::vector<uint64_t>* fills, int64_t* evictions,
+                int64_t* dropped) {
     *evictions = 0;
     *dropped = 0;
     for (uint64_t k : keys) {

@@ -9,8 +9,6 @@
 // that "no GPU" is reported as NotSupported.
 #include <gtest/gtest.h>
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -20,6 +18,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <string>
@@ -44,15 +43,15 @@ using namespace embstore::cuda::cudatest;  // NOLINT(google-build-using-namespac
 using test::TestTable;
 
 // Declares `engine` made from `options`, or skips the test without a GPU.
-#define EMBSTORE_GPU_OR_SKIP(engine, options)                                     \
-  std::unique_ptr<GpuEngine> engine;                                              \
-  {                                                                               \
-    auto created_ = GpuEngine::Create(options);                                   \
+#define EMBSTORE_GPU_OR_SKIP(engine, options)                                        \
+  std::unique_ptr<GpuEngine> engine;                                                 \
+  {                                                                                  \
+    auto created_ = GpuEngine::Create(options);                                      \
     if (!created_.ok() && created_.status().code() == Status::Code::kNotSupported) { \
-      GTEST_SKIP() << created_.status().message();                                \
-    }                                                                             \
-    ASSERT_TRUE(created_.ok()) << created_.status().ToString();                   \
-    engine = std::move(created_).value();                                         \
+      GTEST_SKIP() << created_.status().message();                                   \
+    }                                                                                \
+    ASSERT_TRUE(created_.ok()) << created_.status().ToString();                      \
+    engine = std::move(created_).value();                                            \
   }
 
 GpuEngineOptions Rows(int64_t rows, CachePolicy policy = CachePolicy::kLru) {
@@ -109,8 +108,8 @@ TEST(GpuProbe, BadOptionsAreRefused) {
     auto r = GpuEngine::Create(o);
     ASSERT_FALSE(r.ok());
     // Options are checked before the device (when CUDA is built in).
-    EXPECT_EQ(r.status().code(), BuiltWithCuda() ? Status::Code::kInvalidArgument
-                                                 : Status::Code::kNotSupported)
+    EXPECT_EQ(r.status().code(),
+              BuiltWithCuda() ? Status::Code::kInvalidArgument : Status::Code::kNotSupported)
         << r.status().ToString();
   }
   GpuEngineOptions far;
@@ -139,9 +138,13 @@ class GpuParity : public ::testing::TestWithParam<Config> {};
 const DType kDTypes[] = {DType::kF32, DType::kF16, DType::kBF16, DType::kInt8Rowwise};
 const PoolingMode kModes[] = {PoolingMode::kSum, PoolingMode::kMean, PoolingMode::kMax};
 const Layout kLayouts[] = {Layout::kOffsets, Layout::kLastOffset, Layout::k2D, Layout::kBatched};
-const std::optional<double> kNorms[] = {std::nullopt, 2.0, 1.0,
+const std::optional<double> kNorms[] = {std::nullopt,
+                                        2.0,
+                                        1.0,
                                         std::numeric_limits<double>::infinity(),
-                                        -std::numeric_limits<double>::infinity(), 3.0, 0.5};
+                                        -std::numeric_limits<double>::infinity(),
+                                        3.0,
+                                        0.5};
 
 TEST_P(GpuParity, EveryDtypeModeOptionAndLayout) {
   const Config cfg = GetParam();
@@ -158,11 +161,10 @@ TEST_P(GpuParity, EveryDtypeModeOptionAndLayout) {
           for (bool padding : {false, true}) {
             for (const std::optional<double>& norm : kNorms) {
               for (Layout layout : kLayouts) {
-                SCOPED_TRACE(std::string(test::DTypeLabel(dtype)) + " dim " +
-                             std::to_string(dim) + " " + PoolingModeName(mode) +
-                             (weighted ? " weighted" : "") + (padding ? " padding" : "") +
-                             " max_norm p=" + (norm ? std::to_string(*norm) : "none") + " " +
-                             LayoutName(layout));
+                SCOPED_TRACE(std::string(test::DTypeLabel(dtype)) + " dim " + std::to_string(dim) +
+                             " " + PoolingModeName(mode) + (weighted ? " weighted" : "") +
+                             (padding ? " padding" : "") + " max_norm p=" +
+                             (norm ? std::to_string(*norm) : "none") + " " + LayoutName(layout));
                 const auto req = MakeRequest(rng, 48, layout, mode, weighted, padding, norm, 8);
                 auto ref = Reference(view, *req);
                 ASSERT_TRUE(ref.ok()) << ref.status().ToString();
@@ -174,10 +176,10 @@ TEST_P(GpuParity, EveryDtypeModeOptionAndLayout) {
                 ASSERT_TRUE(cpu.ok());
                 for (size_t i = 0; i < got->values.size(); ++i) {
                   const float g = got->values[i];
-                  const bool same = norm ? NearFloat(g, ref->values[i])
-                                         : SameFloat(g, ref->values[i]);
-                  ASSERT_TRUE(same) << "element " << i << ": GPU " << g << ", reference "
-                                    << ref->values[i];
+                  const bool same =
+                      norm ? NearFloat(g, ref->values[i]) : SameFloat(g, ref->values[i]);
+                  ASSERT_TRUE(same)
+                      << "element " << i << ": GPU " << g << ", reference " << ref->values[i];
                   ASSERT_TRUE(test::Close(g, cpu->values[i], 1e-5))
                       << "element " << i << ": GPU " << g << ", CPU " << cpu->values[i];
                 }
@@ -331,9 +333,10 @@ TEST(GpuOutput, ToDeviceMemory) {
     ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d), std::max<size_t>(count, 1) * sizeof(float)),
               cudaSuccess);
     ASSERT_EQ(cudaMemset(d, 0xFF, std::max<size_t>(count, 1) * sizeof(float)), cudaSuccess);
-    const Status st = req->is_batched
-                          ? gpu->BatchedEmbeddingBagToDevice(view, req->batched, req->options, d, count)
-                          : gpu->EmbeddingBagToDevice(view, req->bag, req->options, d, count);
+    const Status st =
+        req->is_batched
+            ? gpu->BatchedEmbeddingBagToDevice(view, req->batched, req->options, d, count)
+            : gpu->EmbeddingBagToDevice(view, req->bag, req->options, d, count);
     ASSERT_TRUE(st.ok()) << st.ToString();
     std::vector<float> got(count);
     ASSERT_EQ(cudaMemcpy(got.data(), d, count * sizeof(float), cudaMemcpyDeviceToHost),
@@ -400,7 +403,8 @@ TEST(GpuStats, HitsMissesEvictionsBytes) {
   ASSERT_TRUE(got.ok()) << got.status().ToString();
   auto ref = engine::EmbeddingBagRef(table.view(), big, QueryOptions());
   ASSERT_TRUE(ref.ok());
-  for (size_t i = 0; i < ref->values.size(); ++i) ASSERT_TRUE(SameFloat(got->values[i], ref->values[i]));
+  for (size_t i = 0; i < ref->values.size(); ++i)
+    ASSERT_TRUE(SameFloat(got->values[i], ref->values[i]));
   s = small->stats();
   EXPECT_EQ(s.batches, 1);
   EXPECT_EQ(s.sub_batches, 5);  // 10 bags of 2 distinct rows, 4 slots
@@ -425,7 +429,8 @@ TEST(GpuPrefetch, WarmsTheCacheForTheNextBatch) {
   auto got = gpu->EmbeddingBag(view, r, o);
   ASSERT_TRUE(got.ok()) << got.status().ToString();
   auto ref = engine::EmbeddingBagRef(view, r, o);
-  for (size_t i = 0; i < ref->values.size(); ++i) ASSERT_TRUE(SameFloat(got->values[i], ref->values[i]));
+  for (size_t i = 0; i < ref->values.size(); ++i)
+    ASSERT_TRUE(SameFloat(got->values[i], ref->values[i]));
   ASSERT_TRUE(gpu->Sync().ok());
   const CacheStats s = gpu->stats();
   EXPECT_EQ(s.prefetch_requests, 1);
@@ -469,8 +474,8 @@ TEST(GpuPrefetch, OverlappedServingLoop) {
   ASSERT_TRUE(gpu->Sync().ok());
   const CacheStats s = gpu->stats();
   std::printf("prefetched %lld rows, dropped %lld; batch hit rate %.3f\n",
-              static_cast<long long>(s.prefetched_rows),
-              static_cast<long long>(s.prefetch_dropped), s.hit_rate());
+              static_cast<long long>(s.prefetched_rows), static_cast<long long>(s.prefetch_dropped),
+              s.hit_rate());
   EXPECT_GT(s.prefetched_rows, 0);
   EXPECT_GT(s.hit_rate(), 0.3);
 }
@@ -681,7 +686,8 @@ TEST(GpuGolden, TorchAndExtensionCases) {
       }
       const TypedIds ids(c.at("indices"), Field(c, "index_dtype"));
       std::vector<int64_t> shape;
-      if (Field(c, "indices_shape").is_array()) shape = c["indices_shape"].get<std::vector<int64_t>>();
+      if (Field(c, "indices_shape").is_array())
+        shape = c["indices_shape"].get<std::vector<int64_t>>();
       std::vector<float> weights;
       Result<PooledOutput> got = Status::Internal("not run"), cpu = Status::Internal("not run");
       if (Field(c, "kind").is_string() && c["kind"].get<std::string>() == "batched") {
@@ -729,7 +735,8 @@ TEST(GpuGolden, TorchAndExtensionCases) {
       for (const json& v : c.at("expected")) expected.push_back(static_cast<float>(NumberOrInf(v)));
       ASSERT_EQ(got->values.size(), expected.size());
       double tol = 1e-5;
-      if (o.max_norm && o.norm_type != 1 && o.norm_type != 2 && !std::isinf(o.norm_type)) tol = 1e-4;
+      if (o.max_norm && o.norm_type != 1 && o.norm_type != 2 && !std::isinf(o.norm_type))
+        tol = 1e-4;
       for (size_t i = 0; i < expected.size(); ++i) {
         const double e = expected[i], g = got->values[i];
         ASSERT_TRUE(std::fabs(g - e) <= tol + tol * std::fabs(e))

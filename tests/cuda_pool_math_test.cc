@@ -117,7 +117,8 @@ class EmulatedGpu {
 
  private:
   // GatherRows into staging, then the scatter kernel's units.
-  void CopyIn(const TableView& table, std::span<const int64_t> rows, std::span<const int32_t> slots) {
+  void CopyIn(const TableView& table, std::span<const int64_t> rows,
+              std::span<const int32_t> slots) {
     if (rows.empty()) return;
     const StagingLayout sl = ComputeStagingLayout(static_cast<int64_t>(rows.size()), layout_);
     std::vector<uint8_t> staging(static_cast<size_t>(sl.total) + 16);
@@ -205,10 +206,14 @@ class EmulatedGpu {
 
   static NormPartial NormLane(DType dtype, const NormArgs& a, int64_t i, int lane) {
     switch (dtype) {
-      case DType::kF32: return cuda::NormLane<DType::kF32>(a, i, lane);
-      case DType::kF16: return cuda::NormLane<DType::kF16>(a, i, lane);
-      case DType::kBF16: return cuda::NormLane<DType::kBF16>(a, i, lane);
-      case DType::kInt8Rowwise: return cuda::NormLane<DType::kInt8Rowwise>(a, i, lane);
+      case DType::kF32:
+        return cuda::NormLane<DType::kF32>(a, i, lane);
+      case DType::kF16:
+        return cuda::NormLane<DType::kF16>(a, i, lane);
+      case DType::kBF16:
+        return cuda::NormLane<DType::kBF16>(a, i, lane);
+      case DType::kInt8Rowwise:
+        return cuda::NormLane<DType::kInt8Rowwise>(a, i, lane);
     }
     return NormPartial();
   }
@@ -216,17 +221,31 @@ class EmulatedGpu {
   template <DType kD>
   static void PoolD(PoolingMode mode, const PoolArgs& a, int64_t b, int lane) {
     switch (mode) {
-      case PoolingMode::kSum: PoolBagLane<kD, PoolKind::kSum>(a, b, lane); break;
-      case PoolingMode::kMean: PoolBagLane<kD, PoolKind::kMean>(a, b, lane); break;
-      case PoolingMode::kMax: PoolBagLane<kD, PoolKind::kMax>(a, b, lane); break;
+      case PoolingMode::kSum:
+        PoolBagLane<kD, PoolKind::kSum>(a, b, lane);
+        break;
+      case PoolingMode::kMean:
+        PoolBagLane<kD, PoolKind::kMean>(a, b, lane);
+        break;
+      case PoolingMode::kMax:
+        PoolBagLane<kD, PoolKind::kMax>(a, b, lane);
+        break;
     }
   }
   static void Pool(DType dtype, PoolingMode mode, const PoolArgs& a, int64_t b, int lane) {
     switch (dtype) {
-      case DType::kF32: PoolD<DType::kF32>(mode, a, b, lane); break;
-      case DType::kF16: PoolD<DType::kF16>(mode, a, b, lane); break;
-      case DType::kBF16: PoolD<DType::kBF16>(mode, a, b, lane); break;
-      case DType::kInt8Rowwise: PoolD<DType::kInt8Rowwise>(mode, a, b, lane); break;
+      case DType::kF32:
+        PoolD<DType::kF32>(mode, a, b, lane);
+        break;
+      case DType::kF16:
+        PoolD<DType::kF16>(mode, a, b, lane);
+        break;
+      case DType::kBF16:
+        PoolD<DType::kBF16>(mode, a, b, lane);
+        break;
+      case DType::kInt8Rowwise:
+        PoolD<DType::kInt8Rowwise>(mode, a, b, lane);
+        break;
     }
   }
 
@@ -271,9 +290,14 @@ class EmulatedGpu {
 const DType kDTypes[] = {DType::kF32, DType::kF16, DType::kBF16, DType::kInt8Rowwise};
 const PoolingMode kModes[] = {PoolingMode::kSum, PoolingMode::kMean, PoolingMode::kMax};
 const Layout kLayouts[] = {Layout::kOffsets, Layout::kLastOffset, Layout::k2D, Layout::kBatched};
-const std::optional<double> kNorms[] = {std::nullopt, 2.0, 1.0,
+const std::optional<double> kNorms[] = {std::nullopt,
+                                        2.0,
+                                        1.0,
                                         std::numeric_limits<double>::infinity(),
-                                        -std::numeric_limits<double>::infinity(), 3.0, 0.5, 0.0};
+                                        -std::numeric_limits<double>::infinity(),
+                                        3.0,
+                                        0.5,
+                                        0.0};
 
 struct Totals {
   int64_t cases = 0, passes = 0, fills = 0, evictions = 0, resident = 0;
@@ -300,9 +324,9 @@ void RunMatrix(int64_t dim, int64_t cache_rows, CachePolicy policy, uint64_t see
             for (Layout layout : kLayouts) {
               SCOPED_TRACE(std::string(test::DTypeLabel(dtype)) + " dim " + std::to_string(dim) +
                            " " + PoolingModeName(mode) + (weighted ? " weighted" : "") +
-                           (padding ? " padding" : "") + " max_norm p=" +
-                           (norm ? std::to_string(*norm) : "none") + " " + LayoutName(layout) +
-                           " cache " + std::to_string(cache_rows));
+                           (padding ? " padding" : "") +
+                           " max_norm p=" + (norm ? std::to_string(*norm) : "none") + " " +
+                           LayoutName(layout) + " cache " + std::to_string(cache_rows));
               const TableView view = (two_tables && (n++ % 2)) ? other.view() : table.view();
               const auto req = MakeRequest(rng, rows, layout, mode, weighted, padding, norm, 8);
               auto ref = Reference(view, *req);
@@ -314,10 +338,10 @@ void RunMatrix(int64_t dim, int64_t cache_rows, CachePolicy policy, uint64_t see
               ASSERT_TRUE(st.ok()) << st.ToString();
               const bool exact = !norm.has_value();
               for (size_t i = 0; i < got.size(); ++i) {
-                const bool ok = exact ? SameFloat(got[i], ref->values[i])
-                                      : NearFloat(got[i], ref->values[i]);
-                ASSERT_TRUE(ok) << "element " << i << ": emulated GPU " << got[i]
-                                << ", reference " << ref->values[i];
+                const bool ok =
+                    exact ? SameFloat(got[i], ref->values[i]) : NearFloat(got[i], ref->values[i]);
+                ASSERT_TRUE(ok) << "element " << i << ": emulated GPU " << got[i] << ", reference "
+                                << ref->values[i];
               }
               // And the CPU engine's fast kernels agree to rounding.
               auto cpu = CpuEngine(view, *req);
@@ -382,9 +406,9 @@ TEST(PipelineSemantics, MaxTiesNanAndSignedZero) {
   // NaN only when it comes first.
   const float nan = std::nanf("");
   const std::vector<float> values = {
-      0.0f, -1.0f, nan, 2.0f,   // row 0
-      -0.0f, -1.0f, 1.0f, nan,  // row 1
-      5.0f, 5.0f, 5.0f, 5.0f,   // row 2
+      0.0f,  -1.0f, nan,  2.0f,  // row 0
+      -0.0f, -1.0f, 1.0f, nan,   // row 1
+      5.0f,  5.0f,  5.0f, 5.0f,  // row 2
   };
   for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
     const TestTable table(values, 3, 4, dtype);
@@ -507,9 +531,9 @@ TEST(PipelineDedup, PartitionedMatchesSerial) {
   const TestTable table = test::RandomTable(5000, 2, DType::kF32, rng);
   for (int round = 0; round < 6; ++round) {
     const bool padding = round % 2 == 1;
-    const auto req = MakeRequest(rng, 5000, round < 4 ? Layout::kOffsets : Layout::kBatched,
-                                 PoolingMode::kSum, round % 3 == 0, padding, std::nullopt,
-                                 round < 2 ? 3 : 40);
+    const auto req =
+        MakeRequest(rng, 5000, round < 4 ? Layout::kOffsets : Layout::kBatched, PoolingMode::kSum,
+                    round % 3 == 0, padding, std::nullopt, round < 2 ? 3 : 40);
     auto plan = Plan(table.view(), *req);
     ASSERT_TRUE(plan.ok());
     auto serial = DedupBags(*plan);

@@ -19,7 +19,9 @@ using nlohmann::json;
 
 const std::string kGoldenDir = std::string(EMBSTORE_SOURCE_DIR) + "/tests/golden";
 
-bool Contains(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
+bool Contains(const std::string& hay, const std::string& needle) {
+  return hay.find(needle) != std::string::npos;
+}
 
 class FmTest : public ::testing::Test {
  protected:
@@ -122,22 +124,38 @@ TEST_F(FmTest, GoldensThroughCli) {
   TempDir work;
   const std::string db = work / "db";
   for (auto& [name, t] : (*goldens_)["tables"].items()) {
-    auto r = RunCli({"import", "--db", db, "--table", name, "--from", kGoldenDir + "/" + t["file"].get<std::string>()});
+    auto r = RunCli({"import", "--db", db, "--table", name, "--from",
+                     kGoldenDir + "/" + t["file"].get<std::string>()});
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
   for (const auto& c : (*goldens_)["cases"]) {
     SCOPED_TRACE(c["name"].get<std::string>());
     char bias[64];
     std::snprintf(bias, sizeof bias, "%.17g", c["bias"].get<double>());
-    std::vector<std::string> args = {"score", "--db", db, "--model", c["model"], "--vectors", c["vectors"],
-                                     "--biases", c["biases"], "--bias", bias,
-                                     "--indices", WriteIntNpy(work / "i.npy", c["indices"], c["indices_shape"]),
-                                     "--weights", WriteFloatNpy(work / "w.npy", c["weights"], c["indices_shape"]),
-                                     "--bag-ends", WriteIntNpy(work / "e.npy", c["ends"], c["ends_shape"]),
-                                     "--out", work / "y.npy"};
+    std::vector<std::string> args = {
+        "score",
+        "--db",
+        db,
+        "--model",
+        c["model"],
+        "--vectors",
+        c["vectors"],
+        "--biases",
+        c["biases"],
+        "--bias",
+        bias,
+        "--indices",
+        WriteIntNpy(work / "i.npy", c["indices"], c["indices_shape"]),
+        "--weights",
+        WriteFloatNpy(work / "w.npy", c["weights"], c["indices_shape"]),
+        "--bag-ends",
+        WriteIntNpy(work / "e.npy", c["ends"], c["ends_shape"]),
+        "--out",
+        work / "y.npy"};
     if (c["model"] == "ffm") {
-      args.insert(args.end(), {"--fields", WriteIntNpy(work / "f.npy", c["fields"], c["fields_shape"]),
-                               "--num-fields", std::to_string(c["num_fields"].get<int>())});
+      args.insert(args.end(),
+                  {"--fields", WriteIntNpy(work / "f.npy", c["fields"], c["fields_shape"]),
+                   "--num-fields", std::to_string(c["num_fields"].get<int>())});
     }
     auto r = RunCli(args);
     ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -153,24 +171,39 @@ TEST_F(FmTest, GoldensThroughCli) {
 TEST_F(FmTest, BadShapesGetClearErrors) {
   TempDir work;
   const std::string db = work / "db";
-  ASSERT_EQ(RunCli({"import", "--db", db, "--table", "v", "--from", kGoldenDir + "/tables/fm_vectors_f3k4.npy"}).exit_code, 0);
-  ASSERT_EQ(RunCli({"import", "--db", db, "--table", "b", "--from", kGoldenDir + "/tables/fm_biases.npy"}).exit_code, 0);
-  ASSERT_EQ(RunCli({"import", "--db", db, "--table", "v5", "--from", kGoldenDir + "/tables/fm_vectors_f2k5.npy"}).exit_code, 0);
-  const std::vector<std::string> base = {"score", "--db", db, "--indices", "1,2,3,4", "--weights",
-                                         "1,1,1,1"};
+  ASSERT_EQ(RunCli({"import", "--db", db, "--table", "v", "--from",
+                    kGoldenDir + "/tables/fm_vectors_f3k4.npy"})
+                .exit_code,
+            0);
+  ASSERT_EQ(
+      RunCli({"import", "--db", db, "--table", "b", "--from", kGoldenDir + "/tables/fm_biases.npy"})
+          .exit_code,
+      0);
+  ASSERT_EQ(RunCli({"import", "--db", db, "--table", "v5", "--from",
+                    kGoldenDir + "/tables/fm_vectors_f2k5.npy"})
+                .exit_code,
+            0);
+  const std::vector<std::string> base = {"score",   "--db",      db,       "--indices",
+                                         "1,2,3,4", "--weights", "1,1,1,1"};
   struct Case {
     std::vector<std::string> extra;
     std::string expect;
   } cases[] = {
-      {{"--biases", "b", "--model", "ffm", "--vectors", "v", "--bag-ends", "0,1,3", "--fields", "0,1"}, "K must match"},
+      {{"--biases", "b", "--model", "ffm", "--vectors", "v", "--bag-ends", "0,1,3", "--fields",
+        "0,1"},
+       "K must match"},
       {{"--biases", "b", "--model", "ffm", "--vectors", "v", "--bag-ends", "0,1,9"}, "ends"},
       {{"--biases", "b", "--model", "fm", "--vectors", "v", "--bag-ends", "0,-2"}, "ends"},
-      {{"--biases", "b", "--model", "ffm", "--vectors", "v5", "--bag-ends", "0,1,3"}, "not divisible by the number of fields 3"},
-      {{"--biases", "b", "--model", "ffm", "--vectors", "v", "--bag-ends", "0,1,3", "--fields", "0,1,3"}, "out of range"},
+      {{"--biases", "b", "--model", "ffm", "--vectors", "v5", "--bag-ends", "0,1,3"},
+       "not divisible by the number of fields 3"},
+      {{"--biases", "b", "--model", "ffm", "--vectors", "v", "--bag-ends", "0,1,3", "--fields",
+        "0,1,3"},
+       "out of range"},
       {{"--model", "fm", "--vectors", "b", "--bag-ends", "3", "--biases", "v"}, "must have dim 1"},
       {{"--model", "fm", "--vectors", "v", "--bag-ends", "3", "--biases", "v"}, "must have dim 1"},
       {{"--biases", "b", "--model", "xfm", "--vectors", "v", "--bag-ends", "3"}, "--model"},
-      {{"--biases", "b", "--model", "fm", "--vectors", "nope", "--bag-ends", "3"}, "unknown table 'nope'"},
+      {{"--biases", "b", "--model", "fm", "--vectors", "nope", "--bag-ends", "3"},
+       "unknown table 'nope'"},
   };
   for (const Case& c : cases) {
     std::vector<std::string> args = base;

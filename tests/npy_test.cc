@@ -47,7 +47,8 @@ std::vector<float> ReadAll(TensorReader& r) {
 TEST(NpyTest, WriteThenReadF32) {
   TempDir tmp;
   std::vector<float> v = {1, 2, 3, 4, 5, 6};
-  ASSERT_TRUE(WriteNpy(tmp / "a.npy", "<f4", {2, 3}, {reinterpret_cast<uint8_t*>(v.data()), 24}).ok());
+  ASSERT_TRUE(
+      WriteNpy(tmp / "a.npy", "<f4", {2, 3}, {reinterpret_cast<uint8_t*>(v.data()), 24}).ok());
   auto r = OpenNpy(tmp / "a.npy");
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ((*r)->rows(), 2);
@@ -63,7 +64,8 @@ TEST(NpyTest, FortranOrderF64AndF16And1D) {
   TempDir tmp;
   // Fortran order: column-major storage of [[1,2,3],[4,5,6]].
   std::vector<double> col = {1, 4, 2, 5, 3, 6};
-  WriteBytes(tmp / "f.npy", MakeNpy("{'descr': '<f8', 'fortran_order': True, 'shape': (2, 3), }", Raw(col)));
+  WriteBytes(tmp / "f.npy",
+             MakeNpy("{'descr': '<f8', 'fortran_order': True, 'shape': (2, 3), }", Raw(col)));
   auto r = OpenNpy(tmp / "f.npy");
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ((*r)->source_dtype(), SourceDType::kF64);
@@ -74,7 +76,8 @@ TEST(NpyTest, FortranOrderF64AndF16And1D) {
   EXPECT_EQ(row, (std::vector<float>{4, 5, 6}));
 
   std::vector<uint16_t> h = {FloatToHalf(0.5f), FloatToHalf(-2.0f), FloatToHalf(65504.0f)};
-  WriteBytes(tmp / "h.npy", MakeNpy("{'descr': '<f2', 'fortran_order': False, 'shape': (3,), }", Raw(h)));
+  WriteBytes(tmp / "h.npy",
+             MakeNpy("{'descr': '<f2', 'fortran_order': False, 'shape': (3,), }", Raw(h)));
   auto rh = OpenNpy(tmp / "h.npy");
   ASSERT_TRUE(rh.ok()) << rh.status().ToString();
   EXPECT_EQ((*rh)->rows(), 3);
@@ -85,7 +88,8 @@ TEST(NpyTest, FortranOrderF64AndF16And1D) {
 TEST(NpyTest, Version2Header) {
   TempDir tmp;
   std::vector<float> v = {1, 2};
-  WriteBytes(tmp / "v2.npy", MakeNpy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2), }", Raw(v), 2));
+  WriteBytes(tmp / "v2.npy",
+             MakeNpy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2), }", Raw(v), 2));
   auto r = OpenNpy(tmp / "v2.npy");
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(ReadAll(**r), v);
@@ -110,26 +114,38 @@ TEST(NpyTest, RefusesBadFiles) {
       {"empty", "", "bad magic"},
       {"wrong magic", "PK\x03\x04 hello world", "bad magic"},
       {"absurd header length", absurd, "absurd .npy header length"},
-      {"truncated data", MakeNpy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", Raw(six).substr(0, 10)),
+      {"truncated data",
+       MakeNpy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }",
+               Raw(six).substr(0, 10)),
        "truncated"},
-      {"truncated header", MakeNpy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", "").substr(0, 30),
+      {"truncated header",
+       MakeNpy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", "").substr(0, 30),
        "truncated"},
-      {"integer dtype", MakeNpy("{'descr': '<i8', 'fortran_order': False, 'shape': (3,), }", Raw(ints)), "int64"},
-      {"object dtype", MakeNpy("{'descr': '|O', 'fortran_order': False, 'shape': (3,), }", "xxxxxxxxxxxxxxxxxxxxxxxx"),
+      {"integer dtype",
+       MakeNpy("{'descr': '<i8', 'fortran_order': False, 'shape': (3,), }", Raw(ints)), "int64"},
+      {"object dtype",
+       MakeNpy("{'descr': '|O', 'fortran_order': False, 'shape': (3,), }",
+               "xxxxxxxxxxxxxxxxxxxxxxxx"),
        "dtype"},
-      {"3-D", MakeNpy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2, 3), }", Raw(six)), "3 dimensions"},
-      {"big endian", MakeNpy("{'descr': '>f4', 'fortran_order': False, 'shape': (6,), }", Raw(six)), "big-endian"},
+      {"3-D", MakeNpy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2, 3), }", Raw(six)),
+       "3 dimensions"},
+      {"big endian", MakeNpy("{'descr': '>f4', 'fortran_order': False, 'shape': (6,), }", Raw(six)),
+       "big-endian"},
       {"garbage dict", MakeNpy("{'descr': <f4, 'shape': (6,)}", Raw(six)), "malformed"},
-      {"huge shape", MakeNpy("{'descr': '<f4', 'fortran_order': False, 'shape': (999999999999, 99999999999), }", ""),
+      {"huge shape",
+       MakeNpy("{'descr': '<f4', 'fortran_order': False, 'shape': (999999999999, 99999999999), }",
+               ""),
        "absurdly large"},
-      {"unknown key", MakeNpy("{'descr': '<f4', 'fortran_order': False, 'shape': (6,), 'x': 1}", Raw(six)),
+      {"unknown key",
+       MakeNpy("{'descr': '<f4', 'fortran_order': False, 'shape': (6,), 'x': 1}", Raw(six)),
        "unexpected key"},
   };
   for (const BadCase& c : cases) {
     WriteBytes(tmp / "bad.npy", c.bytes);
     auto r = OpenNpy(tmp / "bad.npy");
     ASSERT_FALSE(r.ok()) << c.name;
-    EXPECT_NE(r.status().message().find(c.expect), std::string::npos) << c.name << ": " << r.status().message();
+    EXPECT_NE(r.status().message().find(c.expect), std::string::npos)
+        << c.name << ": " << r.status().message();
   }
   auto missing = OpenNpy(tmp / "nope.npy");
   EXPECT_EQ(missing.status().code(), Status::Code::kNotFound);

@@ -28,7 +28,8 @@ std::unique_ptr<Store> OpenOrDie(const std::string& dir) {
 RowFillFn Pattern(int64_t dim, float tag) {
   return [dim, tag](int64_t first, int64_t count, float* out) {
     for (int64_t i = 0; i < count; ++i) {
-      for (int64_t j = 0; j < dim; ++j) out[i * dim + j] = static_cast<float>((first + i) * 1000 + j) + tag;
+      for (int64_t j = 0; j < dim; ++j)
+        out[i * dim + j] = static_cast<float>((first + i) * 1000 + j) + tag;
     }
     return Status::OK();
   };
@@ -69,7 +70,8 @@ TEST(StoreTest, ImportNpyListInfoSnapshot) {
   auto again = store->ImportFile("items", tmp / "w.npy", {});
   EXPECT_EQ(again.status().code(), Status::Code::kAlreadyExists);
   EXPECT_EQ(store->GetSnapshot("nope").status().code(), Status::Code::kNotFound);
-  EXPECT_EQ(store->ImportFile("bad/name", tmp / "w.npy", {}).status().code(), Status::Code::kInvalidArgument);
+  EXPECT_EQ(store->ImportFile("bad/name", tmp / "w.npy", {}).status().code(),
+            Status::Code::kInvalidArgument);
 }
 
 TEST(StoreTest, CatalogSurvivesReopen) {
@@ -134,7 +136,8 @@ TEST(StoreTest, ReplaceWithoutReadersReclaimsAtOnce) {
   TempDir tmp;
   auto store = OpenOrDie(tmp / "db");
   TableSpec spec{10, 4, DType::kF32, "", true, {}};
-  for (int i = 0; i < 3; ++i) ASSERT_TRUE(store->WriteTable("t", spec, Pattern(4, static_cast<float>(i))).ok());
+  for (int i = 0; i < 3; ++i)
+    ASSERT_TRUE(store->WriteTable("t", spec, Pattern(4, static_cast<float>(i))).ok());
   EXPECT_EQ(store->GetInfo("t")->version, 3u);
   EXPECT_EQ(CountFiles(tmp / "db/tables"), 1);
 }
@@ -228,7 +231,8 @@ TEST(StoreTest, ConcurrentReadersDuringReplace) {
       }
     });
   }
-  for (int v = 1; v < 20; ++v) ASSERT_TRUE(store->WriteTable("t", spec, Pattern(16, static_cast<float>(v))).ok());
+  for (int v = 1; v < 20; ++v)
+    ASSERT_TRUE(store->WriteTable("t", spec, Pattern(16, static_cast<float>(v))).ok());
   stop = true;
   for (auto& t : readers) t.join();
   EXPECT_EQ(bad.load(), 0);
@@ -264,7 +268,8 @@ TEST(StoreTest, SigkillDuringReplaceLeavesAWholeVersion) {
       });
       _exit(r.ok() ? 0 : 4);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(0, 60)(rng)));
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds(std::uniform_int_distribution<int>(0, 60)(rng)));
     ::kill(pid, SIGKILL);
     int status = 0;
     ::waitpid(pid, &status, 0);
@@ -277,7 +282,8 @@ TEST(StoreTest, SigkillDuringReplaceLeavesAWholeVersion) {
     ASSERT_TRUE(tag == current || tag == next) << tag;
     (tag == current ? saw_old : saw_new)++;
     current = tag;
-    for (int64_t r = 0; r < rows; r += 97) ASSERT_EQ(At(*snap, r, 3), static_cast<float>(r * 1000 + 3) + tag);
+    for (int64_t r = 0; r < rows; r += 97)
+      ASSERT_EQ(At(*snap, r, 3), static_cast<float>(r * 1000 + 3) + tag);
     EXPECT_EQ(CountFiles(tmp / "db/tables"), 1);
   }
   EXPECT_GT(saw_old, 0);  // some kills must land mid-import

@@ -18,7 +18,8 @@ Result<TableHeader> WriteTableFile(const std::string& dir, const std::string& na
   TableFileWriter w;
   EMBSTORE_RETURN_IF_ERROR(w.Open(dir + "/" + name + ".tmp", dtype, rows, dim));
   std::vector<uint8_t> enc(static_cast<size_t>(rows) * w.row_stride());
-  EMBSTORE_RETURN_IF_ERROR(EncodeRows(values.data(), rows, dim, dtype, w.row_stride(), enc.data(), 0));
+  EMBSTORE_RETURN_IF_ERROR(
+      EncodeRows(values.data(), rows, dim, dtype, w.row_stride(), enc.data(), 0));
   EMBSTORE_RETURN_IF_ERROR(w.AppendRows(enc, rows));
   return w.Finish(dir + "/" + name, dir);
 }
@@ -95,7 +96,8 @@ TEST(TableFileTest, RejectsBadHeaders) {
     auto m = MappedTableFile::Open(tmp / "bad", false);
     ASSERT_FALSE(m.ok()) << c.what;
     EXPECT_EQ(m.status().code(), Status::Code::kCorruption) << c.what;
-    EXPECT_NE(m.status().message().find(c.expect), std::string::npos) << c.what << ": " << m.status().message();
+    EXPECT_NE(m.status().message().find(c.expect), std::string::npos)
+        << c.what << ": " << m.status().message();
   }
 }
 

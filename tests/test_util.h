@@ -6,9 +6,9 @@
 #include <unistd.h>
 
 #include <array>
-#include <cstring>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -48,13 +48,15 @@ inline std::vector<float> RandomFloats(size_t n, uint32_t seed, float scale = 1.
   return v;
 }
 
-inline void WriteF32Npy(const std::string& path, const std::vector<int64_t>& shape, const std::vector<float>& v) {
-  auto st = storage::WriteNpy(path, "<f4", shape,
-                              {reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(float)});
+inline void WriteF32Npy(const std::string& path, const std::vector<int64_t>& shape,
+                        const std::vector<float>& v) {
+  auto st = storage::WriteNpy(
+      path, "<f4", shape, {reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(float)});
   if (!st.ok()) std::abort();
 }
 
-inline std::vector<float> ReadF32Npy(const std::string& path, std::vector<int64_t>* shape = nullptr) {
+inline std::vector<float> ReadF32Npy(const std::string& path,
+                                     std::vector<int64_t>* shape = nullptr) {
   auto a = storage::LoadNpy(path);
   if (!a.ok() || a->header.descr != "<f4") return {};
   if (shape) *shape = a->header.shape;
@@ -85,9 +87,10 @@ struct CommandResult {
 // capturing stdout and stderr.
 inline CommandResult RunCli(const std::vector<std::string>& args) {
   static int counter = 0;
-  std::string base = (std::filesystem::temp_directory_path() /
-                      ("embstore-cli-" + std::to_string(::getpid()) + "-" + std::to_string(counter++)))
-                         .string();
+  std::string base =
+      (std::filesystem::temp_directory_path() /
+       ("embstore-cli-" + std::to_string(::getpid()) + "-" + std::to_string(counter++)))
+          .string();
   pid_t pid = ::fork();
   if (pid == 0) {
     FILE* o = std::freopen((base + ".out").c_str(), "w", stdout);

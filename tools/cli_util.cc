@@ -14,11 +14,14 @@ namespace embstore::cli {
 
 int ExitCodeFor(const Status& status) {
   switch (status.code()) {
-    case Status::Code::kOk: return kExitOk;
+    case Status::Code::kOk:
+      return kExitOk;
     case Status::Code::kIOError:
     case Status::Code::kCorruption:
-    case Status::Code::kInternal: return kExitIO;
-    default: return kExitUsage;
+    case Status::Code::kInternal:
+      return kExitIO;
+    default:
+      return kExitUsage;
   }
 }
 
@@ -30,7 +33,8 @@ std::vector<std::string> SplitCommas(const std::string& s) {
   size_t start = 0;
   while (true) {
     size_t comma = s.find(',', start);
-    std::string item = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    std::string item =
+        s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
     // trim spaces
     size_t a = item.find_first_not_of(" \t");
     size_t b = item.find_last_not_of(" \t");
@@ -53,7 +57,8 @@ Result<int64_t> ParseInteger(const std::string& text, const std::string& what) {
   auto [p, ec] = std::from_chars(b, e, v);
   if (ec != std::errc() || p != e || b == e) {
     if (text.find_first_of(".eE") != std::string::npos) {
-      return Status::InvalidArgument(what + ": '" + text + "' is not an integer (float values are not indices)");
+      return Status::InvalidArgument(what + ": '" + text +
+                                     "' is not an integer (float values are not indices)");
     }
     return Status::InvalidArgument(what + ": '" + text + "' is not an integer");
   }
@@ -61,7 +66,8 @@ Result<int64_t> ParseInteger(const std::string& text, const std::string& what) {
 }
 
 Result<double> ParseNumber(const std::string& text, const std::string& what) {
-  if (text == "inf" || text == "+inf" || text == "Inf") return std::numeric_limits<double>::infinity();
+  if (text == "inf" || text == "+inf" || text == "Inf")
+    return std::numeric_limits<double>::infinity();
   if (text == "-inf" || text == "-Inf") return -std::numeric_limits<double>::infinity();
   if (text.empty()) return Status::InvalidArgument(what + ": empty number");
   char* end = nullptr;
@@ -197,7 +203,8 @@ void ProgressBar::Update(int64_t done, int64_t total) {
   std::string bar(static_cast<size_t>(filled), '#');
   bar.append(static_cast<size_t>(kWidth - filled), ' ');
   std::fprintf(stderr, "\r%s [%s] %3d%%  %lld/%lld rows  ETA %.0fs ", label_.c_str(), bar.c_str(),
-               static_cast<int>(frac * 100), static_cast<long long>(done), static_cast<long long>(total), eta);
+               static_cast<int>(frac * 100), static_cast<long long>(done),
+               static_cast<long long>(total), eta);
   std::fflush(stderr);
   drawn_ = true;
 }

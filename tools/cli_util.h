@@ -14,8 +14,8 @@ namespace embstore::cli {
 
 // Exit codes (documented in the README).
 inline constexpr int kExitOk = 0;
-inline constexpr int kExitUsage = 1;    // bad usage or bad input
-inline constexpr int kExitIO = 2;       // I/O error or corruption
+inline constexpr int kExitUsage = 1;  // bad usage or bad input
+inline constexpr int kExitIO = 2;     // I/O error or corruption
 int ExitCodeFor(const Status& status);
 
 // Integer values from a SPEC: "1,2,3" inline, or "@path.npy" (int32/int64).

@@ -1,10 +1,9 @@
 // embstore: the command-line tool. See README.md "CLI reference".
-#include <cxxopts.hpp>
-
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <cxxopts.hpp>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -38,8 +37,8 @@ int Fail(const std::string& cmd, const Status& st) {
   return ExitCodeFor(st);
 }
 int UsageError(const std::string& cmd, const std::string& msg) {
-  std::fprintf(stderr, "embstore %s: error: %s (see `embstore %s --help`)\n", cmd.c_str(), msg.c_str(),
-               cmd.c_str());
+  std::fprintf(stderr, "embstore %s: error: %s (see `embstore %s --help`)\n", cmd.c_str(),
+               msg.c_str(), cmd.c_str());
   return kExitUsage;
 }
 
@@ -71,8 +70,8 @@ std::optional<cxxopts::ParseResult> Parse(cxxopts::Options& opts, const std::str
 }
 
 // Requires the string option `name`; returns false (and sets exit) if absent.
-bool Require(const cxxopts::ParseResult& r, const std::string& cmd, const char* name, std::string* out,
-             int* exit_code) {
+bool Require(const cxxopts::ParseResult& r, const std::string& cmd, const char* name,
+             std::string* out, int* exit_code) {
   if (!r.count(name)) {
     *exit_code = UsageError(cmd, std::string("--") + name + " is required");
     return false;
@@ -104,12 +103,13 @@ int CmdInit(int argc, char** argv) {
 
 // ---- import ----------------------------------------------------------------------------
 int CmdImport(int argc, char** argv) {
-  cxxopts::Options opts("embstore import",
-                        "Import a tensor from a checkpoint (.npy, .npz, .safetensors, .pt) as a table.\n"
-                        "Several tables from one file: --tensor KEY=TABLE, repeated (then --table is not used).");
+  cxxopts::Options opts(
+      "embstore import",
+      "Import a tensor from a checkpoint (.npy, .npz, .safetensors, .pt) as a table.\n"
+      "Several tables from one file: --tensor KEY=TABLE, repeated (then --table is not used).");
   opts.add_options()("db", "Store directory (created if needed)", cxxopts::value<std::string>())(
-      "table", "Table name", cxxopts::value<std::string>())(
-      "from", "Checkpoint file", cxxopts::value<std::string>())(
+      "table", "Table name", cxxopts::value<std::string>())("from", "Checkpoint file",
+                                                            cxxopts::value<std::string>())(
       "tensor", "Tensor key inside the checkpoint, or KEY=TABLE (repeatable)",
       cxxopts::value<std::vector<std::string>>())(
       "dtype", "Storage dtype: f32, f16, bf16, int8 (default: keep f32/f16/bf16, f64 -> f32)",
@@ -118,7 +118,8 @@ int CmdImport(int argc, char** argv) {
   auto r = Parse(opts, "import", argc, argv, &ec);
   if (!r) return ec;
   std::string db, from;
-  if (!Require(*r, "import", "db", &db, &ec) || !Require(*r, "import", "from", &from, &ec)) return ec;
+  if (!Require(*r, "import", "db", &db, &ec) || !Require(*r, "import", "from", &from, &ec))
+    return ec;
   ImportOptions io;
   io.replace = r->count("replace") > 0;
   if (r->count("dtype")) {
@@ -136,7 +137,8 @@ int CmdImport(int argc, char** argv) {
     if (eq != std::string::npos) {
       jobs.emplace_back(t.substr(0, eq), t.substr(eq + 1));
     } else {
-      if (table.empty()) return UsageError("import", "--tensor " + t + " needs --table (or use --tensor KEY=TABLE)");
+      if (table.empty())
+        return UsageError("import", "--tensor " + t + " needs --table (or use --tensor KEY=TABLE)");
       jobs.emplace_back(t, table);
     }
   }
@@ -152,7 +154,8 @@ int CmdImport(int argc, char** argv) {
     }
     std::map<std::string, int> seen;
     for (const auto& j : jobs) {
-      if (++seen[j.second] > 1) return UsageError("import", "table '" + j.second + "' is named twice");
+      if (++seen[j.second] > 1)
+        return UsageError("import", "table '" + j.second + "' is named twice");
     }
   }
   for (const auto& j : jobs) {
@@ -168,8 +171,8 @@ int CmdImport(int argc, char** argv) {
     o.progress = [&bar](int64_t done, int64_t total) { bar.Update(done, total); };
     auto info = (*store)->ImportFile(name, from, o);
     if (!info.ok()) return Fail("import", info.status());
-    std::printf("imported %s: %" PRId64 " x %" PRId64 " %s, version %" PRIu64 ", %s\n", name.c_str(),
-                info->rows, info->dim, DTypeName(info->dtype), info->version,
+    std::printf("imported %s: %" PRId64 " x %" PRId64 " %s, version %" PRIu64 ", %s\n",
+                name.c_str(), info->rows, info->dim, DTypeName(info->dtype), info->version,
                 HumanBytes(info->file_bytes).c_str());
   }
   return kExitOk;
@@ -187,8 +190,8 @@ int CmdList(int argc, char** argv) {
   auto store = OpenStore(db, false);
   if (!store.ok()) return Fail("list", store.status());
   for (const TableInfo& t : (*store)->ListTables()) {
-    std::printf("%s\t%" PRId64 "\t%" PRId64 "\t%s\tv%" PRIu64 "\t%" PRIu64 "\n", t.name.c_str(), t.rows, t.dim,
-                DTypeName(t.dtype), t.version, t.file_bytes);
+    std::printf("%s\t%" PRId64 "\t%" PRId64 "\t%s\tv%" PRIu64 "\t%" PRIu64 "\n", t.name.c_str(),
+                t.rows, t.dim, DTypeName(t.dtype), t.version, t.file_bytes);
   }
   return kExitOk;
 }
@@ -213,7 +216,8 @@ int CmdInfo(int argc, char** argv) {
   std::printf("bytes_per_row: %zu (stored stride %" PRIu64 ")\n", RowPayloadBytes(t->dtype, t->dim),
               t->row_stride);
   std::printf("version:       %" PRIu64 "\n", t->version);
-  std::printf("bytes:         %" PRIu64 " (%s)\n", t->file_bytes, HumanBytes(t->file_bytes).c_str());
+  std::printf("bytes:         %" PRIu64 " (%s)\n", t->file_bytes,
+              HumanBytes(t->file_bytes).c_str());
   std::printf("checksum:      xxh64:%016" PRIx64 "\n", t->checksum);
   std::printf("source:        %s\n", t->source.c_str());
   std::printf("file:          %s\n", t->file.c_str());
@@ -222,10 +226,12 @@ int CmdInfo(int argc, char** argv) {
 
 // ---- export ------------------------------------------------------------------------------
 int CmdExport(int argc, char** argv) {
-  cxxopts::Options opts("embstore export",
-                        "Write a table to a .npy file: f32 as <f4, f16 as <f2, bf16 and int8 dequantized to <f4.");
+  cxxopts::Options opts(
+      "embstore export",
+      "Write a table to a .npy file: f32 as <f4, f16 as <f2, bf16 and int8 dequantized to <f4.");
   opts.add_options()("db", "Store directory", cxxopts::value<std::string>())(
-      "table", "Table name", cxxopts::value<std::string>())("out", "Output .npy path", cxxopts::value<std::string>());
+      "table", "Table name", cxxopts::value<std::string>())("out", "Output .npy path",
+                                                            cxxopts::value<std::string>());
   int ec = 0;
   auto r = Parse(opts, "export", argc, argv, &ec);
   if (!r) return ec;
@@ -289,7 +295,8 @@ int CmdDrop(int argc, char** argv) {
 }
 
 int CmdVerify(int argc, char** argv) {
-  cxxopts::Options opts("embstore verify", "Recompute checksums; exit 2 naming each corrupt table.");
+  cxxopts::Options opts("embstore verify",
+                        "Recompute checksums; exit 2 naming each corrupt table.");
   opts.add_options()("db", "Store directory", cxxopts::value<std::string>())(
       "table", "Only this table", cxxopts::value<std::string>());
   int ec = 0;
@@ -315,7 +322,8 @@ int CmdVerify(int argc, char** argv) {
     } else {
       ++bad;
       std::printf("CORRUPT\t%s\t%s\n", n.c_str(), st.message().c_str());
-      std::fprintf(stderr, "embstore verify: table '%s' is corrupt: %s\n", n.c_str(), st.message().c_str());
+      std::fprintf(stderr, "embstore verify: table '%s' is corrupt: %s\n", n.c_str(),
+                   st.message().c_str());
     }
   }
   return bad ? kExitIO : kExitOk;
@@ -336,9 +344,11 @@ int CmdInspect(int argc, char** argv) {
   if (!entries.ok()) return Fail("inspect", entries.status());
   for (const TensorEntry& e : *entries) {
     std::string shape = "[";
-    for (size_t i = 0; i < e.shape.size(); ++i) shape += (i ? ", " : "") + std::to_string(e.shape[i]);
+    for (size_t i = 0; i < e.shape.size(); ++i)
+      shape += (i ? ", " : "") + std::to_string(e.shape[i]);
     shape += "]";
-    std::printf("%s\t%s\t%s\n", e.key.empty() ? "(array)" : e.key.c_str(), e.dtype.c_str(), shape.c_str());
+    std::printf("%s\t%s\t%s\n", e.key.empty() ? "(array)" : e.key.c_str(), e.dtype.c_str(),
+                shape.c_str());
   }
   return kExitOk;
 }
@@ -352,7 +362,8 @@ void PrintRows(const PooledOutput& out) {
   for (int64_t b = 0; b < rows; ++b) {
     line.clear();
     for (int64_t j = 0; j < dim; ++j) {
-      std::snprintf(buf, sizeof buf, "%.8g", static_cast<double>(out.values[static_cast<size_t>(b * dim + j)]));
+      std::snprintf(buf, sizeof buf, "%.8g",
+                    static_cast<double>(out.values[static_cast<size_t>(b * dim + j)]));
       if (j) line += ' ';
       line += buf;
     }
@@ -364,7 +375,8 @@ void PrintRows(const PooledOutput& out) {
 int CmdQuery(int argc, char** argv) {
   cxxopts::Options opts("embstore query",
                         "Pool bags of embeddings (torch.nn.functional.embedding_bag semantics).\n"
-                        "SPEC is an inline list (1,2,3) or @file.npy (1-D or 2-D; int32/int64 ids, float32 weights).");
+                        "SPEC is an inline list (1,2,3) or @file.npy (1-D or 2-D; int32/int64 ids, "
+                        "float32 weights).");
   opts.add_options()("db", "Store directory", cxxopts::value<std::string>())(
       "table", "Table name", cxxopts::value<std::string>())(
       "indices", "Row ids: SPEC (2-D [B,N] = B bags of N)", cxxopts::value<std::string>())(
@@ -373,18 +385,24 @@ int CmdQuery(int argc, char** argv) {
       "bag-ends", "Batched bags: inclusive end offsets [B,K] over [B,N] indices: SPEC",
       cxxopts::value<std::string>())("mode", "sum | mean | max (default mean, as torch)",
                                      cxxopts::value<std::string>()->default_value("mean"))(
-      "padding-idx", "Skip entries equal to this id (negative counts from the end)", cxxopts::value<std::string>())(
+      "padding-idx", "Skip entries equal to this id (negative counts from the end)",
+      cxxopts::value<std::string>())(
       "max-norm", "Use rows with norm > X scaled to norm X (the store is not modified)",
-      cxxopts::value<std::string>())("norm-type", "p of the p-norm for --max-norm (default 2; inf allowed)",
+      cxxopts::value<std::string>())("norm-type",
+                                     "p of the p-norm for --max-norm (default 2; inf allowed)",
                                      cxxopts::value<std::string>()->default_value("2"))(
       "include-last-offset", "offsets has B+1 entries; the last ends bag B-1")(
       "threads", "Worker threads (0 = all cores)", cxxopts::value<int>()->default_value("0"))(
-      "device", "cpu | cuda (pool on the GPU through a row cache)", cxxopts::value<std::string>()->default_value("cpu"))(
-      "cache-rows", "GPU row cache capacity in rows (default: 1 GiB of device memory)", cxxopts::value<int64_t>())(
-      "cache-mb", "GPU row cache capacity in MiB", cxxopts::value<int64_t>())(
-      "cache-policy", "GPU cache eviction: lru | lfu", cxxopts::value<std::string>()->default_value("lru"))(
-      "stats", "Print GPU cache statistics to stderr")(
-      "out", "Write the [B, dim] float32 result to this .npy instead of printing", cxxopts::value<std::string>());
+      "device", "cpu | cuda (pool on the GPU through a row cache)",
+      cxxopts::value<std::string>()->default_value("cpu"))(
+      "cache-rows", "GPU row cache capacity in rows (default: 1 GiB of device memory)",
+      cxxopts::value<int64_t>())("cache-mb", "GPU row cache capacity in MiB",
+                                 cxxopts::value<int64_t>())(
+      "cache-policy", "GPU cache eviction: lru | lfu",
+      cxxopts::value<std::string>()->default_value("lru"))("stats",
+                                                           "Print GPU cache statistics to stderr")(
+      "out", "Write the [B, dim] float32 result to this .npy instead of printing",
+      cxxopts::value<std::string>());
   int ec = 0;
   auto r = Parse(opts, "query", argc, argv, &ec);
   if (!r) return ec;
@@ -396,7 +414,9 @@ int CmdQuery(int argc, char** argv) {
   }
   QueryOptions qo;
   auto mode = ParsePoolingMode((*r)["mode"].as<std::string>());
-  if (!mode) return UsageError(cmd, "--mode must be sum, mean or max (got '" + (*r)["mode"].as<std::string>() + "')");
+  if (!mode)
+    return UsageError(
+        cmd, "--mode must be sum, mean or max (got '" + (*r)["mode"].as<std::string>() + "')");
   qo.mode = *mode;
   if (r->count("padding-idx")) {
     auto p = ParseInteger((*r)["padding-idx"].as<std::string>(), "--padding-idx");
@@ -423,7 +443,8 @@ int CmdQuery(int argc, char** argv) {
   if (!on_gpu && (r->count("cache-rows") || r->count("cache-mb") || r->count("stats"))) {
     return UsageError(cmd, "--cache-rows, --cache-mb and --stats need --device cuda");
   }
-  if (r->count("cache-rows") && r->count("cache-mb")) return UsageError(cmd, "give --cache-rows or --cache-mb, not both");
+  if (r->count("cache-rows") && r->count("cache-mb"))
+    return UsageError(cmd, "give --cache-rows or --cache-mb, not both");
   if (r->count("cache-rows")) {
     gpu_options.cache_rows = (*r)["cache-rows"].as<int64_t>();
     if (gpu_options.cache_rows <= 0) return UsageError(cmd, "--cache-rows must be >= 1");
@@ -464,7 +485,8 @@ int CmdQuery(int argc, char** argv) {
   Result<PooledOutput> out = Status::Internal("query did not run");
   if (r->count("bag-ends")) {
     if (r->count("offsets")) return UsageError(cmd, "--bag-ends and --offsets cannot be combined");
-    if (qo.include_last_offset) return UsageError(cmd, "--include-last-offset does not apply to --bag-ends");
+    if (qo.include_last_offset)
+      return UsageError(cmd, "--include-last-offset does not apply to --bag-ends");
     auto ends = ParseIntSpec((*r)["bag-ends"].as<std::string>(), "--bag-ends");
     if (!ends.ok()) return Fail(cmd, ends.status());
     // Inline lists are one sample: [1, N] indices and [1, K] ends.
@@ -476,16 +498,17 @@ int CmdQuery(int argc, char** argv) {
     const int64_t ends_batch = es.size() == 2 ? es[0] : 1;
     req.bags_per_sample = es.size() == 2 ? es[1] : es[0];
     if (ends_batch != req.batch) {
-      return Fail(cmd, Status::InvalidArgument("--bag-ends has " + std::to_string(ends_batch) +
-                                               " samples but --indices has " + std::to_string(req.batch)));
+      return Fail(
+          cmd, Status::InvalidArgument("--bag-ends has " + std::to_string(ends_batch) +
+                                       " samples but --indices has " + std::to_string(req.batch)));
     }
     req.indices = indices->view();
     req.ends = ends->view();
     if (weights) {
       if (static_cast<int64_t>(weights->v.size()) != req.batch * req.items) {
-        return Fail(cmd, Status::InvalidArgument("--weights has " + std::to_string(weights->v.size()) +
-                                                 " values but --indices has " +
-                                                 std::to_string(req.batch * req.items)));
+        return Fail(cmd, Status::InvalidArgument(
+                             "--weights has " + std::to_string(weights->v.size()) +
+                             " values but --indices has " + std::to_string(req.batch * req.items)));
       }
       req.weights = std::span<const float>(weights->v);
     }
@@ -525,12 +548,15 @@ int CmdQuery(int argc, char** argv) {
 
 // ---- renorm ---------------------------------------------------------------------------------
 int CmdRenorm(int argc, char** argv) {
-  cxxopts::Options opts("embstore renorm",
-                        "Write a new version in which every row with norm > max_norm is scaled to max_norm\n"
-                        "(the weight torch reaches after every row has been looked up with max_norm).");
+  cxxopts::Options opts(
+      "embstore renorm",
+      "Write a new version in which every row with norm > max_norm is scaled to max_norm\n"
+      "(the weight torch reaches after every row has been looked up with max_norm).");
   opts.add_options()("db", "Store directory", cxxopts::value<std::string>())(
-      "table", "Table name", cxxopts::value<std::string>())("max-norm", "X > 0", cxxopts::value<std::string>())(
-      "norm-type", "p of the p-norm (default 2; 0, inf and -inf as torch)", cxxopts::value<std::string>()->default_value("2"));
+      "table", "Table name", cxxopts::value<std::string>())("max-norm", "X > 0",
+                                                            cxxopts::value<std::string>())(
+      "norm-type", "p of the p-norm (default 2; 0, inf and -inf as torch)",
+      cxxopts::value<std::string>()->default_value("2"));
   int ec = 0;
   auto r = Parse(opts, "renorm", argc, argv, &ec);
   if (!r) return ec;
@@ -548,7 +574,8 @@ int CmdRenorm(int argc, char** argv) {
     return Fail(cmd, Status::InvalidArgument("--max-norm must be a finite number > 0"));
   }
   if (std::isnan(*p) || (*p < 0 && !std::isinf(*p))) {
-    return Fail(cmd, Status::InvalidArgument("--norm-type must be >= 0, inf or -inf (as torch's norm)"));
+    return Fail(cmd,
+                Status::InvalidArgument("--norm-type must be >= 0, inf or -inf (as torch's norm)"));
   }
   auto store = OpenStore(db, false);
   if (!store.ok()) return Fail(cmd, store.status());
@@ -563,8 +590,9 @@ int CmdRenorm(int argc, char** argv) {
   spec.dim = v.dim;
   spec.dtype = v.dtype;
   spec.replace = true;
-  spec.source = "renorm of " + table + " v" + std::to_string(snap->info().version) + " (max_norm=" +
-                max_norm_text + ", norm_type=" + (*r)["norm-type"].as<std::string>() + ") from " +
+  spec.source = "renorm of " + table + " v" + std::to_string(snap->info().version) +
+                " (max_norm=" + max_norm_text +
+                ", norm_type=" + (*r)["norm-type"].as<std::string>() + ") from " +
                 snap->info().source;
   spec.progress = [&bar](int64_t d, int64_t t) { bar.Update(d, t); };
   auto info = (*store)->WriteTable(table, spec, [&](int64_t first, int64_t count, float* out) {
@@ -581,39 +609,45 @@ int CmdRenorm(int argc, char** argv) {
     return Status::OK();
   });
   if (!info.ok()) return Fail(cmd, info.status());
-  std::printf("renormalized %s: %" PRId64 " of %" PRId64 " rows scaled, version %" PRIu64 "\n", table.c_str(),
-              scaled, v.rows, info->version);
+  std::printf("renormalized %s: %" PRId64 " of %" PRId64 " rows scaled, version %" PRIu64 "\n",
+              table.c_str(), scaled, v.rows, info->version);
   return kExitOk;
 }
 
 // ---- score (FM / FFM) -------------------------------------------------------------------------
 int CmdScore(int argc, char** argv) {
-  cxxopts::Options opts("embstore score",
-                        "Factorization-machine scores over batched bags: y[b] for each sample.\n"
-                        "Bags: --indices/--weights [B,N], --bag-ends [B,K] (inclusive end offsets).");
+  cxxopts::Options opts(
+      "embstore score",
+      "Factorization-machine scores over batched bags: y[b] for each sample.\n"
+      "Bags: --indices/--weights [B,N], --bag-ends [B,K] (inclusive end offsets).");
   opts.add_options()("db", "Store directory", cxxopts::value<std::string>())(
       "model", "fm | ffm", cxxopts::value<std::string>())(
       "vectors", "Vectors table [rows, D] (FFM: D = F * k)", cxxopts::value<std::string>())(
       "biases", "Biases table [rows, 1]", cxxopts::value<std::string>())(
       "bias", "Global bias (default 0)", cxxopts::value<std::string>())(
-      "bias-from", "Read the global bias from a checkpoint scalar: FILE[:KEY] (KEY defaults to 'bias')",
-      cxxopts::value<std::string>())("fields", "FFM: field of each bag [B,K]: SPEC (default: bag m is field m)",
-                                     cxxopts::value<std::string>())(
-      "num-fields", "FFM: number of fields F (default K)", cxxopts::value<int64_t>())(
-      "indices", "Row ids [B,N]: SPEC", cxxopts::value<std::string>())(
+      "bias-from",
+      "Read the global bias from a checkpoint scalar: FILE[:KEY] (KEY defaults to 'bias')",
+      cxxopts::value<std::string>())(
+      "fields", "FFM: field of each bag [B,K]: SPEC (default: bag m is field m)",
+      cxxopts::value<std::string>())("num-fields", "FFM: number of fields F (default K)",
+                                     cxxopts::value<int64_t>())("indices", "Row ids [B,N]: SPEC",
+                                                                cxxopts::value<std::string>())(
       "weights", "Weights [B,N]: SPEC (default all 1)", cxxopts::value<std::string>())(
       "bag-ends", "Inclusive bag ends [B,K]: SPEC", cxxopts::value<std::string>())(
       "padding-idx", "Skip items equal to this id", cxxopts::value<std::string>())(
       "threads", "Worker threads (0 = all cores)", cxxopts::value<int>()->default_value("0"))(
-      "out", "Write the [B] float32 scores to this .npy instead of printing", cxxopts::value<std::string>());
+      "out", "Write the [B] float32 scores to this .npy instead of printing",
+      cxxopts::value<std::string>());
   int ec = 0;
   auto r = Parse(opts, "score", argc, argv, &ec);
   if (!r) return ec;
   const std::string cmd = "score";
   std::string db, model_name, vectors_name, biases_name, indices_spec, ends_spec;
   if (!Require(*r, cmd, "db", &db, &ec) || !Require(*r, cmd, "model", &model_name, &ec) ||
-      !Require(*r, cmd, "vectors", &vectors_name, &ec) || !Require(*r, cmd, "biases", &biases_name, &ec) ||
-      !Require(*r, cmd, "indices", &indices_spec, &ec) || !Require(*r, cmd, "bag-ends", &ends_spec, &ec)) {
+      !Require(*r, cmd, "vectors", &vectors_name, &ec) ||
+      !Require(*r, cmd, "biases", &biases_name, &ec) ||
+      !Require(*r, cmd, "indices", &indices_spec, &ec) ||
+      !Require(*r, cmd, "bag-ends", &ends_spec, &ec)) {
     return ec;
   }
   FmModel model;
@@ -625,7 +659,8 @@ int CmdScore(int argc, char** argv) {
     return UsageError(cmd, "--model must be fm or ffm (got '" + model_name + "')");
   }
   FmRequest req;
-  if (r->count("bias") && r->count("bias-from")) return UsageError(cmd, "give --bias or --bias-from, not both");
+  if (r->count("bias") && r->count("bias-from"))
+    return UsageError(cmd, "give --bias or --bias-from, not both");
   if (r->count("bias")) {
     auto b = ParseNumber((*r)["bias"].as<std::string>(), "--bias");
     if (!b.ok()) return Fail(cmd, b.status());
@@ -681,17 +716,19 @@ int CmdScore(int argc, char** argv) {
   const int64_t ends_batch = es.size() == 2 ? es[0] : 1;
   bags.bags_per_sample = es.size() == 2 ? es[1] : es[0];
   if (ends_batch != bags.batch) {
-    return Fail(cmd, Status::InvalidArgument("--bag-ends has " + std::to_string(ends_batch) +
-                                             " samples but --indices has " + std::to_string(bags.batch)));
+    return Fail(
+        cmd, Status::InvalidArgument("--bag-ends has " + std::to_string(ends_batch) +
+                                     " samples but --indices has " + std::to_string(bags.batch)));
   }
   if (fields) {
     const auto& fs = fields->shape;
     const int64_t fb = fs.size() == 2 ? fs[0] : 1, fk = fs.size() == 2 ? fs[1] : fs[0];
     if (fb != bags.batch || fk != bags.bags_per_sample) {
-      return Fail(cmd, Status::InvalidArgument(
-                           "--fields has shape [" + std::to_string(fb) + ", " + std::to_string(fk) +
-                           "] but the bags are [B, K] = [" + std::to_string(bags.batch) + ", " +
-                           std::to_string(bags.bags_per_sample) + "]: K must match (one field per bag)"));
+      return Fail(
+          cmd, Status::InvalidArgument(
+                   "--fields has shape [" + std::to_string(fb) + ", " + std::to_string(fk) +
+                   "] but the bags are [B, K] = [" + std::to_string(bags.batch) + ", " +
+                   std::to_string(bags.bags_per_sample) + "]: K must match (one field per bag)"));
     }
     req.fields = fields->view();
   }
@@ -699,9 +736,9 @@ int CmdScore(int argc, char** argv) {
   bags.ends = ends->view();
   if (weights) {
     if (static_cast<int64_t>(weights->v.size()) != bags.batch * bags.items) {
-      return Fail(cmd, Status::InvalidArgument("--weights has " + std::to_string(weights->v.size()) +
-                                               " values but --indices has " +
-                                               std::to_string(bags.batch * bags.items)));
+      return Fail(cmd, Status::InvalidArgument(
+                           "--weights has " + std::to_string(weights->v.size()) +
+                           " values but --indices has " + std::to_string(bags.batch * bags.items)));
     }
     bags.weights = std::span<const float>(weights->v);
   }
@@ -715,8 +752,9 @@ int CmdScore(int argc, char** argv) {
   Status st = FmScore(model, vs->view(), bs->view(), req, qo, scores);
   if (!st.ok()) return Fail(cmd, st);
   if (r->count("out")) {
-    st = storage::WriteNpy((*r)["out"].as<std::string>(), "<f4", {bags.batch},
-                           {reinterpret_cast<const uint8_t*>(scores.data()), scores.size() * sizeof(float)});
+    st = storage::WriteNpy(
+        (*r)["out"].as<std::string>(), "<f4", {bags.batch},
+        {reinterpret_cast<const uint8_t*>(scores.data()), scores.size() * sizeof(float)});
     if (!st.ok()) return Fail(cmd, st);
   } else {
     for (float y : scores) std::printf("%.8g\n", static_cast<double>(y));
@@ -736,8 +774,8 @@ int CmdGpuInfo(int argc, char** argv) {
     return kExitUsage;
   }
   for (const auto& d : *devs) {
-    std::printf("cuda:%d\t%s\tsm_%d%d\t%s\n", d.ordinal, d.name.c_str(), d.compute_major, d.compute_minor,
-                HumanBytes(d.total_memory_bytes).c_str());
+    std::printf("cuda:%d\t%s\tsm_%d%d\t%s\n", d.ordinal, d.name.c_str(), d.compute_major,
+                d.compute_minor, HumanBytes(d.total_memory_bytes).c_str());
   }
   return kExitOk;
 }
@@ -763,10 +801,10 @@ const std::vector<Command>& Commands() {
 void PrintMainHelp() {
   std::printf(
       "embstore: memory-mapped embedding tables and embedding-bag queries\n\n"
-      "usage: embstore COMMAND [options]   (embstore COMMAND --help for its options)\n\ncommands:\n");
+      "usage: embstore COMMAND [options]   (embstore COMMAND --help for its "
+      "options)\n\ncommands:\n");
   for (const Command& c : Commands()) std::printf("  %-10s %s\n", c.name, c.summary);
-  std::printf(
-      "\nexit codes: 0 ok, 1 bad usage or bad input, 2 I/O error or corruption\n");
+  std::printf("\nexit codes: 0 ok, 1 bad usage or bad input, 2 I/O error or corruption\n");
 }
 
 }  // namespace

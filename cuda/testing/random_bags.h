@@ -24,10 +24,14 @@ namespace embstore::cuda::cudatest {
 enum class Layout { kOffsets, kLastOffset, k2D, kBatched };
 inline const char* LayoutName(Layout l) {
   switch (l) {
-    case Layout::kOffsets: return "offsets";
-    case Layout::kLastOffset: return "include_last_offset";
-    case Layout::k2D: return "2d";
-    case Layout::kBatched: return "batched";
+    case Layout::kOffsets:
+      return "offsets";
+    case Layout::kLastOffset:
+      return "include_last_offset";
+    case Layout::k2D:
+      return "2d";
+    case Layout::kBatched:
+      return "batched";
   }
   return "?";
 }
@@ -54,8 +58,8 @@ inline void Fill32(const std::vector<int64_t>& from, std::vector<int32_t>* to) {
 
 // Bags of up to `max_bag` entries over `rows` rows.
 inline std::unique_ptr<RandomRequest> MakeRequest(std::mt19937_64& rng, int64_t rows, Layout layout,
-                                           PoolingMode mode, bool weighted, bool padding,
-                                           std::optional<double> norm_type, int max_bag) {
+                                                  PoolingMode mode, bool weighted, bool padding,
+                                                  std::optional<double> norm_type, int max_bag) {
   auto r = std::make_unique<RandomRequest>();
   auto uni = [&](int64_t lo, int64_t hi) {  // [lo, hi]
     return lo + static_cast<int64_t>(rng() % static_cast<uint64_t>(hi - lo + 1));

@@ -38,8 +38,8 @@ struct FmRequest {
 // `options` may set max_threads; its mode must be kSum (the default for FM is
 // a weighted sum, whatever options.mode says is refused otherwise) and
 // padding_idx/max_norm apply to both tables' pooling as in a query.
-Status FmScore(FmModel model, const TableView& vectors, const TableView& biases, const FmRequest& request,
-               const QueryOptions& options, std::span<float> out);
+Status FmScore(FmModel model, const TableView& vectors, const TableView& biases,
+               const FmRequest& request, const QueryOptions& options, std::span<float> out);
 
 }  // namespace embstore
 

@@ -83,12 +83,12 @@ struct BagRequest {
 // ends[b, m-1] < k <= ends[b, m] (ends[b, -1] = -1). Items after ends[b, K-1]
 // are padding. Output is [B, K, dim].
 struct BatchedBagRequest {
-  IndexArray indices;                         // B * N ids, row-major
+  IndexArray indices;                             // B * N ids, row-major
   std::optional<std::span<const float>> weights;  // B * N, or absent (all 1)
-  IndexArray ends;                            // B * K, row-major
-  int64_t batch = 0;                          // B
-  int64_t items = 0;                          // N
-  int64_t bags_per_sample = 0;                // K
+  IndexArray ends;                                // B * K, row-major
+  int64_t batch = 0;                              // B
+  int64_t items = 0;                              // N
+  int64_t bags_per_sample = 0;                    // K
 };
 
 // The pooled result: shape {B, dim} or {B, K, dim}, row-major float32.
@@ -104,8 +104,8 @@ Result<int64_t> CountBags(const TableView& table, const BagRequest& request,
 
 // Pools into the caller's buffer. REQUIRES: out.size() == bags * table.dim.
 // On error nothing useful is in `out`.
-Status EmbeddingBag(const TableView& table, const BagRequest& request,
-                    const QueryOptions& options, std::span<float> out);
+Status EmbeddingBag(const TableView& table, const BagRequest& request, const QueryOptions& options,
+                    std::span<float> out);
 Result<PooledOutput> EmbeddingBag(const TableView& table, const BagRequest& request,
                                   const QueryOptions& options);
 
@@ -113,8 +113,7 @@ Result<PooledOutput> EmbeddingBag(const TableView& table, const BagRequest& requ
 // options.include_last_offset must be false.
 Status BatchedEmbeddingBag(const TableView& table, const BatchedBagRequest& request,
                            const QueryOptions& options, std::span<float> out);
-Result<PooledOutput> BatchedEmbeddingBag(const TableView& table,
-                                         const BatchedBagRequest& request,
+Result<PooledOutput> BatchedEmbeddingBag(const TableView& table, const BatchedBagRequest& request,
                                          const QueryOptions& options);
 
 // The p-norm used by max_norm, over a dequantized row (p = +inf: max |x|;

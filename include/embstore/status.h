@@ -32,10 +32,16 @@ class Status {
 
   Status() = default;
   static Status OK() { return Status(); }
-  static Status InvalidArgument(std::string msg) { return Status(Code::kInvalidArgument, std::move(msg)); }
+  static Status InvalidArgument(std::string msg) {
+    return Status(Code::kInvalidArgument, std::move(msg));
+  }
   static Status NotFound(std::string msg) { return Status(Code::kNotFound, std::move(msg)); }
-  static Status AlreadyExists(std::string msg) { return Status(Code::kAlreadyExists, std::move(msg)); }
-  static Status NotSupported(std::string msg) { return Status(Code::kNotSupported, std::move(msg)); }
+  static Status AlreadyExists(std::string msg) {
+    return Status(Code::kAlreadyExists, std::move(msg));
+  }
+  static Status NotSupported(std::string msg) {
+    return Status(Code::kNotSupported, std::move(msg));
+  }
   static Status IOError(std::string msg) { return Status(Code::kIOError, std::move(msg)); }
   static Status Corruption(std::string msg) { return Status(Code::kCorruption, std::move(msg)); }
   static Status Internal(std::string msg) { return Status(Code::kInternal, std::move(msg)); }
@@ -49,14 +55,22 @@ class Status {
   }
   static const char* CodeName(Code code) {
     switch (code) {
-      case Code::kOk: return "OK";
-      case Code::kInvalidArgument: return "Invalid argument";
-      case Code::kNotFound: return "Not found";
-      case Code::kAlreadyExists: return "Already exists";
-      case Code::kNotSupported: return "Not supported";
-      case Code::kIOError: return "I/O error";
-      case Code::kCorruption: return "Corruption";
-      case Code::kInternal: return "Internal error";
+      case Code::kOk:
+        return "OK";
+      case Code::kInvalidArgument:
+        return "Invalid argument";
+      case Code::kNotFound:
+        return "Not found";
+      case Code::kAlreadyExists:
+        return "Already exists";
+      case Code::kNotSupported:
+        return "Not supported";
+      case Code::kIOError:
+        return "I/O error";
+      case Code::kCorruption:
+        return "Corruption";
+      case Code::kInternal:
+        return "Internal error";
     }
     return "Unknown";
   }
@@ -76,7 +90,7 @@ class Status {
 template <typename T>
 class Result {
  public:
-  Result(T value) : value_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  Result(T value) : value_(std::move(value)) {}         // NOLINT(google-explicit-constructor)
   Result(Status status) : status_(std::move(status)) {  // NOLINT(google-explicit-constructor)
     assert(!status_.ok());
     if (status_.ok()) status_ = Status::Internal("Result constructed from an OK status");
@@ -84,9 +98,18 @@ class Result {
 
   bool ok() const { return status_.ok(); }
   const Status& status() const { return status_; }
-  T& value() & { assert(ok()); return *value_; }
-  const T& value() const& { assert(ok()); return *value_; }
-  T&& value() && { assert(ok()); return std::move(*value_); }
+  T& value() & {
+    assert(ok());
+    return *value_;
+  }
+  const T& value() const& {
+    assert(ok());
+    return *value_;
+  }
+  T&& value() && {
+    assert(ok());
+    return std::move(*value_);
+  }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
   T& operator*() & { return value(); }
@@ -100,10 +123,10 @@ class Result {
 }  // namespace embstore
 
 // Internal convenience: return early on error.
-#define EMBSTORE_RETURN_IF_ERROR(expr)          \
-  do {                                          \
-    ::embstore::Status _st = (expr);            \
-    if (!_st.ok()) return _st;                  \
+#define EMBSTORE_RETURN_IF_ERROR(expr) \
+  do {                                 \
+    ::embstore::Status _st = (expr);   \
+    if (!_st.ok()) return _st;         \
   } while (0)
 
 #define EMBSTORE_CONCAT_INNER_(a, b) a##b

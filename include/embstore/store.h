@@ -38,7 +38,7 @@ struct StoreOptions {
 // What the catalog knows of one table version.
 struct TableInfo {
   std::string name;
-  uint64_t version = 0;      // 1 for the first import of a name, then +1 per replace
+  uint64_t version = 0;  // 1 for the first import of a name, then +1 per replace
   int64_t rows = 0;
   int64_t dim = 0;
   DType dtype = DType::kF32;

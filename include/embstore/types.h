@@ -25,10 +25,14 @@ inline constexpr size_t kRowAlignment = 64;
 // "f32", "f16", "bf16", "int8".
 inline const char* DTypeName(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return "f32";
-    case DType::kF16: return "f16";
-    case DType::kBF16: return "bf16";
-    case DType::kInt8Rowwise: return "int8";
+    case DType::kF32:
+      return "f32";
+    case DType::kF16:
+      return "f16";
+    case DType::kBF16:
+      return "bf16";
+    case DType::kInt8Rowwise:
+      return "int8";
   }
   return "unknown";
 }
@@ -44,10 +48,13 @@ inline bool IsKnownDType(uint32_t v) { return v >= 1 && v <= 4; }
 inline size_t RowPayloadBytes(DType dtype, int64_t dim) {
   const size_t d = static_cast<size_t>(dim);
   switch (dtype) {
-    case DType::kF32: return 4 * d;
+    case DType::kF32:
+      return 4 * d;
     case DType::kF16:
-    case DType::kBF16: return 2 * d;
-    case DType::kInt8Rowwise: return d + 8;  // codes, f32 scale, f32 bias
+    case DType::kBF16:
+      return 2 * d;
+    case DType::kInt8Rowwise:
+      return d + 8;  // codes, f32 scale, f32 bias
   }
   return 0;
 }

@@ -169,13 +169,12 @@ struct MappedTableFile::Impl {
 
 MappedTableFile::~MappedTableFile() = default;
 
-Result<std::unique_ptr<MappedTableFile>> MappedTableFile::Open(const std::string& path,
-                                                               bool advise_random) {
-  namespace bip = boost::interprocess;
-  // Check size and header with plain reads first: mapping a short file and
-  // touching past its end would SIGBUS.
-  EMBSTORE_ASSIGN_OR_RETURN(int fd, OpenForRead(path));
-  ScopedFd closer(fd);
+namespace {
+
+// Reads and decodes the header of an open table file and checks that the file
+// size matches it, with plain reads: mapping a short file and touching past
+// its end would SIGBUS.
+Result<TableHeader> ReadCheckedHeader(int fd, const std::string& path) {
   EMBSTORE_ASSIGN_OR_RETURN(uint64_t size, FileSize(fd, path));
   if (size < kHeaderBytes) return Status::Corruption("table file '" + path + "' is truncated");
   std::vector<uint8_t> hdr(kHeaderBytes);
@@ -186,6 +185,17 @@ Result<std::unique_ptr<MappedTableFile>> MappedTableFile::Open(const std::string
                               " bytes; its header says " +
                               std::to_string(h.data_offset + h.data_bytes));
   }
+  return h;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<MappedTableFile>> MappedTableFile::Open(const std::string& path,
+                                                               bool advise_random) {
+  namespace bip = boost::interprocess;
+  EMBSTORE_ASSIGN_OR_RETURN(int fd, OpenForRead(path));
+  ScopedFd closer(fd);
+  EMBSTORE_ASSIGN_OR_RETURN(TableHeader h, ReadCheckedHeader(fd, path));
   std::unique_ptr<MappedTableFile> m(new MappedTableFile());
   m->impl_ = std::make_unique<Impl>();
   try {
@@ -205,16 +215,8 @@ Result<std::unique_ptr<MappedTableFile>> MappedTableFile::Open(const std::string
 Result<TableHeader> VerifyTableFile(const std::string& path) {
   EMBSTORE_ASSIGN_OR_RETURN(int fd, OpenForRead(path));
   ScopedFd closer(fd);
-  EMBSTORE_ASSIGN_OR_RETURN(uint64_t size, FileSize(fd, path));
-  if (size < kHeaderBytes) return Status::Corruption("table file '" + path + "' is truncated");
-  std::vector<uint8_t> buf(kHeaderBytes);
-  EMBSTORE_RETURN_IF_ERROR(PReadFull(fd, buf.data(), buf.size(), 0, path));
-  EMBSTORE_ASSIGN_OR_RETURN(TableHeader h, DecodeHeader(buf, path));
-  if (size != h.data_offset + h.data_bytes) {
-    return Status::Corruption("table file '" + path + "' has " + std::to_string(size) +
-                              " bytes; its header says " +
-                              std::to_string(h.data_offset + h.data_bytes));
-  }
+  EMBSTORE_ASSIGN_OR_RETURN(TableHeader h, ReadCheckedHeader(fd, path));
+  std::vector<uint8_t> buf;
   ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   XXH64_state_t* st = XXH64_createState();
   XXH64_reset(st, 0);

@@ -15,7 +15,7 @@ What it writes (see README.md in this folder for the schema):
                         fresh clone of the table (max_norm mutates torch's weight);
                         "extension_cases": things torch refuses (weighted max, weighted
                         mean, batched bags with inclusive end offsets), computed here with
-                        plain torch tensor ops straight from /work/shared/SEMANTICS.md.
+                        plain torch tensor ops straight from ../shared/SEMANTICS.md (docs/semantics.md).
 
 Every torch case is also recomputed by the reference `ref_pool` below (written from
 SEMANTICS.md, no embedding_bag) and the two must agree; so the extension cases come from
@@ -115,7 +115,7 @@ def make_tables():
     w[8] = [-0.0, 0.0, -0.0, 0.0, 1.0, 1.0, -1.0, -1.0]
     t["t_d8_ties"] = np.ascontiguousarray(w, dtype=np.float32)
 
-    # The 6x4 table of the worked example in /work/shared/seeds/003_*.txt (as printed).
+    # The 6x4 table of the worked example in ../shared/seeds/003_*.txt (as printed).
     t["seed003"] = np.array([
         [-0.4172, -0.1485, 0.9262, -0.4852],
         [0.1526, -0.5395, 0.0916, -1.2741],

@@ -104,7 +104,8 @@ bool MakeTable(const float* values, int64_t rows, int64_t dim, HostTable* t) {
   t->view.dtype = g_flags.dtype;
   t->view.name = "bench";
   if (values != nullptr) {
-    const Status st = storage::EncodeRows(values, rows, dim, g_flags.dtype, stride, t->bytes.get(), 0);
+    const Status st =
+        storage::EncodeRows(values, rows, dim, g_flags.dtype, stride, t->bytes.get(), 0);
     if (!st.ok()) return Fail(st.ToString());
   }
   return true;
@@ -120,9 +121,9 @@ bool SyntheticTable(HostTable* t) {
   for (int64_t first = 0; first < g_flags.rows; first += chunk) {
     const int64_t n = std::min(chunk, g_flags.rows - first);
     for (int64_t i = 0; i < n * g_flags.dim; ++i) buf[i] = u(rng);
-    const Status st = storage::EncodeRows(buf.data(), n, g_flags.dim, g_flags.dtype,
-                                          t->view.row_stride,
-                                          t->bytes.get() + first * t->view.row_stride, first);
+    const Status st =
+        storage::EncodeRows(buf.data(), n, g_flags.dim, g_flags.dtype, t->view.row_stride,
+                            t->bytes.get() + first * t->view.row_stride, first);
     if (!st.ok()) return Fail(st.ToString());
   }
   return true;
@@ -211,8 +212,8 @@ void SetThroughput(benchmark::State& state, int64_t batches, double seconds,
   if (stats != nullptr) {
     state.counters["hit_rate"] = stats->hit_rate();
     state.counters["h2d_GB_per_s"] = static_cast<double>(stats->bytes_copied) / seconds / 1e9;
-    state.counters["passes_per_batch"] =
-        static_cast<double>(stats->sub_batches) / static_cast<double>(std::max<int64_t>(1, stats->batches));
+    state.counters["passes_per_batch"] = static_cast<double>(stats->sub_batches) /
+                                         static_cast<double>(std::max<int64_t>(1, stats->batches));
   }
 }
 
@@ -289,7 +290,8 @@ void RunGpu(benchmark::State& state, int64_t cache_rows, cuda::CachePolicy polic
   int64_t n = 0;
   const auto start = std::chrono::steady_clock::now();
   for (auto _ : state) {
-    const Status st = EmbeddingBag(g_data->table.view, batches[n++ % batches.size()].request(), q, out);
+    const Status st =
+        EmbeddingBag(g_data->table.view, batches[n++ % batches.size()].request(), q, out);
     if (!st.ok()) {
       state.SkipWithError(st.ToString().c_str());
       return;

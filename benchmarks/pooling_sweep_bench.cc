@@ -158,7 +158,9 @@ void BM_Pool(benchmark::State& state) {
   const Table& table = GetTable(dim, dtype);
   const auto& batches = GetBatches(pool, zipf);
   QueryOptions o;
-  o.mode = variant == kMean ? PoolingMode::kMean : variant == kMax ? PoolingMode::kMax : PoolingMode::kSum;
+  o.mode = variant == kMean  ? PoolingMode::kMean
+           : variant == kMax ? PoolingMode::kMax
+                             : PoolingMode::kSum;
   // Uniform [-1, 1) rows have L2 norm ~ sqrt(dim / 3): about half exceed this.
   if (variant == kSumMaxNorm) o.max_norm = std::sqrt(static_cast<double>(dim) / 3.0);
   std::vector<float> out(static_cast<size_t>(batches[0].offsets.size() * dim));
@@ -175,12 +177,13 @@ void BM_Pool(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   const double lookups = static_cast<double>(batches[0].ids.size());
-  state.counters["lookups"] = benchmark::Counter(lookups, benchmark::Counter::kIsIterationInvariantRate,
-                                                 benchmark::Counter::kIs1000);
+  state.counters["lookups"] = benchmark::Counter(
+      lookups, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
   state.counters["read"] = benchmark::Counter(
       lookups * static_cast<double>(RowPayloadBytes(dtype, dim)),
       benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
-  state.SetLabel(std::string(DTypeName(dtype)) + (zipf ? " zipf " : " uniform ") + kVariantNames[variant]);
+  state.SetLabel(std::string(DTypeName(dtype)) + (zipf ? " zipf " : " uniform ") +
+                 kVariantNames[variant]);
 }
 
 void SweepArgs(benchmark::internal::Benchmark* b) {

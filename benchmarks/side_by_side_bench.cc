@@ -93,9 +93,7 @@ class Args {
     if (!Has(k)) Die("--" + k + " is required");
     return Str(k);
   }
-  int64_t Int(const std::string& k, int64_t def) const {
-    return Has(k) ? std::stoll(Str(k)) : def;
-  }
+  int64_t Int(const std::string& k, int64_t def) const { return Has(k) ? std::stoll(Str(k)) : def; }
   double Num(const std::string& k, double def) const { return Has(k) ? std::stod(Str(k)) : def; }
 
  private:
@@ -235,8 +233,8 @@ int CmdPool(const Args& args) {
       if (!weights.empty()) r.weights = std::span<const float>(weights.data() + e0, e1 - e0);
       QueryOptions o = qo;
       o.include_last_offset = true;
-      const Status s = EmbeddingBag(view, r, o,
-                                    std::span<float>(out.data() + b0 * view.dim, (b1 - b0) * view.dim));
+      const Status s = EmbeddingBag(
+          view, r, o, std::span<float>(out.data() + b0 * view.dim, (b1 - b0) * view.dim));
       if (!s.ok()) Die(s.message());
     }
   };
@@ -262,15 +260,16 @@ int CmdPool(const Args& args) {
   std::printf(
       "{\"cmd\": \"pool\", \"table\": \"%s\", \"dtype\": \"%s\", \"rows\": %lld, \"dim\": %lld, "
       "\"mode\": \"%s\", \"weighted\": %s, \"max_norm\": %s, \"advise\": \"%s\", "
-      "\"page_prefetch\": %s, \"hugepages\": %s, \"threads\": %d, \"bags\": %lld, \"lookups\": %.0f, "
+      "\"page_prefetch\": %s, \"hugepages\": %s, \"threads\": %d, \"bags\": %lld, \"lookups\": "
+      "%.0f, "
       "\"row_bytes\": %zu, \"times_s\": %s, \"median_s\": %.6g, \"lookups_per_s\": %.6g, "
       "\"gbps\": %.6g, \"checksum\": %.6g}\n",
       args.Need("table").c_str(), DTypeName(view.dtype), static_cast<long long>(view.rows),
       static_cast<long long>(view.dim), mode.c_str(), weights.empty() ? "false" : "true",
       qo.max_norm ? std::to_string(*qo.max_norm).c_str() : "null", advise.c_str(),
-      page_prefetch ? "true" : "false", huge ? "true" : "false", qo.max_threads, static_cast<long long>(bags), lookups,
-      PayloadBytes(view), JsonList(times).c_str(), med, lookups / med,
-      lookups * static_cast<double>(PayloadBytes(view)) / med / 1e9, checksum);
+      page_prefetch ? "true" : "false", huge ? "true" : "false", qo.max_threads,
+      static_cast<long long>(bags), lookups, PayloadBytes(view), JsonList(times).c_str(), med,
+      lookups / med, lookups * static_cast<double>(PayloadBytes(view)) / med / 1e9, checksum);
   return 0;
 }
 
@@ -369,11 +368,13 @@ int CmdGather(const Args& args) {
     times.push_back(Seconds(t0, Clock::now()));
   }
   const double med = Median(times);
-  std::printf("{\"cmd\": \"gather\", \"touch\": %d, \"distance\": %lld, \"row_bytes\": %zu, \"median_s\": %.6g, "
-              "\"gbps\": %.6g, \"sink\": %llu}\n",
-              touch ? 1 : 0, static_cast<long long>(distance), PayloadBytes(view), med,
-              static_cast<double>(n) * static_cast<double>(PayloadBytes(view)) / med / 1e9,
-              static_cast<unsigned long long>(sink & 1));
+  std::printf(
+      "{\"cmd\": \"gather\", \"touch\": %d, \"distance\": %lld, \"row_bytes\": %zu, \"median_s\": "
+      "%.6g, "
+      "\"gbps\": %.6g, \"sink\": %llu}\n",
+      touch ? 1 : 0, static_cast<long long>(distance), PayloadBytes(view), med,
+      static_cast<double>(n) * static_cast<double>(PayloadBytes(view)) / med / 1e9,
+      static_cast<unsigned long long>(sink & 1));
   return 0;
 }
 
@@ -413,10 +414,11 @@ int CmdLatency(const Args& args) {
   std::vector<int64_t> offsets(bags);
   for (int64_t b = 0; b < bags; ++b) offsets[b] = b * per_bag;
 
-  std::printf("{\"cmd\": \"latency\", \"table\": \"%s\", \"bags\": %lld, \"ids_per_bag\": %lld, "
-              "\"mode\": \"%s\", \"runs\": [",
-              args.Need("table").c_str(), static_cast<long long>(bags),
-              static_cast<long long>(per_bag), mode.c_str());
+  std::printf(
+      "{\"cmd\": \"latency\", \"table\": \"%s\", \"bags\": %lld, \"ids_per_bag\": %lld, "
+      "\"mode\": \"%s\", \"runs\": [",
+      args.Need("table").c_str(), static_cast<long long>(bags), static_cast<long long>(per_bag),
+      mode.c_str());
   bool first_run = true;
   for (int c : clients) {
     std::vector<std::vector<double>> lat(c);
@@ -457,13 +459,14 @@ int CmdLatency(const Args& args) {
     std::vector<double> all;
     for (auto& l : lat) all.insert(all.end(), l.begin(), l.end());
     std::sort(all.begin(), all.end());
-    std::printf("%s{\"clients\": %d, \"requests\": %zu, \"p50_us\": %.4g, \"p90_us\": %.4g, "
-                "\"p99_us\": %.4g, \"p999_us\": %.4g, \"max_us\": %.4g, \"requests_per_s\": %.6g, "
-                "\"lookups_per_s\": %.6g}",
-                first_run ? "" : ", ", c, all.size(), Percentile(all, 0.5), Percentile(all, 0.9),
-                Percentile(all, 0.99), Percentile(all, 0.999), all.back(),
-                static_cast<double>(all.size()) / wall,
-                static_cast<double>(all.size() * bags * per_bag) / wall);
+    std::printf(
+        "%s{\"clients\": %d, \"requests\": %zu, \"p50_us\": %.4g, \"p90_us\": %.4g, "
+        "\"p99_us\": %.4g, \"p999_us\": %.4g, \"max_us\": %.4g, \"requests_per_s\": %.6g, "
+        "\"lookups_per_s\": %.6g}",
+        first_run ? "" : ", ", c, all.size(), Percentile(all, 0.5), Percentile(all, 0.9),
+        Percentile(all, 0.99), Percentile(all, 0.999), all.back(),
+        static_cast<double>(all.size()) / wall,
+        static_cast<double>(all.size() * bags * per_bag) / wall);
     first_run = false;
   }
   std::printf("]}\n");

@@ -34,6 +34,7 @@
 #include "cuda/testing/random_bags.h"
 #include "embstore/query.h"
 #include "engine_test_util.h"
+#include "golden_case_util.h"
 #include "storage/npy.h"
 
 namespace embstore::cuda {
@@ -603,39 +604,10 @@ TEST(GpuScale, LargeBatchSkewedIdsSmallCache) {
 
 // ---- Torch goldens -----------------------------------------------------------------------
 
+using embstore::testing::Field;
+using embstore::testing::NumberOrInf;
+using embstore::testing::TypedIds;
 using nlohmann::json;
-
-double NumberOrInf(const json& v) {
-  if (v.is_string()) {
-    const std::string s = v.get<std::string>();
-    if (s == "inf") return std::numeric_limits<double>::infinity();
-    if (s == "-inf") return -std::numeric_limits<double>::infinity();
-    return std::numeric_limits<double>::quiet_NaN();
-  }
-  return v.get<double>();
-}
-
-const json& Field(const json& c, const char* name) {
-  static const json kNull;
-  auto it = c.find(name);
-  return it == c.end() ? kNull : *it;
-}
-
-struct TypedIds {
-  std::vector<int64_t> i64;
-  std::vector<int32_t> i32;
-  bool is32 = false;
-  TypedIds() = default;
-  TypedIds(const json& values, const json& dtype) {
-    is32 = dtype.is_string() && dtype.get<std::string>() == "int32";
-    for (const json& v : values) i64.push_back(v.get<int64_t>());
-    i32.assign(i64.begin(), i64.end());
-  }
-  IndexArray Array() const {
-    return is32 ? IndexArray(std::span<const int32_t>(i32))
-                : IndexArray(std::span<const int64_t>(i64));
-  }
-};
 
 TEST(GpuGolden, TorchAndExtensionCases) {
   EMBSTORE_GPU_OR_SKIP(gpu, Rows(64, CachePolicy::kLfu));

@@ -18,11 +18,15 @@
 #include <vector>
 
 #include "embstore/query.h"
+#include "golden_case_util.h"
 
 namespace embstore {
 namespace {
 
 using nlohmann::json;
+using testing::Field;
+using testing::NumberOrInf;
+using testing::TypedIds;
 
 std::string GoldenDir() { return std::string(EMBSTORE_SOURCE_DIR) + "/tests/golden"; }
 
@@ -109,33 +113,6 @@ bool LoadNpy(const std::string& path, NpyTable* out, std::string* error) {
   return true;
 }
 
-// Ids or offsets as the case's dtype asks ("int32" or "int64").
-struct TypedIds {
-  std::vector<int64_t> i64;
-  std::vector<int32_t> i32;
-  bool is32 = false;
-  TypedIds() = default;
-  TypedIds(const json& values, const json& dtype) {
-    is32 = dtype.is_string() && dtype.get<std::string>() == "int32";
-    for (const json& v : values) i64.push_back(v.get<int64_t>());
-    i32.assign(i64.begin(), i64.end());
-  }
-  IndexArray Array() const {
-    return is32 ? IndexArray(std::span<const int32_t>(i32))
-                : IndexArray(std::span<const int64_t>(i64));
-  }
-};
-
-double NumberOrInf(const json& v) {
-  if (v.is_string()) {
-    const std::string s = v.get<std::string>();
-    if (s == "inf") return std::numeric_limits<double>::infinity();
-    if (s == "-inf") return -std::numeric_limits<double>::infinity();
-    if (s == "nan") return std::numeric_limits<double>::quiet_NaN();
-  }
-  return v.get<double>();
-}
-
 std::vector<float> Floats(const json& values) {
   std::vector<float> out;
   for (const json& v : values) {
@@ -143,12 +120,6 @@ std::vector<float> Floats(const json& values) {
                               : static_cast<float>(NumberOrInf(v)));
   }
   return out;
-}
-
-const json& Field(const json& c, const char* name) {
-  static const json kNull;
-  auto it = c.find(name);
-  return it == c.end() ? kNull : *it;
 }
 
 class GoldenTest : public ::testing::Test {

@@ -66,6 +66,18 @@ PoolBagsFn Avx512PoolBagsKernel(DType dtype, PoolingMode mode, bool weighted, bo
 // noise of each other, the out-of-order core already overlapping the misses
 // of consecutive rows; prefetching matters more where page walks or longer
 // latencies (bigger NUMA machines) stall it.
+// Prefetches the cache line at p into L1. An asm volatile statement on x86:
+// GCC 12 treats __builtin_prefetch / _mm_prefetch as free of side effects,
+// so its IPA passes (modref, pure-const) found the kernels' prefetch helper
+// "pure" and deleted every call to it: the kernels ran without a single
+// prefetch instruction until this was written (engine_prefetch_emitted checks
+// the built kernels still contain them).
+#if defined(__x86_64__) || defined(__i386__)
+#define EMBSTORE_PREFETCH_T0(p) asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)))
+#else
+#define EMBSTORE_PREFETCH_T0(p) __builtin_prefetch((p), 0, 3)
+#endif
+
 #ifndef EMBSTORE_PREFETCH_DISTANCE
 #define EMBSTORE_PREFETCH_DISTANCE 16
 #endif

@@ -76,7 +76,7 @@ struct Avx2Traits {
   }
 
   static float HalfToFloat(uint16_t h) { return _cvtsh_ss(h); }
-  static void Prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+  static void Prefetch(const void* p) { EMBSTORE_PREFETCH_T0(p); }
 };
 
 }  // namespace

@@ -72,7 +72,7 @@ struct Avx512Traits {
   static double DSum(const DAcc& a) { return _mm512_reduce_add_pd(_mm512_add_pd(a.lo, a.hi)); }
 
   static float HalfToFloat(uint16_t h) { return _cvtsh_ss(h); }
-  static void Prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+  static void Prefetch(const void* p) { EMBSTORE_PREFETCH_T0(p); }
 };
 
 }  // namespace

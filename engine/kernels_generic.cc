@@ -78,7 +78,7 @@ struct GenericTraits {
   static double DSum(const DAcc& a) { return (a.v[0] + a.v[1]) + (a.v[2] + a.v[3]); }
 
   static float HalfToFloat(uint16_t h) { return engine::HalfToFloat(h); }
-  static void Prefetch(const void* p) { __builtin_prefetch(p, 0, 3); }
+  static void Prefetch(const void* p) { EMBSTORE_PREFETCH_T0(p); }
 };
 
 }  // namespace

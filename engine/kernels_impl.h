@@ -21,12 +21,14 @@
 //   double accumulator DAcc with DZero/AddToDouble/DSum, and the scalars
 //   FmaS, HalfToFloat, Prefetch.
 //
-// Algorithm per bag: entries are staged kGroup at a time (row pointer plus
-// the coefficients mul/add, folding in weight, renorm scale and the int8
-// scale/bias), then accumulated over dim in blocks of up to kMaxBlockVecs
-// vector registers, the output row serving as accumulator between blocks
-// and stages. Rows kPrefetchDistance entries ahead in the flat index array
-// are prefetched while staging, across bag boundaries.
+// Algorithm per bag: entries are staged kGroup at a time (row pointer, flat
+// position and a coefficient folding in weight and renorm scale), then
+// accumulated over dim in blocks of up to kMaxBlockVecs vector registers,
+// the output row serving as accumulator between blocks and stages; int8
+// scale/bias are read from the row during accumulation. Rows
+// kPrefetchDistance entries ahead in the flat index array are prefetched,
+// across bag boundaries: by the first block's pass over a stage, or, with
+// max_norm (whose staging reads every row for its norm), while staging.
 #ifndef EMBSTORE_ENGINE_KERNELS_IMPL_H_
 #define EMBSTORE_ENGINE_KERNELS_IMPL_H_
 
@@ -253,45 +255,74 @@ double RowNormOf(const uint8_t* row, const PoolParams& p, float scale_s, float b
 template <class T>
 struct Stage {
   const uint8_t* rows[kGroup];
-  float mul[kGroup];
-  float add[kGroup];
+  float coef[kGroup];   // weight x renorm shrink (1 when neither)
+  int64_t pos[kGroup];  // flat index positions (for prefetching)
   int n = 0;
+  const PoolParams* params = nullptr;
+  bool prefetch = true;        // the first block's pass prefetches (else staging does)
+  int64_t qparams_offset = 0;  // int8 rows: byte offset of scale, bias
 };
+
+// The coefficients of entry e: its value at d is x(d) * mul + add. For int8
+// rows scale and bias are read here, while the row is being accumulated,
+// not when staging: a staging loop that touched every row would wait for
+// each row in turn instead of letting the prefetches run ahead.
+template <class T, class R>
+inline void EntryCoefs(const Stage<T>& s, int e, float& mul, float& add) {
+  if constexpr (R::kAffine) {
+    float scale, bias;
+    std::memcpy(&scale, s.rows[e] + s.qparams_offset, sizeof(scale));
+    std::memcpy(&bias, s.rows[e] + s.qparams_offset + sizeof(float), sizeof(bias));
+    mul = s.coef[e] * scale;
+    add = s.coef[e] * bias;
+  } else {
+    mul = s.coef[e];
+    add = 0.0f;
+  }
+}
 
 // The value entry e contributes at vector position d.
 template <class T, class R, bool kUnit>
 inline typename T::V EntryVector(const Stage<T>& s, int e, int64_t d) {
   const typename T::V x = R::Load(s.rows[e], d);
+  float mul, add;
+  EntryCoefs<T, R>(s, e, mul, add);
   if constexpr (R::kAffine) {
-    return T::Fma(x, T::Set1(s.mul[e]), T::Set1(s.add[e]));
+    return T::Fma(x, T::Set1(mul), T::Set1(add));
   } else if constexpr (kUnit) {
     return x;
   } else {
-    return T::Mul(x, T::Set1(s.mul[e]));
+    return T::Mul(x, T::Set1(mul));
   }
 }
 
 template <class T, class R, bool kUnit>
 inline float EntryScalar(const Stage<T>& s, int e, int64_t d) {
   const float x = R::Scalar(s.rows[e], d);
+  float mul, add;
+  EntryCoefs<T, R>(s, e, mul, add);
   if constexpr (R::kAffine) {
-    return T::FmaS(x, s.mul[e], s.add[e]);
+    return T::FmaS(x, mul, add);
   } else if constexpr (kUnit) {
     return x;
   } else {
-    return x * s.mul[e];
+    return x * mul;
   }
 }
 
 // Accumulates the staged entries into out_row[d0, d0 + kV * W). `first`: the
 // output row holds nothing of this bag yet.
+// `prefetch`: also prefetch, for each entry, the row kPrefetchDistance
+// positions further on (done once per stage, by its first block).
 template <class T, class R, bool kMax, bool kUnit, int kV>
-inline void AccumulateVectors(const Stage<T>& s, int64_t d0, float* out_row, bool first) {
+inline void AccumulateVectors(const Stage<T>& s, int64_t d0, float* out_row, bool first,
+                              bool prefetch) {
   using V = typename T::V;
   constexpr int W = T::kW;
   V acc[kV];
   int e0 = 0;
   if (first) {
+    if (kMax && prefetch) PrefetchPosition<T>(*s.params, s.pos[0] + kPrefetchDistance);
     if constexpr (kMax) {
       for (int k = 0; k < kV; ++k) acc[k] = EntryVector<T, R, kUnit>(s, 0, d0 + k * W);
       e0 = 1;
@@ -302,9 +333,12 @@ inline void AccumulateVectors(const Stage<T>& s, int64_t d0, float* out_row, boo
     for (int k = 0; k < kV; ++k) acc[k] = T::LoadF32(out_row + d0 + k * W);
   }
   for (int e = e0; e < s.n; ++e) {
+    if (prefetch) PrefetchPosition<T>(*s.params, s.pos[e] + kPrefetchDistance);
     const uint8_t* row = s.rows[e];
-    const V mul = T::Set1(s.mul[e]);
-    const V add = T::Set1(R::kAffine ? s.add[e] : 0.0f);
+    float mul_s, add_s;
+    EntryCoefs<T, R>(s, e, mul_s, add_s);
+    const V mul = T::Set1(mul_s);
+    const V add = T::Set1(add_s);
     for (int k = 0; k < kV; ++k) {
       const V x = R::Load(row, d0 + k * W);
       if constexpr (kMax) {
@@ -351,12 +385,14 @@ inline void AccumulateTail(const Stage<T>& s, int64_t d0, int64_t dim, float* ou
         acc = v > acc ? v : acc;
       } else {
         const float x = R::Scalar(s.rows[e], d);
+        float mul, add;
+        EntryCoefs<T, R>(s, e, mul, add);
         if constexpr (R::kAffine) {
-          acc = T::FmaS(x, s.mul[e], acc + s.add[e]);
+          acc = T::FmaS(x, mul, acc + add);
         } else if constexpr (kUnit) {
           acc = acc + x;
         } else {
-          acc = T::FmaS(x, s.mul[e], acc);
+          acc = T::FmaS(x, mul, acc);
         }
       }
     }
@@ -370,30 +406,35 @@ inline void AccumulateStage(const Stage<T>& s, int64_t dim, float* out_row, bool
   constexpr int64_t kBlock = static_cast<int64_t>(kMaxBlockVecs) * W;
   int64_t d0 = 0;
   for (; d0 + kBlock <= dim; d0 += kBlock) {
-    AccumulateVectors<T, R, kMax, kUnit, kMaxBlockVecs>(s, d0, out_row, first);
+    AccumulateVectors<T, R, kMax, kUnit, kMaxBlockVecs>(s, d0, out_row, first,
+                                                        s.prefetch && d0 == 0);
   }
   const int rem = static_cast<int>((dim - d0) / W);
+  const bool prefetch = s.prefetch && d0 == 0;
+  if (prefetch && rem == 0) {  // dim < W: no vector block prefetches
+    for (int e = 0; e < s.n; ++e) PrefetchPosition<T>(*s.params, s.pos[e] + kPrefetchDistance);
+  }
   switch (rem) {
     case 1:
-      AccumulateVectors<T, R, kMax, kUnit, 1>(s, d0, out_row, first);
+      AccumulateVectors<T, R, kMax, kUnit, 1>(s, d0, out_row, first, prefetch);
       break;
     case 2:
-      AccumulateVectors<T, R, kMax, kUnit, 2>(s, d0, out_row, first);
+      AccumulateVectors<T, R, kMax, kUnit, 2>(s, d0, out_row, first, prefetch);
       break;
     case 3:
-      AccumulateVectors<T, R, kMax, kUnit, 3>(s, d0, out_row, first);
+      AccumulateVectors<T, R, kMax, kUnit, 3>(s, d0, out_row, first, prefetch);
       break;
     case 4:
-      AccumulateVectors<T, R, kMax, kUnit, 4>(s, d0, out_row, first);
+      AccumulateVectors<T, R, kMax, kUnit, 4>(s, d0, out_row, first, prefetch);
       break;
     case 5:
-      AccumulateVectors<T, R, kMax, kUnit, 5>(s, d0, out_row, first);
+      AccumulateVectors<T, R, kMax, kUnit, 5>(s, d0, out_row, first, prefetch);
       break;
     case 6:
-      AccumulateVectors<T, R, kMax, kUnit, 6>(s, d0, out_row, first);
+      AccumulateVectors<T, R, kMax, kUnit, 6>(s, d0, out_row, first, prefetch);
       break;
     case 7:
-      AccumulateVectors<T, R, kMax, kUnit, 7>(s, d0, out_row, first);
+      AccumulateVectors<T, R, kMax, kUnit, 7>(s, d0, out_row, first, prefetch);
       break;
     default:
       break;
@@ -436,6 +477,9 @@ void PoolBags(const PoolParams& p, int64_t first_bag, int64_t last_bag, float* o
     for (int64_t pos = start; pos < start + kPrefetchDistance; ++pos) PrefetchPosition<T>(p, pos);
   }
   Stage<T> s;
+  s.qparams_offset = dim;
+  s.params = &p;
+  s.prefetch = !kRenorm;  // int8: scale and bias follow the dim codes
   for (int64_t b = first_bag; b < last_bag; ++b) {
     float* out_row = out + b * dim;
     int64_t count = 0;
@@ -444,18 +488,20 @@ void PoolBags(const PoolParams& p, int64_t first_bag, int64_t last_bag, float* o
       const int64_t group_end = (end - g > kGroup) ? g + kGroup : end;
       s.n = 0;
       for (int64_t pos = g; pos < group_end; ++pos) {
-        PrefetchPosition<T>(p, pos + kPrefetchDistance);
+        // Renorm reads each row while staging it (its norm), so the rows
+        // ahead must be on their way by then.
+        if constexpr (kRenorm) PrefetchPosition<T>(p, pos + kPrefetchDistance);
         const int64_t id = LoadIndex<T>(p, pos);
         if (id == p.padding_row) continue;
         const uint8_t* row = p.data + static_cast<size_t>(id) * p.row_stride;
         float c = 1.0f;
         if constexpr (kWeighted) c = p.weights[pos];
-        float scale = 1.0f, bias = 0.0f;
-        if constexpr (R::kAffine) {
-          std::memcpy(&scale, row + dim, sizeof(scale));
-          std::memcpy(&bias, row + dim + sizeof(float), sizeof(bias));
-        }
         if constexpr (kRenorm) {
+          float scale = 1.0f, bias = 0.0f;
+          if constexpr (R::kAffine) {
+            std::memcpy(&scale, row + dim, sizeof(scale));
+            std::memcpy(&bias, row + dim + sizeof(float), sizeof(bias));
+          }
           // Branch-free: about half of the rows exceed max_norm in typical
           // use, and a mispredicted branch would flush the next rows' work.
           const double norm = RowNormOf<T, R>(row, p, scale, bias);
@@ -463,12 +509,8 @@ void PoolBags(const PoolParams& p, int64_t first_bag, int64_t last_bag, float* o
           c = norm > p.max_norm ? c * shrink : c;
         }
         s.rows[s.n] = row;
-        if constexpr (R::kAffine) {
-          s.mul[s.n] = c * scale;
-          s.add[s.n] = c * bias;
-        } else {
-          s.mul[s.n] = c;
-        }
+        s.coef[s.n] = c;
+        s.pos[s.n] = pos;
         ++s.n;
       }
       if (s.n == 0) continue;

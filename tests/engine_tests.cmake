@@ -14,3 +14,9 @@ embstore_test(engine_concurrency_test
 embstore_test(engine_golden_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/engine_golden_test.cc
   LIBS embstore_engine TBB::tbb nlohmann_json::nlohmann_json)
+# The kernels' row prefetches survive compilation (x86 builds with objdump).
+if(CMAKE_OBJDUMP AND CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
+  add_test(NAME engine_prefetch_emitted
+           COMMAND ${CMAKE_COMMAND} -DOBJDUMP=${CMAKE_OBJDUMP} -DLIB=$<TARGET_FILE:embstore_engine>
+                   -P ${CMAKE_CURRENT_SOURCE_DIR}/check_prefetch_emitted.cmake)
+endif()

@@ -49,7 +49,13 @@ struct RowOps;
 
 template <class T>
 struct RowOps<T, DType::kF32> {
+  static constexpr int kElemBytes = 4;
   static constexpr bool kAffine = false;
+  // f32 values feed the accumulators straight from memory (vaddps/vfmadd
+  // with a memory operand), so a block can use every vector register: dim
+  // 128 is then pooled in one pass over the rows (AVX2), each row read
+  // front to back, which the hardware prefetchers follow.
+  static constexpr int kBlockVecs = kMaxBlockVecs;
   static typename T::V Load(const uint8_t* row, int64_t d) { return T::LoadF32(row + 4 * d); }
   static float Scalar(const uint8_t* row, int64_t d) {
     float f;
@@ -60,7 +66,9 @@ struct RowOps<T, DType::kF32> {
 
 template <class T>
 struct RowOps<T, DType::kF16> {
+  static constexpr int kElemBytes = 2;
   static constexpr bool kAffine = false;
+  static constexpr int kBlockVecs = kMaxBlockVecs;  // conversion needs spare registers
   static typename T::V Load(const uint8_t* row, int64_t d) { return T::LoadF16(row + 2 * d); }
   static float Scalar(const uint8_t* row, int64_t d) {
     uint16_t h;
@@ -71,7 +79,9 @@ struct RowOps<T, DType::kF16> {
 
 template <class T>
 struct RowOps<T, DType::kBF16> {
+  static constexpr int kElemBytes = 2;
   static constexpr bool kAffine = false;
+  static constexpr int kBlockVecs = kMaxBlockVecs;  // conversion needs spare registers
   static typename T::V Load(const uint8_t* row, int64_t d) { return T::LoadBF16(row + 2 * d); }
   static float Scalar(const uint8_t* row, int64_t d) {
     uint16_t h;
@@ -87,7 +97,9 @@ struct RowOps<T, DType::kBF16> {
 // code * scale + bias, folded into the staged mul/add coefficients.
 template <class T>
 struct RowOps<T, DType::kInt8Rowwise> {
+  static constexpr int kElemBytes = 1;
   static constexpr bool kAffine = true;
+  static constexpr int kBlockVecs = kMaxBlockVecs;  // conversion needs spare registers
   static typename T::V Load(const uint8_t* row, int64_t d) { return T::LoadU8(row + d); }
   static float Scalar(const uint8_t* row, int64_t d) { return static_cast<float>(row[d]); }
 };
@@ -109,6 +121,25 @@ inline void PrefetchPosition(const PoolParams& p, int64_t pos) {
   if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(p.rows)) return;
   const uint8_t* row = p.data + static_cast<size_t>(id) * p.row_stride;
   for (size_t off = 0; off < p.payload_bytes; off += 64) T::Prefetch(row + off);
+}
+
+// Prefetches the part of the row at flat position `pos` that a block of kV
+// vectors starting at element d0 reads (plus int8 scale/bias with the first
+// block). A fixed, unrolled number of prefetches: a loop of run-time length
+// inside the accumulation loop made GCC keep the accumulators on the stack.
+template <class T, class R, int kV>
+inline void PrefetchBlock(const PoolParams& p, int64_t pos, int64_t d0) {
+  if (pos >= p.num_positions) return;
+  const int64_t id = LoadIndex<T>(p, pos);
+  if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(p.rows)) return;
+  const uint8_t* row = p.data + static_cast<size_t>(id) * p.row_stride;
+  const uint8_t* block = row + d0 * R::kElemBytes;
+  constexpr int kBytes = kV * T::kW * R::kElemBytes;
+  for (int off = 0; off < kBytes; off += 64) T::Prefetch(block + off);
+  if constexpr (kBytes % 64 != 0) T::Prefetch(block + kBytes - 1);
+  if constexpr (R::kAffine) {
+    if (d0 == 0) T::Prefetch(row + p.dim);
+  }
 }
 
 // Dequantized element d of a row (scale/bias used only for int8 rows).
@@ -312,8 +343,8 @@ inline float EntryScalar(const Stage<T>& s, int e, int64_t d) {
 
 // Accumulates the staged entries into out_row[d0, d0 + kV * W). `first`: the
 // output row holds nothing of this bag yet.
-// `prefetch`: also prefetch, for each entry, the row kPrefetchDistance
-// positions further on (done once per stage, by its first block).
+// `prefetch`: also prefetch, for each entry, this block's part of the row
+// kPrefetchDistance positions further on.
 template <class T, class R, bool kMax, bool kUnit, int kV>
 inline void AccumulateVectors(const Stage<T>& s, int64_t d0, float* out_row, bool first,
                               bool prefetch) {
@@ -322,7 +353,7 @@ inline void AccumulateVectors(const Stage<T>& s, int64_t d0, float* out_row, boo
   V acc[kV];
   int e0 = 0;
   if (first) {
-    if (kMax && prefetch) PrefetchPosition<T>(*s.params, s.pos[0] + kPrefetchDistance);
+    if (kMax && prefetch) PrefetchBlock<T, R, kV>(*s.params, s.pos[0] + kPrefetchDistance, d0);
     if constexpr (kMax) {
       for (int k = 0; k < kV; ++k) acc[k] = EntryVector<T, R, kUnit>(s, 0, d0 + k * W);
       e0 = 1;
@@ -333,7 +364,7 @@ inline void AccumulateVectors(const Stage<T>& s, int64_t d0, float* out_row, boo
     for (int k = 0; k < kV; ++k) acc[k] = T::LoadF32(out_row + d0 + k * W);
   }
   for (int e = e0; e < s.n; ++e) {
-    if (prefetch) PrefetchPosition<T>(*s.params, s.pos[e] + kPrefetchDistance);
+    if (prefetch) PrefetchBlock<T, R, kV>(*s.params, s.pos[e] + kPrefetchDistance, d0);
     const uint8_t* row = s.rows[e];
     float mul_s, add_s;
     EntryCoefs<T, R>(s, e, mul_s, add_s);
@@ -403,15 +434,22 @@ inline void AccumulateTail(const Stage<T>& s, int64_t d0, int64_t dim, float* ou
 template <class T, class R, bool kMax, bool kUnit>
 inline void AccumulateStage(const Stage<T>& s, int64_t dim, float* out_row, bool first) {
   constexpr int W = T::kW;
-  constexpr int64_t kBlock = static_cast<int64_t>(kMaxBlockVecs) * W;
+  constexpr int kBV = R::kBlockVecs;
+  constexpr int64_t kBlock = static_cast<int64_t>(kBV) * W;
   int64_t d0 = 0;
   for (; d0 + kBlock <= dim; d0 += kBlock) {
-    AccumulateVectors<T, R, kMax, kUnit, kMaxBlockVecs>(s, d0, out_row, first,
-                                                        s.prefetch && d0 == 0);
+    AccumulateVectors<T, R, kMax, kUnit, kBV>(s, d0, out_row, first, s.prefetch);
   }
-  const int rem = static_cast<int>((dim - d0) / W);
-  const bool prefetch = s.prefetch && d0 == 0;
-  if (prefetch && rem == 0) {  // dim < W: no vector block prefetches
+  int rem = static_cast<int>((dim - d0) / W);
+  if constexpr (kBV > kMaxBlockVecs) {
+    if (rem >= kMaxBlockVecs) {
+      AccumulateVectors<T, R, kMax, kUnit, kMaxBlockVecs>(s, d0, out_row, first, s.prefetch);
+      d0 += static_cast<int64_t>(kMaxBlockVecs) * W;
+      rem -= kMaxBlockVecs;
+    }
+  }
+  const bool prefetch = s.prefetch;
+  if (prefetch && rem == 0 && d0 == 0) {  // dim < W: no vector block prefetches
     for (int e = 0; e < s.n; ++e) PrefetchPosition<T>(*s.params, s.pos[e] + kPrefetchDistance);
   }
   switch (rem) {

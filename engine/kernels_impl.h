@@ -51,11 +51,6 @@ template <class T>
 struct RowOps<T, DType::kF32> {
   static constexpr int kElemBytes = 4;
   static constexpr bool kAffine = false;
-  // f32 values feed the accumulators straight from memory (vaddps/vfmadd
-  // with a memory operand), so a block can use every vector register: dim
-  // 128 is then pooled in one pass over the rows (AVX2), each row read
-  // front to back, which the hardware prefetchers follow.
-  static constexpr int kBlockVecs = kMaxBlockVecs;
   static typename T::V Load(const uint8_t* row, int64_t d) { return T::LoadF32(row + 4 * d); }
   static float Scalar(const uint8_t* row, int64_t d) {
     float f;
@@ -68,7 +63,6 @@ template <class T>
 struct RowOps<T, DType::kF16> {
   static constexpr int kElemBytes = 2;
   static constexpr bool kAffine = false;
-  static constexpr int kBlockVecs = kMaxBlockVecs;  // conversion needs spare registers
   static typename T::V Load(const uint8_t* row, int64_t d) { return T::LoadF16(row + 2 * d); }
   static float Scalar(const uint8_t* row, int64_t d) {
     uint16_t h;
@@ -81,7 +75,6 @@ template <class T>
 struct RowOps<T, DType::kBF16> {
   static constexpr int kElemBytes = 2;
   static constexpr bool kAffine = false;
-  static constexpr int kBlockVecs = kMaxBlockVecs;  // conversion needs spare registers
   static typename T::V Load(const uint8_t* row, int64_t d) { return T::LoadBF16(row + 2 * d); }
   static float Scalar(const uint8_t* row, int64_t d) {
     uint16_t h;
@@ -99,7 +92,6 @@ template <class T>
 struct RowOps<T, DType::kInt8Rowwise> {
   static constexpr int kElemBytes = 1;
   static constexpr bool kAffine = true;
-  static constexpr int kBlockVecs = kMaxBlockVecs;  // conversion needs spare registers
   static typename T::V Load(const uint8_t* row, int64_t d) { return T::LoadU8(row + d); }
   static float Scalar(const uint8_t* row, int64_t d) { return static_cast<float>(row[d]); }
 };
@@ -434,20 +426,12 @@ inline void AccumulateTail(const Stage<T>& s, int64_t d0, int64_t dim, float* ou
 template <class T, class R, bool kMax, bool kUnit>
 inline void AccumulateStage(const Stage<T>& s, int64_t dim, float* out_row, bool first) {
   constexpr int W = T::kW;
-  constexpr int kBV = R::kBlockVecs;
-  constexpr int64_t kBlock = static_cast<int64_t>(kBV) * W;
+  constexpr int64_t kBlock = static_cast<int64_t>(kMaxBlockVecs) * W;
   int64_t d0 = 0;
   for (; d0 + kBlock <= dim; d0 += kBlock) {
-    AccumulateVectors<T, R, kMax, kUnit, kBV>(s, d0, out_row, first, s.prefetch);
+    AccumulateVectors<T, R, kMax, kUnit, kMaxBlockVecs>(s, d0, out_row, first, s.prefetch);
   }
-  int rem = static_cast<int>((dim - d0) / W);
-  if constexpr (kBV > kMaxBlockVecs) {
-    if (rem >= kMaxBlockVecs) {
-      AccumulateVectors<T, R, kMax, kUnit, kMaxBlockVecs>(s, d0, out_row, first, s.prefetch);
-      d0 += static_cast<int64_t>(kMaxBlockVecs) * W;
-      rem -= kMaxBlockVecs;
-    }
-  }
+  const int rem = static_cast<int>((dim - d0) / W);
   const bool prefetch = s.prefetch;
   if (prefetch && rem == 0 && d0 == 0) {  // dim < W: no vector block prefetches
     for (int e = 0; e < s.n; ++e) PrefetchPosition<T>(*s.params, s.pos[e] + kPrefetchDistance);

@@ -484,6 +484,78 @@ inline void DivideRow(float* out_row, int64_t dim, float count) {
 
 // ---- The per-bag kernel -----------------------------------------------------
 
+// Prefetches all of the row at flat position `pos`: kBytes known at compile
+// time, so the prefetches are unrolled (see PrefetchBlock).
+template <class T, int kBytes>
+inline void PrefetchRowBytes(const PoolParams& p, int64_t pos) {
+  if (pos >= p.num_positions) return;
+  const int64_t id = LoadIndex<T>(p, pos);
+  if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(p.rows)) return;
+  const uint8_t* row = p.data + static_cast<size_t>(id) * p.row_stride;
+  for (int off = 0; off < kBytes; off += 64) T::Prefetch(row + off);
+}
+
+// The row-major kernel for rows of exactly kV vectors (dim = kV * W) that
+// need no per-row coefficient other than the weight (f32/f16/bf16, no
+// max_norm): each bag is pooled in kV registers in one pass over its
+// entries, every row read front to back while the rows kPrefetchDistance
+// entries ahead are prefetched. No staging, no output round trips. Same
+// per-element operations in the same order as the staged kernel, so the
+// results are identical to it.
+template <class T, class R, PoolingMode kMode, bool kWeighted, int kV>
+void PoolBagsInRegisters(const PoolParams& p, int64_t first_bag, int64_t last_bag, float* out) {
+  using V = typename T::V;
+  constexpr int W = T::kW;
+  constexpr int kRowBytes = kV * W * R::kElemBytes;
+  constexpr bool kMax = kMode == PoolingMode::kMax;
+  {
+    const int64_t start = p.bag_begin[first_bag];
+    for (int64_t pos = start; pos < start + kPrefetchDistance; ++pos) {
+      PrefetchRowBytes<T, kRowBytes>(p, pos);
+    }
+  }
+  for (int64_t b = first_bag; b < last_bag; ++b) {
+    float* out_row = out + b * kV * W;
+    V acc[kV];
+    for (int k = 0; k < kV; ++k) acc[k] = T::Zero();
+    int64_t count = 0;
+    const int64_t begin = p.bag_begin[b], end = p.bag_end[b];
+    for (int64_t pos = begin; pos < end; ++pos) {
+      PrefetchRowBytes<T, kRowBytes>(p, pos + kPrefetchDistance);
+      const int64_t id = LoadIndex<T>(p, pos);
+      if (id == p.padding_row) continue;
+      const uint8_t* row = p.data + static_cast<size_t>(id) * p.row_stride;
+      if constexpr (kMax) {
+        const V c = T::Set1(kWeighted ? p.weights[pos] : 1.0f);
+        if (count == 0) {
+          for (int k = 0; k < kV; ++k) {
+            acc[k] = kWeighted ? T::Mul(R::Load(row, k * W), c) : R::Load(row, k * W);
+          }
+        } else {
+          for (int k = 0; k < kV; ++k) {
+            acc[k] =
+                T::MaxGt(kWeighted ? T::Mul(R::Load(row, k * W), c) : R::Load(row, k * W), acc[k]);
+          }
+        }
+      } else if constexpr (kWeighted) {
+        const V c = T::Set1(p.weights[pos]);
+        for (int k = 0; k < kV; ++k) acc[k] = T::Fma(R::Load(row, k * W), c, acc[k]);
+      } else {
+        for (int k = 0; k < kV; ++k) acc[k] = T::Add(acc[k], R::Load(row, k * W));
+      }
+      ++count;
+    }
+    if constexpr (kMode == PoolingMode::kMean) {
+      if (count > 0) {
+        const V c = T::Set1(static_cast<float>(count));
+        for (int k = 0; k < kV; ++k) acc[k] = T::Div(acc[k], c);
+      }
+    }
+    // count == 0: acc is still zero, as torch's empty bags are.
+    for (int k = 0; k < kV; ++k) T::StoreF32(out_row + k * W, acc[k]);
+  }
+}
+
 template <class T, DType kD, PoolingMode kMode, bool kWeighted, bool kRenorm>
 void PoolBags(const PoolParams& p, int64_t first_bag, int64_t last_bag, float* out) {
   using R = RowOps<T, kD>;
@@ -493,6 +565,26 @@ void PoolBags(const PoolParams& p, int64_t first_bag, int64_t last_bag, float* o
   constexpr bool kUnit = !kWeighted && !kRenorm && !R::kAffine;
   const int64_t dim = p.dim;
   if (first_bag >= last_bag) return;
+  if constexpr (!kRenorm && !R::kAffine) {
+    constexpr int W = T::kW;
+    // Rows of up to 16 vectors fit the registers when they need no
+    // conversion register (f32); converted rows up to 8.
+    if (R::kElemBytes == 4 && dim == 16 * W) {
+      return PoolBagsInRegisters<T, R, kMode, kWeighted, 16>(p, first_bag, last_bag, out);
+    }
+    switch (dim / W == 0 || dim % W != 0 ? 0 : dim / W) {
+      case 8:
+        return PoolBagsInRegisters<T, R, kMode, kWeighted, 8>(p, first_bag, last_bag, out);
+      case 4:
+        return PoolBagsInRegisters<T, R, kMode, kWeighted, 4>(p, first_bag, last_bag, out);
+      case 2:
+        return PoolBagsInRegisters<T, R, kMode, kWeighted, 2>(p, first_bag, last_bag, out);
+      case 1:
+        return PoolBagsInRegisters<T, R, kMode, kWeighted, 1>(p, first_bag, last_bag, out);
+      default:
+        break;
+    }
+  }
 
   {  // The first rows of this range were not prefetched by an earlier bag.
     const int64_t start = p.bag_begin[first_bag];

@@ -102,7 +102,7 @@ class KernelParityTest
 
 TEST_P(KernelParityTest, FastMatchesReference) {
   const auto [dtype, mode, norm_type, layout] = GetParam();
-  const std::vector<int64_t> dims = {1, 3, 8, 37, 64, 128, 129, 256};
+  const std::vector<int64_t> dims = {1, 3, 8, 16, 32, 37, 64, 128, 129, 256};
   const std::vector<Isa> isas = engine::SupportedIsas();
   std::mt19937_64 rng(std::hash<std::string>()(test::DTypeLabel(dtype)) ^
                       (static_cast<uint64_t>(mode) << 8) ^ static_cast<uint64_t>(layout) << 16);

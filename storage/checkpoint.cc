@@ -26,13 +26,17 @@ class NpyFile final : public CheckpointFile {
   Result<std::unique_ptr<TensorReader>> OpenTensor(size_t) override { return OpenNpy(path_); }
   Result<double> ReadTensorScalar(size_t) override {
     EMBSTORE_ASSIGN_OR_RETURN(std::shared_ptr<ckpt::File> file, ckpt::File::Open(path_));
-    std::string prefix(static_cast<size_t>(std::min<uint64_t>(file->size(), 4096)), '\0');
-    EMBSTORE_RETURN_IF_ERROR(file->ReadAt(0, prefix.data(), prefix.size()));
     ckpt::NpyHeader header;
-    size_t needed = 0;
-    EMBSTORE_RETURN_IF_ERROR(ckpt::ParseNpyHeader(prefix, &header, &needed));
-    if (needed != 0)
-      return Status::Corruption("'" + path_ + "': .npy header is truncated or too long");
+    size_t want = 4096, needed = 0;
+    // A second round when the header is longer than the first read (bounded by the parser).
+    for (int round = 0; round < 2; ++round) {
+      std::string prefix(static_cast<size_t>(std::min<uint64_t>(file->size(), want)), '\0');
+      EMBSTORE_RETURN_IF_ERROR(file->ReadAt(0, prefix.data(), prefix.size()));
+      EMBSTORE_RETURN_IF_ERROR(ckpt::ParseNpyHeader(prefix, &header, &needed));
+      if (needed <= prefix.size() || prefix.size() == file->size()) break;
+      want = needed;
+    }
+    if (needed != 0) return Status::Corruption("'" + path_ + "': .npy header is truncated");
     if (header.data_offset > file->size())
       return Status::Corruption("'" + path_ + "' is truncated");
     auto source =

@@ -182,7 +182,8 @@ Result<std::unique_ptr<CheckpointFile>> OpenTorchFile(const std::string& path);
 // ---- .npy headers (npz members; also used for scalar .npy reads) ------------
 
 struct NpyHeader {
-  std::string dtype;  // "f32", "int64", ... or the raw descr (e.g. ">f4") when not little-endian
+  // "f32", "int64", "object", "structured", ... or the descr (">f4"): NpyDType::name
+  std::string dtype;
   SourceDType source_dtype = SourceDType::kOther;
   int64_t item_size = 0;  // bytes per element (0 when unknown)
   bool fortran_order = false;
@@ -191,9 +192,11 @@ struct NpyHeader {
 };
 
 // Parses the magic, version and header dict of a .npy from its first bytes
-// `prefix`. When `prefix` is too short to hold the whole header, returns OK
-// with *needed set to the byte count required and *header untouched; else sets
-// *needed = 0 and fills *header. InvalidArgument/Corruption on a bad header.
+// `prefix` (with storage/npy.h's ParseNpyHeaderPrefix). When `prefix` is too
+// short to hold the whole header, returns OK with *needed set to the byte count
+// required and *header untouched; else sets *needed = 0 and fills *header.
+// Lenient: members of any dtype (object, structured, big-endian) are described,
+// not refused. Corruption on a bad header; NotSupported for an unknown version.
 Status ParseNpyHeader(std::string_view prefix, NpyHeader* header, size_t* needed);
 
 }  // namespace embstore::storage::ckpt

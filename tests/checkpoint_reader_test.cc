@@ -678,6 +678,75 @@ void WriteNpz(const std::string& path,
   ASSERT_EQ(zip_close(z), 0) << zip_strerror(z);
 }
 
+// A version 1.0 .npy with a hand-written header dict.
+std::string NpyWithDict(std::string dict, const std::string& data) {
+  while ((10 + dict.size() + 1) % 64 != 0) dict += ' ';
+  dict += '\n';
+  std::string out = "\x93NUMPY\x01\x00"s;
+  out += static_cast<char>(dict.size() & 0xff);
+  out += static_cast<char>(dict.size() >> 8);
+  return out + dict + data;
+}
+
+// Members numpy can write but embstore cannot read are listed by `inspect` and
+// refused only when their data is asked for.
+TEST(CheckpointNpz, UnreadableMembersAreListedThenRefused) {
+  const float one = 2.5f;
+  const std::string f4(reinterpret_cast<const char*>(&one), 4);
+  std::string long_dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }";
+  long_dict.append(5000, ' ');  // past the first 4 KiB read: the `needed` round trip
+  TempFile tmp;
+  WriteNpz(tmp.path,
+           {{"obj", NpyWithDict("{'descr': '|O', 'fortran_order': False, 'shape': (1,), }",
+                                "\x80\x02]q\x00."s)},
+            {"be", NpyWithDict("{'descr': '>f4', 'fortran_order': False, 'shape': (2, 2), }",
+                               std::string(16, '\0'))},
+            {"rec", NpyWithDict("{'descr': [('a', '<f4'), ('b', '<i8')], 'fortran_order': False, "
+                                "'shape': (3,), }",
+                                std::string(36, '\0'))},
+            {"bogus", NpyWithDict("{'descr': 'f32', 'fortran_order': False, 'shape': (2, 2), }",
+                                  std::string(16, '\0'))},
+            {"long", NpyWithDict(long_dict, f4)}});
+  auto entries = InspectCheckpoint(tmp.path);
+  ASSERT_TRUE(entries.ok()) << entries.status().ToString();
+  ASSERT_EQ(entries->size(), 5u);
+  const std::vector<std::pair<std::string, std::string>> want = {
+      {"obj", "object"}, {"be", ">f4"}, {"rec", "structured"}, {"bogus", "'f32'"}, {"long", "f32"}};
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ((*entries)[i].key, want[i].first);
+    EXPECT_EQ((*entries)[i].dtype, want[i].second);
+  }
+  for (const char* key : {"obj", "be", "rec", "bogus"}) {
+    SCOPED_TRACE(key);
+    auto r = OpenTensor(tmp.path, key);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), Code::kNotSupported);
+    EXPECT_NE(r.status().message().find("only floating tensors"), std::string::npos)
+        << r.status().ToString();
+  }
+  auto obj = ReadCheckpointScalar(tmp.path, "obj");
+  ASSERT_FALSE(obj.ok());
+  EXPECT_EQ(obj.status().code(), Code::kNotSupported);
+  EXPECT_NE(obj.status().message().find("dtype object cannot be read"), std::string::npos)
+      << obj.status().ToString();
+  auto value = ReadCheckpointScalar(tmp.path, "long");
+  ASSERT_TRUE(value.ok()) << value.status().ToString();
+  EXPECT_EQ(*value, 2.5);
+
+  // A malformed header, by contrast, fails the whole archive, naming the member.
+  WriteNpz(
+      tmp.path,
+      {{"ok", NpyWithDict("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }", f4)},
+       {"broken", NpyWithDict("{'descr': '<f4', 'fortran_order': Flase, 'shape': (1,), }", f4)}});
+  auto broken = InspectCheckpoint(tmp.path);
+  ASSERT_FALSE(broken.ok());
+  EXPECT_EQ(broken.status().code(), Code::kCorruption);
+  EXPECT_NE(broken.status().message().find("member 'broken.npy'"), std::string::npos)
+      << broken.status().ToString();
+  EXPECT_NE(broken.status().message().find("malformed .npy header"), std::string::npos)
+      << broken.status().ToString();
+}
+
 TEST(CheckpointNpz, ThousandsOfCompressedMembersListQuickly) {
   TempFile tmp;
   std::vector<std::pair<std::string, std::string>> members;

@@ -104,14 +104,22 @@ inline int64_t LoadIndex(const PoolParams& p, int64_t pos) {
                              : static_cast<int64_t>(static_cast<const int32_t*>(p.indices)[pos]);
 }
 
-// Prefetches the row referenced at flat position `pos`, if any. Positions
-// outside every bag were never validated, hence the range check.
+// The row referenced at flat position `pos`, or null for a position past the
+// end or an id outside the table: prefetch targets lie ahead, possibly
+// outside every bag, where ids were never validated.
+template <class T>
+inline const uint8_t* RowAtPosition(const PoolParams& p, int64_t pos) {
+  if (pos >= p.num_positions) return nullptr;
+  const int64_t id = LoadIndex<T>(p, pos);
+  if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(p.rows)) return nullptr;
+  return p.data + static_cast<size_t>(id) * p.row_stride;
+}
+
+// Prefetches the whole row referenced at flat position `pos`, if any.
 template <class T>
 inline void PrefetchPosition(const PoolParams& p, int64_t pos) {
-  if (pos >= p.num_positions) return;
-  const int64_t id = LoadIndex<T>(p, pos);
-  if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(p.rows)) return;
-  const uint8_t* row = p.data + static_cast<size_t>(id) * p.row_stride;
+  const uint8_t* row = RowAtPosition<T>(p, pos);
+  if (row == nullptr) return;
   for (size_t off = 0; off < p.payload_bytes; off += 64) T::Prefetch(row + off);
 }
 
@@ -121,10 +129,8 @@ inline void PrefetchPosition(const PoolParams& p, int64_t pos) {
 // inside the accumulation loop made GCC keep the accumulators on the stack.
 template <class T, class R, int kV>
 inline void PrefetchBlock(const PoolParams& p, int64_t pos, int64_t d0) {
-  if (pos >= p.num_positions) return;
-  const int64_t id = LoadIndex<T>(p, pos);
-  if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(p.rows)) return;
-  const uint8_t* row = p.data + static_cast<size_t>(id) * p.row_stride;
+  const uint8_t* row = RowAtPosition<T>(p, pos);
+  if (row == nullptr) return;
   const uint8_t* block = row + d0 * R::kElemBytes;
   constexpr int kBytes = kV * T::kW * R::kElemBytes;
   for (int off = 0; off < kBytes; off += 64) T::Prefetch(block + off);
@@ -484,18 +490,6 @@ inline void DivideRow(float* out_row, int64_t dim, float count) {
 
 // ---- The per-bag kernel -----------------------------------------------------
 
-// Prefetches all of the row at flat position `pos`: kBytes known at compile
-// time, so the prefetches are unrolled (see PrefetchBlock).
-template <class T, class R, int kBytes>
-inline void PrefetchRowBytes(const PoolParams& p, int64_t pos) {
-  if (pos >= p.num_positions) return;
-  const int64_t id = LoadIndex<T>(p, pos);
-  if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(p.rows)) return;
-  const uint8_t* row = p.data + static_cast<size_t>(id) * p.row_stride;
-  for (int off = 0; off < kBytes; off += 64) T::Prefetch(row + off);
-  if constexpr (R::kAffine) T::Prefetch(row + p.dim);  // int8 scale and bias
-}
-
 // The row-major kernel for rows of exactly kV vectors (dim = kV * W),
 // without max_norm: each bag is pooled in kV registers in one pass over its
 // entries, every row read front to back while the rows kPrefetchDistance
@@ -506,12 +500,11 @@ template <class T, class R, PoolingMode kMode, bool kWeighted, int kV>
 void PoolBagsInRegisters(const PoolParams& p, int64_t first_bag, int64_t last_bag, float* out) {
   using V = typename T::V;
   constexpr int W = T::kW;
-  constexpr int kRowBytes = kV * W * R::kElemBytes;
   constexpr bool kMax = kMode == PoolingMode::kMax;
   {
     const int64_t start = p.bag_begin[first_bag];
     for (int64_t pos = start; pos < start + kPrefetchDistance; ++pos) {
-      PrefetchRowBytes<T, R, kRowBytes>(p, pos);
+      PrefetchBlock<T, R, kV>(p, pos, 0);
     }
   }
   for (int64_t b = first_bag; b < last_bag; ++b) {
@@ -521,7 +514,7 @@ void PoolBagsInRegisters(const PoolParams& p, int64_t first_bag, int64_t last_ba
     int64_t count = 0;
     const int64_t begin = p.bag_begin[b], end = p.bag_end[b];
     for (int64_t pos = begin; pos < end; ++pos) {
-      PrefetchRowBytes<T, R, kRowBytes>(p, pos + kPrefetchDistance);
+      PrefetchBlock<T, R, kV>(p, pos + kPrefetchDistance, 0);
       const int64_t id = LoadIndex<T>(p, pos);
       if (id == p.padding_row) continue;
       const uint8_t* row = p.data + static_cast<size_t>(id) * p.row_stride;

@@ -1,11 +1,14 @@
 #include "storage/io_util.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <new>
+#include <utility>
 
 namespace embstore::storage {
 
@@ -86,6 +89,70 @@ Result<int> OpenForRead(const std::string& path) {
 
 ScopedFd::~ScopedFd() {
   if (fd_ >= 0) ::close(fd_);
+}
+
+// ---- PageBuffer -----------------------------------------------------------------
+
+namespace {
+constexpr std::align_val_t kSmallAlign{64};
+}  // namespace
+
+Result<PageBuffer> PageBuffer::Allocate(size_t bytes) {
+  PageBuffer b;
+  if (bytes == 0) return b;
+  if (bytes < kPageBufferMapBytes) {
+    b.data_ = static_cast<uint8_t*>(::operator new(bytes, kSmallAlign, std::nothrow));
+    if (b.data_ == nullptr) {
+      return Status::IOError("cannot allocate " + std::to_string(bytes) + " bytes");
+    }
+    b.size_ = bytes;
+    return b;
+  }
+  // A whole number of huge pages: the kernel then places the mapping on a
+  // huge-page boundary.
+  const size_t mapped =
+      (bytes + kPageBufferMapBytes - 1) / kPageBufferMapBytes * kPageBufferMapBytes;
+  if (mapped < bytes) return Status::IOError("cannot allocate " + std::to_string(bytes) + " bytes");
+  void* p = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    return Status::IOError("cannot allocate " + std::to_string(bytes) +
+                           " bytes: " + std::strerror(errno));
+  }
+  // Advice only: where transparent huge pages are off this is a no-op.
+  (void)::madvise(p, mapped, MADV_HUGEPAGE);
+  b.data_ = static_cast<uint8_t*>(p);
+  b.size_ = bytes;
+  b.mapped_bytes_ = mapped;
+  return b;
+}
+
+void PageBuffer::Release() {
+  if (data_ == nullptr) return;
+  if (mapped_bytes_ > 0) {
+    ::munmap(data_, mapped_bytes_);
+  } else {
+    ::operator delete(data_, kSmallAlign);
+  }
+  data_ = nullptr;
+  size_ = 0;
+  mapped_bytes_ = 0;
+}
+
+PageBuffer::~PageBuffer() { Release(); }
+
+PageBuffer::PageBuffer(PageBuffer&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)),
+      mapped_bytes_(std::exchange(other.mapped_bytes_, 0)) {}
+
+PageBuffer& PageBuffer::operator=(PageBuffer&& other) noexcept {
+  if (this != &other) {
+    Release();
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+    mapped_bytes_ = std::exchange(other.mapped_bytes_, 0);
+  }
+  return *this;
 }
 
 }  // namespace embstore::storage

@@ -396,7 +396,7 @@ Result<NpyArray> LoadNpy(const std::string& path, uint64_t max_bytes) {
   EMBSTORE_ASSIGN_OR_RETURN(int fd, OpenForRead(path));
   ScopedFd closer(fd);
   NpyArray a;
-  a.data.resize(h.data_bytes);
+  EMBSTORE_ASSIGN_OR_RETURN(a.data, PageBuffer::Allocate(static_cast<size_t>(h.data_bytes)));
   EMBSTORE_RETURN_IF_ERROR(PReadFull(fd, a.data.data(), h.data_bytes, h.data_offset, path));
   a.header = std::move(h);
   return a;

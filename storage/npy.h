@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "embstore/status.h"
+#include "storage/io_util.h"
 
 namespace embstore::storage {
 
@@ -89,7 +90,7 @@ Result<NpyHeader> ReadNpyHeader(const std::string& path);
 // @file.npy). Refuses files over `max_bytes` of data.
 struct NpyArray {
   NpyHeader header;
-  std::vector<uint8_t> data;  // row-major (C order), little-endian
+  PageBuffer data;  // row-major (C order), little-endian; 64-byte aligned
 };
 Result<NpyArray> LoadNpy(const std::string& path, uint64_t max_bytes = uint64_t{1} << 32);
 

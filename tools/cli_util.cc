@@ -79,6 +79,23 @@ Result<double> ParseNumber(const std::string& text, const std::string& what) {
   return v;
 }
 
+IndexArray IntArray::view() const {
+  if (file.data.empty()) return IndexArray(std::span<const int64_t>(inline_values));
+  // LoadNpy's buffer is 64-byte aligned and holds exactly Count() items.
+  const auto n = static_cast<size_t>(Count());
+  if (type == IndexType::kInt64) {
+    return IndexArray(
+        std::span<const int64_t>(reinterpret_cast<const int64_t*>(file.data.data()), n));  // NOLINT
+  }
+  return IndexArray(
+      std::span<const int32_t>(reinterpret_cast<const int32_t*>(file.data.data()), n));  // NOLINT
+}
+
+std::span<const float> FloatArray::values() const {
+  if (file.data.empty()) return converted;
+  return {reinterpret_cast<const float*>(file.data.data()), file.data.size() / sizeof(float)};
+}
+
 Result<IntArray> ParseIntSpec(const std::string& spec, const std::string& what) {
   IntArray out;
   if (!spec.empty() && spec[0] == '@') {
@@ -99,25 +116,17 @@ Result<IntArray> ParseIntSpec(const std::string& spec, const std::string& what) 
                                      std::to_string(h.shape.size()) + " dimensions)");
     }
     out.shape = h.shape;
-    const size_t n = static_cast<size_t>(out.Count());
-    if (h.item_size == 8) {
-      out.type = IndexType::kInt64;
-      out.v64.resize(n);
-      if (n > 0) std::memcpy(out.v64.data(), arr->data.data(), n * 8);
-    } else {
-      out.type = IndexType::kInt32;
-      out.v32.resize(n);
-      if (n > 0) std::memcpy(out.v32.data(), arr->data.data(), n * 4);
-    }
+    out.type = h.item_size == 8 ? IndexType::kInt64 : IndexType::kInt32;
+    out.file = std::move(arr).value();
     return out;
   }
   for (const std::string& item : SplitCommas(spec)) {
     auto v = ParseInteger(item, what);
     if (!v.ok()) return v.status();
-    out.v64.push_back(*v);
+    out.inline_values.push_back(*v);
   }
   out.type = IndexType::kInt64;
-  out.shape = {static_cast<int64_t>(out.v64.size())};
+  out.shape = {static_cast<int64_t>(out.inline_values.size())};
   return out;
 }
 
@@ -136,16 +145,15 @@ Result<FloatArray> ParseFloatSpec(const std::string& spec, const std::string& wh
       return Status::InvalidArgument(what + ": '" + path + "' must be 1-D or 2-D");
     }
     out.shape = h.shape;
-    size_t n = 1;
-    for (int64_t d : h.shape) n *= static_cast<size_t>(d);
-    out.v.resize(n);
     if (h.item_size == 4) {
-      if (n > 0) std::memcpy(out.v.data(), arr->data.data(), n * 4);
+      out.file = std::move(arr).value();
     } else {
+      const size_t n = arr->data.size() / 8;
+      out.converted.resize(n);
       for (size_t i = 0; i < n; ++i) {
         double d;
         std::memcpy(&d, arr->data.data() + 8 * i, 8);
-        out.v[i] = static_cast<float>(d);
+        out.converted[i] = static_cast<float>(d);
       }
     }
     return out;
@@ -153,9 +161,9 @@ Result<FloatArray> ParseFloatSpec(const std::string& spec, const std::string& wh
   for (const std::string& item : SplitCommas(spec)) {
     auto v = ParseNumber(item, what);
     if (!v.ok()) return v.status();
-    out.v.push_back(static_cast<float>(*v));
+    out.converted.push_back(static_cast<float>(*v));
   }
-  out.shape = {static_cast<int64_t>(out.v.size())};
+  out.shape = {static_cast<int64_t>(out.converted.size())};
   return out;
 }
 

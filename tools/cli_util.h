@@ -4,11 +4,13 @@
 
 #include <chrono>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "embstore/query.h"
 #include "embstore/status.h"
+#include "storage/npy.h"
 
 namespace embstore::cli {
 
@@ -18,10 +20,11 @@ inline constexpr int kExitUsage = 1;  // bad usage or bad input
 inline constexpr int kExitIO = 2;     // I/O error or corruption
 int ExitCodeFor(const Status& status);
 
-// Integer values from a SPEC: "1,2,3" inline, or "@path.npy" (int32/int64).
+// Integer values from a SPEC: "1,2,3" inline, or "@path.npy" (int32/int64,
+// used where they were read, without a copy).
 struct IntArray {
-  std::vector<int64_t> v64;
-  std::vector<int32_t> v32;
+  std::vector<int64_t> inline_values;  // an inline list
+  storage::NpyArray file;              // @path.npy: the file's data as stored
   IndexType type = IndexType::kInt64;
   std::vector<int64_t> shape;
   int64_t size() const { return static_cast<int64_t>(shape.empty() ? 0 : Count()); }
@@ -30,14 +33,15 @@ struct IntArray {
     for (int64_t d : shape) n *= d;
     return n;
   }
-  IndexArray view() const {
-    return type == IndexType::kInt64 ? IndexArray(std::span<const int64_t>(v64))
-                                     : IndexArray(std::span<const int32_t>(v32));
-  }
+  IndexArray view() const;
 };
+// Float values from a SPEC: inline, or "@path.npy" (float32 used as read;
+// float64 converted).
 struct FloatArray {
-  std::vector<float> v;
+  std::vector<float> converted;  // an inline list or a float64 file
+  storage::NpyArray file;        // a float32 file
   std::vector<int64_t> shape;
+  std::span<const float> values() const;
 };
 
 // `what` names the flag in error messages ("--indices").

@@ -354,16 +354,30 @@ int CmdInspect(int argc, char** argv) {
 }
 
 // ---- query ---------------------------------------------------------------------------------
-void PrintRows(const PooledOutput& out) {
+// The pooled result of `query`: the engine's own output (GPU, batched) or,
+// for the CPU with offsets / 2-D indices, a PageBuffer the engine pooled into
+// directly (no zeroing pass, huge pages: see storage::PageBuffer).
+struct QueryOutput {
+  std::vector<int64_t> shape;
+  PooledOutput owned;
+  storage::PageBuffer buffer;
+  std::span<const float> values() const {
+    if (buffer.empty()) return owned.values;
+    return {reinterpret_cast<const float*>(buffer.data()), buffer.size() / sizeof(float)};
+  }
+};
+
+void PrintRows(const QueryOutput& out) {
+  const std::span<const float> values = out.values();
   const int64_t dim = out.shape.back();
-  const int64_t rows = dim == 0 ? 0 : static_cast<int64_t>(out.values.size()) / dim;
+  const int64_t rows = dim == 0 ? 0 : static_cast<int64_t>(values.size()) / dim;
   std::string line;
   char buf[32];
   for (int64_t b = 0; b < rows; ++b) {
     line.clear();
     for (int64_t j = 0; j < dim; ++j) {
       std::snprintf(buf, sizeof buf, "%.8g",
-                    static_cast<double>(out.values[static_cast<size_t>(b * dim + j)]));
+                    static_cast<double>(values[static_cast<size_t>(b * dim + j)]));
       if (j) line += ' ';
       line += buf;
     }
@@ -482,7 +496,7 @@ int CmdQuery(int argc, char** argv) {
   if (!snap.ok()) return Fail(cmd, snap.status());
   const TableView view = snap->view();
 
-  Result<PooledOutput> out = Status::Internal("query did not run");
+  QueryOutput out;
   if (r->count("bag-ends")) {
     if (r->count("offsets")) return UsageError(cmd, "--bag-ends and --offsets cannot be combined");
     if (qo.include_last_offset)
@@ -505,14 +519,18 @@ int CmdQuery(int argc, char** argv) {
     req.indices = indices->view();
     req.ends = ends->view();
     if (weights) {
-      if (static_cast<int64_t>(weights->v.size()) != req.batch * req.items) {
+      if (static_cast<int64_t>(weights->values().size()) != req.batch * req.items) {
         return Fail(cmd, Status::InvalidArgument(
-                             "--weights has " + std::to_string(weights->v.size()) +
+                             "--weights has " + std::to_string(weights->values().size()) +
                              " values but --indices has " + std::to_string(req.batch * req.items)));
       }
-      req.weights = std::span<const float>(weights->v);
+      req.weights = weights->values();
     }
-    out = gpu ? gpu->BatchedEmbeddingBag(view, req, qo) : BatchedEmbeddingBag(view, req, qo);
+    Result<PooledOutput> pooled =
+        gpu ? gpu->BatchedEmbeddingBag(view, req, qo) : BatchedEmbeddingBag(view, req, qo);
+    if (!pooled.ok()) return Fail(cmd, pooled.status());
+    out.owned = std::move(pooled).value();
+    out.shape = out.owned.shape;
   } else {
     BagRequest req;
     req.indices = indices->view();
@@ -527,21 +545,40 @@ int CmdQuery(int argc, char** argv) {
       offsets = std::move(o).value();
       req.offsets = offsets->view();
     }
-    if (weights) req.weights = std::span<const float>(weights->v);
-    out = gpu ? gpu->EmbeddingBag(view, req, qo) : EmbeddingBag(view, req, qo);
+    if (weights) req.weights = weights->values();
+    if (gpu) {
+      Result<PooledOutput> pooled = gpu->EmbeddingBag(view, req, qo);
+      if (!pooled.ok()) return Fail(cmd, pooled.status());
+      out.owned = std::move(pooled).value();
+      out.shape = out.owned.shape;
+    } else {
+      // Validate first (CountBags), then pool straight into the output buffer.
+      Result<int64_t> bags = CountBags(view, req, qo);
+      if (!bags.ok()) return Fail(cmd, bags.status());
+      const int64_t dim = view.dim;
+      auto buffer = storage::PageBuffer::Allocate(static_cast<size_t>(*bags) *
+                                                  static_cast<size_t>(dim) * sizeof(float));
+      if (!buffer.ok()) return Fail(cmd, buffer.status());
+      out.buffer = std::move(buffer).value();
+      std::span<float> dest(reinterpret_cast<float*>(out.buffer.data()),  // NOLINT
+                            out.buffer.size() / sizeof(float));
+      const Status st = EmbeddingBag(view, req, qo, dest);
+      if (!st.ok()) return Fail(cmd, st);
+      out.shape = {*bags, dim};
+    }
   }
-  if (!out.ok()) return Fail(cmd, out.status());
   if (gpu && r->count("stats")) {
     std::fprintf(stderr, "gpu cache: %s\n", cuda::CacheStatsToString(gpu->stats()).c_str());
   }
   if (r->count("out")) {
     const std::string path = (*r)["out"].as<std::string>();
+    const std::span<const float> values = out.values();
     Status st = storage::WriteNpy(
-        path, "<f4", out->shape,
-        {reinterpret_cast<const uint8_t*>(out->values.data()), out->values.size() * sizeof(float)});
+        path, "<f4", out.shape,
+        {reinterpret_cast<const uint8_t*>(values.data()), values.size() * sizeof(float)});
     if (!st.ok()) return Fail(cmd, st);
   } else {
-    PrintRows(*out);
+    PrintRows(out);
   }
   return kExitOk;
 }
@@ -735,12 +772,12 @@ int CmdScore(int argc, char** argv) {
   bags.indices = indices->view();
   bags.ends = ends->view();
   if (weights) {
-    if (static_cast<int64_t>(weights->v.size()) != bags.batch * bags.items) {
+    if (static_cast<int64_t>(weights->values().size()) != bags.batch * bags.items) {
       return Fail(cmd, Status::InvalidArgument(
-                           "--weights has " + std::to_string(weights->v.size()) +
+                           "--weights has " + std::to_string(weights->values().size()) +
                            " values but --indices has " + std::to_string(bags.batch * bags.items)));
     }
-    bags.weights = std::span<const float>(weights->v);
+    bags.weights = weights->values();
   }
   auto store = OpenStore(db, false);
   if (!store.ok()) return Fail(cmd, store.status());

@@ -199,8 +199,12 @@ class StoreImpl final : public Store {
     if (it != open_.end()) return TableSnapshot(it->second);
     EMBSTORE_ASSIGN_OR_RETURN(TableInfo info, GetInfo(name));
     const std::string path = tables_dir_ + "/" + info.file;
+    bool huge = options_.huge_pages == StoreOptions::HugePages::kOn;
+    if (options_.huge_pages == StoreOptions::HugePages::kAuto) {
+      huge = info.file_bytes <= storage::UsableMemoryBytes() / 4;
+    }
     EMBSTORE_ASSIGN_OR_RETURN(auto file,
-                              storage::MappedTableFile::Open(path, options_.advise_random));
+                              storage::MappedTableFile::Open(path, options_.advise_random, huge));
     const storage::TableHeader& h = file->header();
     if (h.rows != static_cast<uint64_t>(info.rows) || h.dim != static_cast<uint64_t>(info.dim) ||
         h.dtype != info.dtype || h.data_checksum != info.checksum) {

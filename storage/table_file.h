@@ -74,7 +74,11 @@ class TableFileWriter {
 class MappedTableFile {
  public:
   // Maps `path` and validates its header (not the data checksum).
-  static Result<std::unique_ptr<MappedTableFile>> Open(const std::string& path, bool advise_random);
+  // advise_random: MADV_RANDOM; huge_pages: MADV_HUGEPAGE (both advice only).
+  static Result<std::unique_ptr<MappedTableFile>> Open(const std::string& path, bool advise_random,
+                                                       bool huge_pages = false);
+  // Whether the kernel took MADV_HUGEPAGE for this mapping.
+  bool huge_pages() const { return huge_pages_; }
   ~MappedTableFile();
 
   const TableHeader& header() const { return header_; }
@@ -86,7 +90,12 @@ class MappedTableFile {
   std::unique_ptr<Impl> impl_;
   TableHeader header_;
   const uint8_t* data_ = nullptr;
+  bool huge_pages_ = false;
 };
+
+// The bytes of memory this process may fill: physical memory, or the limit
+// of its memory cgroup (v2 memory.max, v1 memory.limit_in_bytes) when lower.
+uint64_t UsableMemoryBytes();
 
 // Reads the header and recomputes the data checksum of the file at `path`,
 // streaming (bounded memory). Corruption names what differs.

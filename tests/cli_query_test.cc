@@ -6,6 +6,7 @@
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <span>
 
 #include "test_util.h"
 
@@ -267,6 +268,58 @@ TEST_F(CliGoldenTest, DeviceCudaMatchesCpuOrSaysNoGpu) {
   auto b = embstore::testing::ReadF32Npy(*tmp_ / "cpu_out.npy");
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5f * (1 + std::abs(b[i])));
+}
+
+// Inputs of several MiB (read into huge-page buffers and used in place, int32
+// and int64 ids, float32 weights) give the same bags as a plain double loop.
+TEST_F(CliGoldenTest, MultiMegabyteNpyInputs) {
+  int64_t rows = 0, dim = 0;
+  std::vector<int64_t> tshape;
+  const std::vector<float> table =
+      embstore::testing::ReadF32Npy(kGoldenDir + "/tables/t_d64.npy", &tshape);
+  rows = tshape[0];
+  dim = tshape[1];
+  const int64_t n = 600000, per_bag = 40, bags = n / per_bag;
+  std::vector<int64_t> ids(n), offsets(bags);
+  std::vector<int32_t> ids32(n);
+  std::vector<float> weights(n);
+  for (int64_t i = 0; i < n; ++i) {
+    ids[i] = (i * 7919 + i / 3) % rows;
+    ids32[i] = static_cast<int32_t>(ids[i]);
+    weights[i] = static_cast<float>((i % 13) - 6) / 8.0f;
+  }
+  for (int64_t b = 0; b < bags; ++b) offsets[b] = b * per_bag;
+  const std::string dir = *tmp_ / "big";
+  std::filesystem::create_directories(dir);
+  auto bytes = [](const auto& v) {
+    return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(v.data()),
+                                    v.size() * sizeof(v[0]));
+  };
+  ASSERT_TRUE(storage::WriteNpy(dir + "/i64.npy", "<i8", {n}, bytes(ids)).ok());
+  ASSERT_TRUE(storage::WriteNpy(dir + "/i32.npy", "<i4", {n}, bytes(ids32)).ok());
+  ASSERT_TRUE(storage::WriteNpy(dir + "/o.npy", "<i8", {bags}, bytes(offsets)).ok());
+  ASSERT_TRUE(storage::WriteNpy(dir + "/w.npy", "<f4", {n}, bytes(weights)).ok());
+  std::vector<double> expected(static_cast<size_t>(bags * dim), 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < dim; ++j) {
+      expected[(i / per_bag) * dim + j] += double{weights[i]} * table[ids[i] * dim + j];
+    }
+  }
+  for (const char* file : {"i64.npy", "i32.npy"}) {
+    SCOPED_TRACE(file);
+    const std::string out = dir + "/out.npy";
+    auto r = RunCli({"query", "--db", *db_, "--table", "t_d64", "--mode", "sum", "--indices",
+                     "@" + dir + "/" + file, "--offsets", "@" + dir + "/o.npy", "--weights",
+                     "@" + dir + "/w.npy", "--out", out});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    std::vector<int64_t> shape;
+    const std::vector<float> got = embstore::testing::ReadF32Npy(out, &shape);
+    ASSERT_EQ(shape, (std::vector<int64_t>{bags, dim}));
+    ASSERT_EQ(got.size(), expected.size());
+    for (size_t k = 0; k < got.size(); ++k) {
+      ASSERT_NEAR(got[k], expected[k], 1e-4 * (1.0 + std::abs(expected[k]))) << "element " << k;
+    }
+  }
 }
 
 struct ErrorCase {

@@ -452,5 +452,47 @@ TEST(HalfTest, ConversionsRoundTrip) {
   EXPECT_TRUE(std::isnan(BF16ToFloat(FloatToBF16(std::nanf("")))));
 }
 
+// PageBuffer: small (operator new) and large (huge-page mapping) buffers
+// hold what is written, are aligned, and move.
+TEST(PageBufferTest, SmallAndLargeBuffersHoldTheirBytesAndMove) {
+  for (size_t n : {size_t{1}, size_t{4096}, kPageBufferMapBytes - 1, kPageBufferMapBytes,
+                   kPageBufferMapBytes * 3 + 17}) {
+    auto b = PageBuffer::Allocate(n);
+    ASSERT_TRUE(b.ok()) << b.status().ToString();
+    ASSERT_EQ(b->size(), n);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(b->data()) % 64, 0u);
+    for (size_t i = 0; i < n; i += 997) (*b)[i] = static_cast<uint8_t>(i * 7);
+    (*b)[n - 1] = 0xAB;
+    PageBuffer moved = std::move(b).value();
+    EXPECT_EQ(moved.size(), n);
+    for (size_t i = 0; i + 1 < n; i += 997) ASSERT_EQ(moved[i], static_cast<uint8_t>(i * 7));
+    EXPECT_EQ(moved[n - 1], 0xAB);
+    PageBuffer other;
+    other = std::move(moved);
+    EXPECT_EQ(other.size(), n);
+    EXPECT_EQ(moved.size(), 0u);  // NOLINT(bugprone-use-after-move): moved-from is empty
+    EXPECT_TRUE(moved.empty());
+  }
+  auto empty = PageBuffer::Allocate(0);
+  ASSERT_TRUE(empty.ok());
+  EXPECT_TRUE(empty->empty());
+  // An impossible size is an error, not a crash.
+  auto huge = PageBuffer::Allocate(~size_t{0} - 4096);
+  EXPECT_FALSE(huge.ok());
+}
+
+// LoadNpy into a huge-page buffer: a multi-megabyte array reads back exactly.
+TEST(PageBufferTest, LoadNpyOfSeveralMegabytes) {
+  TempDir tmp;
+  std::vector<int64_t> v(700000);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<int64_t>(i * 2654435761u % 1000003);
+  WriteBytes(tmp / "big.npy",
+             MakeNpy("{'descr': '<i8', 'fortran_order': False, 'shape': (700000,), }", Raw(v)));
+  auto a = LoadNpy(tmp / "big.npy");
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  ASSERT_EQ(a->data.size(), v.size() * 8);
+  EXPECT_EQ(std::memcmp(a->data.data(), v.data(), a->data.size()), 0);
+}
+
 }  // namespace
 }  // namespace embstore::storage

@@ -7,10 +7,13 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
+#include <fstream>
 #include <random>
 #include <thread>
 
 #include "embstore/query.h"
+#include "storage/table_file.h"
 #include "test_util.h"
 
 namespace embstore {
@@ -43,6 +46,52 @@ int CountFiles(const std::string& dir) {
   int n = 0;
   for (auto& e : std::filesystem::directory_iterator(dir)) n += e.is_regular_file() ? 1 : 0;
   return n;
+}
+
+// The VmFlags of the mapping that holds `p` ("" when not found).
+std::string VmFlagsOf(const void* p) {
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool inside = false;
+  const auto addr = reinterpret_cast<uintptr_t>(p);
+  while (std::getline(smaps, line)) {
+    unsigned long lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find('-') < 17) {
+      inside = lo <= addr && addr < hi;
+    } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+      return line + " ";
+    }
+  }
+  return "";
+}
+
+// StoreOptions::huge_pages reaches the table mapping: kOn and kAuto (a
+// small table) advise MADV_HUGEPAGE ("hg" in smaps), kOff does not.
+TEST(StoreTest, HugePageAdviceFollowsTheOption) {
+  if (!std::filesystem::exists("/sys/kernel/mm/transparent_hugepage/enabled")) {
+    GTEST_SKIP() << "this kernel has no transparent huge pages";
+  }
+  TempDir tmp;
+  {
+    auto store = OpenOrDie(tmp / "db");
+    TableSpec spec{4096, 256, DType::kF32, "gen", false, {}};  // 4 MiB
+    ASSERT_TRUE(store->WriteTable("t", spec, Pattern(256, 0.5f)).ok());
+  }
+  using HP = StoreOptions::HugePages;
+  for (HP mode : {HP::kOn, HP::kOff, HP::kAuto}) {
+    StoreOptions so;
+    so.huge_pages = mode;
+    auto store = Store::Open(tmp / "db", so);
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    auto snap = (*store)->GetSnapshot("t");
+    ASSERT_TRUE(snap.ok());
+    const std::string flags = VmFlagsOf(snap->view().data);
+    ASSERT_FALSE(flags.empty()) << "mapping not found in /proc/self/smaps";
+    EXPECT_EQ(flags.find(" hg ") != std::string::npos, mode != HP::kOff)
+        << "mode " << static_cast<int>(mode) << ": " << flags;
+    EXPECT_EQ(At(*snap, 4095, 255), 4095 * 1000 + 255 + 0.5f);
+  }
+  EXPECT_GT(storage::UsableMemoryBytes(), uint64_t{64} << 20);
 }
 
 TEST(StoreTest, ImportNpyListInfoSnapshot) {

@@ -50,6 +50,15 @@ def main():
                   f"{fmt(r['torch_gbps'], '.2f')} | {100*r['ours_gbps']/bw:.0f}% | "
                   f"{' '.join(f'{t*1e3:.0f}' for t in r['ours_rounds'])} |")
         print()
+    if "ceilings" in res:
+        print("#### Random-row ceilings (`side_by_side_bench gather`, headline ids, no arithmetic)\n")
+        print("| rows | cache lines read per row | ms | M rows/s | GB/s of lines | "
+              "torch f32 sum / this |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for c in res["ceilings"]:
+            print(f"| {c['label']} | {c['lines']} | {c['median_s']*1e3:.1f} | {c['mlookups']:.1f} | "
+                  f"{c['line_gbps']:.2f} | {fmt(c['vs_torch_sum'], '.2f')}x |")
+        print()
     if "cli" in res:
         c = res["cli"]
         print("#### CLI end to end\n")

@@ -194,6 +194,39 @@ def side_by_side(args, results, section, dim, pool, dist, dtype, mode, weighted,
     return rec
 
 
+def ceilings(args, results, rounds):
+    """The random-row roofline of each row layout at the headline: `side_by_side_bench gather`
+    reads the cache lines of every looked-up row (prefetched 16 ids ahead, no arithmetic) over
+    the headline's 2M ids. int8 rows are 3 lines (128 codes + scale/bias); "int8, codes only"
+    reads 2, what a layout keeping scale/bias apart would read. vs_torch = torch's f32 sum time
+    (headline, same run) / this time: the most any kernel reading those lines could reach."""
+    files = index_files(args, "uniform", HEADLINE_POOL, LOOKUPS)
+    db = os.path.join(args.data, "db")
+    torch_sum = next((r["torch_s"] for r in results["runs"] if r["section"] == "headline"
+                      and r["mode"] == "sum" and not r["weighted"] and not r["max_norm"]), None)
+    out = []
+    for label, dtype, lines in [("f32", "f32", None), ("int8", "int8", None),
+                                ("int8, codes only", "int8", 2)]:
+        table = import_table(args, HEADLINE_DIM, dtype)
+        times = []
+        for _ in range(rounds):
+            cmd = [args.driver, "gather", "--db", db, "--table", table, "--ids", files["ids"],
+                   "--reps", str(args.reps)]
+            if lines:
+                cmd += ["--lines", str(lines)]
+            r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+            times.append(r["median_s"])
+        t = statistics.median(times)
+        rec = dict(label=label, dtype=dtype, lines=r["lines"], lookups=r["lookups"], median_s=t,
+                   rounds=times, mlookups=r["lookups"] / t / 1e6,
+                   line_gbps=r["lookups"] * r["lines"] * 64 / t / 1e9,
+                   vs_torch_sum=(torch_sum / t) if torch_sum else None)
+        out.append(rec)
+        log(f"ceiling {label:16s} lines={r['lines']} {t*1e3:7.1f} ms {rec['mlookups']:.1f} M rows/s"
+            + (f" = {rec['vs_torch_sum']:.2f}x torch f32 sum" if torch_sum else ""))
+    results["ceilings"] = out
+
+
 def cli_end_to_end(args, results, rounds):
     dim = HEADLINE_DIM
     table = import_table(args, dim, "f32")
@@ -322,7 +355,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--sweep-rounds", type=int, default=3)
-    ap.add_argument("--sections", default="headline,dtypes,dims,pool,zipf,cli,latency,big")
+    ap.add_argument("--sections", default="headline,dtypes,ceilings,dims,pool,zipf,cli,latency,big")
     ap.add_argument("--big-limit-mb", type=int, default=2048)
     ap.add_argument("--big-lookups", type=int, default=100_000)
     ap.add_argument("--big-reps", type=int, default=4)
@@ -353,6 +386,8 @@ def main():
         for dtype in ("int8", "f16", "bf16"):
             side_by_side(args, results, "dtypes", **{**H, "dtype": dtype}, mode="sum",
                          weighted=False, max_norm=None, lookups=LOOKUPS, rounds=R, reps=args.reps)
+    if "ceilings" in sections:
+        ceilings(args, results, R)
     results["bandwidth_gbps"].append(bandwidth(args))
     if "dims" in sections:
         for dim in (32, 64, 128, 256):

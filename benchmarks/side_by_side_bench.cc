@@ -20,6 +20,12 @@
 //     The machine's memory read bandwidth: all threads sum a buffer of --mb
 //     MiB (>= 4x the LLC), first-touched in parallel. Prints the median GB/s.
 //
+//   side_by_side_bench gather --db DIR --table T --ids ids.npy [--distance 16]
+//       [--lines L] [--touch] [--reps 5]
+//     The random-row roofline: every id's row is read (one load per cache line,
+//     the first L lines only with --lines) and prefetched --distance ids ahead,
+//     with no arithmetic: the fastest any pooling kernel could read those rows.
+//
 //   side_by_side_bench latency --db DIR --table T [--clients 2,4,8]
 //       [--requests 2000] [--bags 64] [--ids-per-bag 20]
 //     Serving latency: each of C client threads issues its own requests of
@@ -337,7 +343,12 @@ int CmdGather(const Args& args) {
   const std::vector<int64_t> ids = LoadInt64(args.Need("ids"));
   const int64_t distance = args.Int("distance", 16);
   const int reps = static_cast<int>(args.Int("reps", 5));
-  const size_t lines = (PayloadBytes(view) + 63) / 64;
+  // --lines L: touch only the first L cache lines of each row (default: the
+  // whole payload), e.g. 2 of an int8 dim-128 row = its codes without the
+  // scale/bias that follow them.
+  const size_t all_lines = (PayloadBytes(view) + 63) / 64;
+  const size_t lines = std::min<size_t>(
+      all_lines, static_cast<size_t>(args.Int("lines", static_cast<int64_t>(all_lines))));
   const int64_t n = static_cast<int64_t>(ids.size());
   // --touch: a real one-byte load of the row ahead instead of a prefetch of
   // its first line (a load is never dropped on a TLB miss; see RESULTS.md).
@@ -369,10 +380,10 @@ int CmdGather(const Args& args) {
   }
   const double med = Median(times);
   std::printf(
-      "{\"cmd\": \"gather\", \"touch\": %d, \"distance\": %lld, \"row_bytes\": %zu, \"median_s\": "
-      "%.6g, "
-      "\"gbps\": %.6g, \"sink\": %llu}\n",
-      touch ? 1 : 0, static_cast<long long>(distance), PayloadBytes(view), med,
+      "{\"cmd\": \"gather\", \"touch\": %d, \"distance\": %lld, \"row_bytes\": %zu, "
+      "\"lines\": %zu, \"lookups\": %lld, \"median_s\": %.6g, \"gbps\": %.6g, \"sink\": %llu}\n",
+      touch ? 1 : 0, static_cast<long long>(distance), PayloadBytes(view), lines,
+      static_cast<long long>(n), med,
       static_cast<double>(n) * static_cast<double>(PayloadBytes(view)) / med / 1e9,
       static_cast<unsigned long long>(sink & 1));
   return 0;

@@ -146,19 +146,7 @@ inline TestTable RandomTable(int64_t rows, int64_t dim, DType dtype, std::mt1993
   return TestTable(values, rows, dim, dtype, aligned_stride);
 }
 
-inline const char* DTypeLabel(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return "f32";
-    case DType::kF16:
-      return "f16";
-    case DType::kBF16:
-      return "bf16";
-    case DType::kInt8Rowwise:
-      return "int8";
-  }
-  return "?";
-}
+inline const char* DTypeLabel(DType dtype) { return DTypeName(dtype); }
 
 // |a - b| <= tol * max(1, |b|); NaNs must match NaNs.
 inline bool Close(float a, float b, double tol) {

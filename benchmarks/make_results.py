@@ -51,13 +51,23 @@ def main():
                   f"{' '.join(f'{t*1e3:.0f}' for t in r['ours_rounds'])} |")
         print()
     if "ceilings" in res:
+        # torch's f32 sum: the median of all its rounds in the run (headline + dtypes rows),
+        # as side_by_side.torch_f32_sum_reference computes it.
+        ref_rounds = [t for r in res["runs"] if r["section"] in ("headline", "dtypes")
+                      and r["mode"] == "sum" and not r["weighted"] and not r["max_norm"]
+                      and r["dim"] == 128 and r["pool"] == 40 and r["dist"] == "uniform"
+                      for t in r["torch_rounds"] if t]
+        ref = statistics.median(ref_rounds)
         print("#### Random-row ceilings (`side_by_side_bench gather`, headline ids, no arithmetic)\n")
+        print(f"torch's f32 sum, the reference: {ref*1e3:.1f} ms (median of its {len(ref_rounds)} "
+              "rounds in this run).\n")
         print("| rows | cache lines read per row | ms | M rows/s | GB/s of lines | "
               "torch f32 sum / this |")
         print("|---|---:|---:|---:|---:|---:|")
         for c in res["ceilings"]:
-            print(f"| {c['label']} | {c['lines']} | {c['median_s']*1e3:.1f} | {c['mlookups']:.1f} | "
-                  f"{c['line_gbps']:.2f} | {fmt(c['vs_torch_sum'], '.2f')}x |")
+            lines = f"{c['lines']} + 8 B apart" if c.get("params_apart") else c["lines"]
+            print(f"| {c['label']} | {lines} | {c['median_s']*1e3:.1f} | {c['mlookups']:.1f} | "
+                  f"{c['line_gbps']:.2f} | {ref / c['median_s']:.2f}x |")
         print()
     if "cli" in res:
         c = res["cli"]

@@ -194,19 +194,31 @@ def side_by_side(args, results, section, dim, pool, dist, dtype, mode, weighted,
     return rec
 
 
+def torch_f32_sum_reference(results):
+    """torch's time for the headline f32 sum: the median of every round of it in this run (the
+    headline row and the dtypes rows, which time torch f32 next to each of our dtypes)."""
+    rounds = [t for r in results["runs"] if r["section"] in ("headline", "dtypes")
+              and r["mode"] == "sum" and not r["weighted"] and not r["max_norm"]
+              and r["dim"] == HEADLINE_DIM and r["pool"] == HEADLINE_POOL
+              and r["dist"] == "uniform" for t in r["torch_rounds"] if t]
+    return statistics.median(rounds) if rounds else None
+
+
 def ceilings(args, results, rounds):
     """The random-row roofline of each row layout at the headline: `side_by_side_bench gather`
     reads the cache lines of every looked-up row (prefetched 16 ids ahead, no arithmetic) over
     the headline's 2M ids. int8 rows are 3 lines (128 codes + scale/bias); "int8, codes only"
-    reads 2, what a layout keeping scale/bias apart would read. vs_torch = torch's f32 sum time
-    (headline, same run) / this time: the most any kernel reading those lines could reach."""
+    reads 2; "int8, scale/bias apart" reads those 2 plus 8 bytes per row from a separate
+    rows x 8 array, what a table format keeping scale/bias out of the row would read.
+    vs_torch_sum = torch's f32 sum time (torch_f32_sum_reference) / this time: the most any
+    kernel reading those lines could reach."""
     files = index_files(args, "uniform", HEADLINE_POOL, LOOKUPS)
     db = os.path.join(args.data, "db")
-    torch_sum = next((r["torch_s"] for r in results["runs"] if r["section"] == "headline"
-                      and r["mode"] == "sum" and not r["weighted"] and not r["max_norm"]), None)
+    torch_sum = torch_f32_sum_reference(results)
     out = []
-    for label, dtype, lines in [("f32", "f32", None), ("int8", "int8", None),
-                                ("int8, codes only", "int8", 2)]:
+    for label, dtype, lines, apart in [("f32", "f32", None, False), ("int8", "int8", None, False),
+                                       ("int8, codes only", "int8", 2, False),
+                                       ("int8, scale/bias apart", "int8", 2, True)]:
         table = import_table(args, HEADLINE_DIM, dtype)
         times = []
         for _ in range(rounds):
@@ -214,10 +226,12 @@ def ceilings(args, results, rounds):
                    "--reps", str(args.reps)]
             if lines:
                 cmd += ["--lines", str(lines)]
+            if apart:
+                cmd += ["--params-apart"]
             r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
             times.append(r["median_s"])
         t = statistics.median(times)
-        rec = dict(label=label, dtype=dtype, lines=r["lines"], lookups=r["lookups"], median_s=t,
+        rec = dict(label=label, torch_sum_s=torch_sum, dtype=dtype, lines=r["lines"], params_apart=apart, lookups=r["lookups"], median_s=t,
                    rounds=times, mlookups=r["lookups"] / t / 1e6,
                    line_gbps=r["lookups"] * r["lines"] * 64 / t / 1e9,
                    vs_torch_sum=(torch_sum / t) if torch_sum else None)

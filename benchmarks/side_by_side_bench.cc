@@ -21,10 +21,12 @@
 //     MiB (>= 4x the LLC), first-touched in parallel. Prints the median GB/s.
 //
 //   side_by_side_bench gather --db DIR --table T --ids ids.npy [--distance 16]
-//       [--lines L] [--touch] [--reps 5]
+//       [--lines L] [--params-apart] [--touch] [--reps 5]
 //     The random-row roofline: every id's row is read (one load per cache line,
 //     the first L lines only with --lines) and prefetched --distance ids ahead,
 //     with no arithmetic: the fastest any pooling kernel could read those rows.
+//     --params-apart also reads 8 bytes per id from a separate rows x 8 array
+//     (int8 scale/bias kept out of the row).
 //
 //   side_by_side_bench latency --db DIR --table T [--clients 2,4,8]
 //       [--requests 2000] [--bags 64] [--ids-per-bag 20]
@@ -353,6 +355,12 @@ int CmdGather(const Args& args) {
   // --touch: a real one-byte load of the row ahead instead of a prefetch of
   // its first line (a load is never dropped on a TLB miss; see RESULTS.md).
   const bool touch = args.Has("touch");
+  // --params-apart: also read 8 bytes per row from a separate rows x 8 array
+  // (first-touched here), what a layout keeping int8 scale/bias out of the
+  // row would read next to its code lines.
+  std::vector<uint64_t> params;
+  if (args.Has("params-apart")) params.assign(static_cast<size_t>(view.rows), 1);
+  const uint64_t* pp = params.empty() ? nullptr : params.data();
   auto sweep = [&] {
     return tbb::parallel_reduce(
         tbb::blocked_range<int64_t>(0, n, 4096), uint64_t{0},
@@ -363,7 +371,9 @@ int CmdGather(const Args& args) {
               const uint8_t* pf = view.Row(ids[i + distance]);
               if (touch) sink_byte += *reinterpret_cast<const volatile uint8_t*>(pf);
               for (size_t l = touch ? 1 : 0; l < lines; ++l) __builtin_prefetch(pf + 64 * l);
+              if (pp) __builtin_prefetch(pp + ids[i + distance]);
             }
+            if (pp) acc += pp[ids[i]];
             const uint64_t* row = reinterpret_cast<const uint64_t*>(view.Row(ids[i]));
             for (size_t l = 0; l < lines; ++l) acc ^= row[8 * l] + row[8 * l + 7];
           }
@@ -381,9 +391,9 @@ int CmdGather(const Args& args) {
   const double med = Median(times);
   std::printf(
       "{\"cmd\": \"gather\", \"touch\": %d, \"distance\": %lld, \"row_bytes\": %zu, "
-      "\"lines\": %zu, \"lookups\": %lld, \"median_s\": %.6g, \"gbps\": %.6g, \"sink\": %llu}\n",
+      "\"lines\": %zu, \"params_apart\": %d, \"lookups\": %lld, \"median_s\": %.6g, \"gbps\": %.6g, \"sink\": %llu}\n",
       touch ? 1 : 0, static_cast<long long>(distance), PayloadBytes(view), lines,
-      static_cast<long long>(n), med,
+      pp ? 1 : 0, static_cast<long long>(n), med,
       static_cast<double>(n) * static_cast<double>(PayloadBytes(view)) / med / 1e9,
       static_cast<unsigned long long>(sink & 1));
   return 0;

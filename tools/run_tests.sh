@@ -3,8 +3,11 @@
 #   1. installs missing Debian packages,
 #   2. builds Release (CUDA module where nvcc exists) and runs every test,
 #   3. builds the tests with ASan+UBSan (CPU only) and runs them again,
-#      including the fuzz-corpus replays.
-# Set EMBSTORE_SKIP_SANITIZERS=1 to run only step 2.
+#      including the fuzz-corpus replays,
+#   4. builds the multi-threaded suites with ThreadSanitizer and runs them
+#      (tools/tsan.supp says what TSan cannot see and is therefore left out).
+# Set EMBSTORE_SKIP_SANITIZERS=1 to run only step 2, EMBSTORE_SKIP_TSAN=1 to
+# skip step 4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install_deps.sh
@@ -20,4 +23,22 @@ if [ "${EMBSTORE_SKIP_SANITIZERS:-0}" != "1" ]; then
   cmake --build build/asan -j"$jobs"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build/asan --output-on-failure -j"$jobs" -LE slow
+fi
+
+if [ "${EMBSTORE_SKIP_SANITIZERS:-0}" != "1" ] && [ "${EMBSTORE_SKIP_TSAN:-0}" != "1" ]; then
+  # The suites where threads share state: caller threads on one view (with
+  # and without TBB inside), snapshots and replaces from several threads,
+  # FM scoring, the GPU engine's host-side batch pipeline and cache. The CLI
+  # is built too: fm_test drives it.
+  tsan_tests=(engine_concurrency_test store_test fm_test cuda_pool_math_test cuda_cache_policy_test)
+  cmake -S . -B build/tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DEMBSTORE_SANITIZE=thread -DEMBSTORE_CUDA=OFF -DEMBSTORE_BUILD_BENCHMARKS=OFF >/dev/null
+  cmake --build build/tsan -j"$jobs" --target embstore "${tsan_tests[@]}"
+  export TSAN_OPTIONS="halt_on_error=1 history_size=7 suppressions=$PWD/tools/tsan.supp"
+  for t in "${tsan_tests[@]}"; do
+    echo "== ThreadSanitizer: $t"
+    # The huge-page test maps and touches a large buffer: minutes under TSan,
+    # and single-threaded.
+    "build/tsan/tests/$t" --gtest_brief=1 --gtest_filter='-StoreTest.HugePageAdviceFollowsTheOption'
+  done
 fi

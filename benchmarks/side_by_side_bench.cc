@@ -391,9 +391,10 @@ int CmdGather(const Args& args) {
   const double med = Median(times);
   std::printf(
       "{\"cmd\": \"gather\", \"touch\": %d, \"distance\": %lld, \"row_bytes\": %zu, "
-      "\"lines\": %zu, \"params_apart\": %d, \"lookups\": %lld, \"median_s\": %.6g, \"gbps\": %.6g, \"sink\": %llu}\n",
-      touch ? 1 : 0, static_cast<long long>(distance), PayloadBytes(view), lines,
-      pp ? 1 : 0, static_cast<long long>(n), med,
+      "\"lines\": %zu, \"params_apart\": %d, \"lookups\": %lld, \"median_s\": %.6g, \"gbps\": "
+      "%.6g, \"sink\": %llu}\n",
+      touch ? 1 : 0, static_cast<long long>(distance), PayloadBytes(view), lines, pp ? 1 : 0,
+      static_cast<long long>(n), med,
       static_cast<double>(n) * static_cast<double>(PayloadBytes(view)) / med / 1e9,
       static_cast<unsigned long long>(sink & 1));
   return 0;

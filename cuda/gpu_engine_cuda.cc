@@ -33,6 +33,7 @@
 #include "cuda/pool_math.h"
 #include "cuda/pooling_kernels.h"
 #include "engine/plan.h"
+#include "engine/threads.h"
 
 namespace embstore::cuda {
 namespace {
@@ -200,7 +201,7 @@ Status FillSlots(const TableView& table, const SlotLayout& layout, const SlotAre
     const auto chunk_rows = rows.subspan(static_cast<size_t>(first), static_cast<size_t>(count));
     const auto chunk_slots = slots.subspan(static_cast<size_t>(first), static_cast<size_t>(count));
     if (max_threads > 1) {
-      tbb::task_arena limited(max_threads);
+      tbb::task_arena limited(engine::CapThreads(max_threads));
       limited.execute([&] { GatherRows(table, layout, chunk_rows, chunk_slots, sl, host, true); });
     } else {
       GatherRows(table, layout, chunk_rows, chunk_slots, sl, host, max_threads != 1);

@@ -2,22 +2,24 @@
 #include "embstore/fm.h"
 
 #include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
 
 #include <string>
 #include <vector>
 
+#include "engine/guarded.h"
 #include "engine/plan.h"
 #include "engine/pool.h"
+#include "engine/threads.h"
 
 namespace embstore {
 namespace {
 
 Status Invalid(const std::string& msg) { return Status::InvalidArgument(msg); }
 
-}  // namespace
-
-Status FmScore(FmModel model, const TableView& vectors, const TableView& biases,
-               const FmRequest& request, const QueryOptions& options, std::span<float> out) {
+Status FmScoreUnguarded(FmModel model, const TableView& vectors, const TableView& biases,
+                        const FmRequest& request, const QueryOptions& options,
+                        std::span<float> out) {
   const BatchedBagRequest& bags = request.bags;
   const int64_t B = bags.batch, K = bags.bags_per_sample, D = vectors.dim;
   if (options.mode != PoolingMode::kSum) {
@@ -31,6 +33,11 @@ Status FmScore(FmModel model, const TableView& vectors, const TableView& biases,
     return Invalid("the vectors table '" + std::string(vectors.name) + "' has " +
                    std::to_string(vectors.rows) + " rows but the biases table '" +
                    std::string(biases.name) + "' has " + std::to_string(biases.rows));
+  }
+  int64_t BK = 0;
+  if (__builtin_mul_overflow(B, K, &BK)) {
+    return Invalid("FM: batch x bags_per_sample (" + std::to_string(B) + " x " + std::to_string(K) +
+                   ") overflows");
   }
   if (static_cast<int64_t>(out.size()) != B) {
     return Invalid("output holds " + std::to_string(out.size()) + " scores; the request has " +
@@ -47,7 +54,7 @@ Status FmScore(FmModel model, const TableView& vectors, const TableView& biases,
     }
     k = D / F;
     if (request.fields) {
-      if (request.fields->size != B * K) {
+      if (request.fields->size != BK) {
         return Invalid("fields has " + std::to_string(request.fields->size) +
                        " entries; expected B x K = " + std::to_string(B) + " x " +
                        std::to_string(K) + " (one field per bag)");
@@ -71,8 +78,13 @@ Status FmScore(FmModel model, const TableView& vectors, const TableView& biases,
   // One validated plan (indices, weights, ends) pools both tables with the
   // engine's batched-bag pooling.
   EMBSTORE_ASSIGN_OR_RETURN(engine::BagPlan plan, engine::PlanBatchedBags(vectors, bags, options));
-  std::vector<float> v(static_cast<size_t>(B * K * D));
-  std::vector<float> beta(static_cast<size_t>(B * K));
+  int64_t pooled_values = 0;
+  if (__builtin_mul_overflow(BK, D, &pooled_values)) {
+    return Invalid("FM: " + std::to_string(BK) + " bags of dim " + std::to_string(D) +
+                   " are more values than any buffer can hold");
+  }
+  std::vector<float> v(static_cast<size_t>(pooled_values));
+  std::vector<float> beta(static_cast<size_t>(BK));
   EMBSTORE_RETURN_IF_ERROR(engine::PoolPlan(vectors, plan, options, v));
   EMBSTORE_RETURN_IF_ERROR(engine::PoolPlan(biases, plan, options, beta));
 
@@ -110,15 +122,32 @@ Status FmScore(FmModel model, const TableView& vectors, const TableView& biases,
     }
     out[static_cast<size_t>(b)] = static_cast<float>(y);
   };
-  if (options.max_threads == 1 || B < 64) {
+  const int threads = engine::CapThreads(options.max_threads);
+  if (threads == 1 || B < 64) {
     for (int64_t b = 0; b < B; ++b) score(b);
-  } else {
+    return Status::OK();
+  }
+  auto body = [&] {
     tbb::parallel_for(tbb::blocked_range<int64_t>(0, B, 16),
                       [&](const tbb::blocked_range<int64_t>& r) {
                         for (int64_t b = r.begin(); b != r.end(); ++b) score(b);
                       });
+  };
+  if (threads > 1) {
+    tbb::task_arena arena(threads);
+    arena.execute(body);
+  } else {
+    body();
   }
   return Status::OK();
+}
+
+}  // namespace
+
+Status FmScore(FmModel model, const TableView& vectors, const TableView& biases,
+               const FmRequest& request, const QueryOptions& options, std::span<float> out) {
+  return engine::Guarded<Status>(
+      [&] { return FmScoreUnguarded(model, vectors, biases, request, options, out); });
 }
 
 }  // namespace embstore

@@ -1,5 +1,6 @@
 #include "engine/plan.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -129,6 +130,20 @@ Status CheckPlanIds(const TableView& table, BagPlan* plan) {
   return Status::OK();
 }
 
+// The plan keeps two int64 per bag and the output dim floats per bag. 2-D
+// indices with 0 columns can ask for any number of bags with no data behind
+// them: a count whose bytes cannot even be addressed is refused here.
+Status CheckBagCount(int64_t bags, int64_t dim) {
+  int64_t per_bag = 0, total = 0;
+  if (__builtin_mul_overflow(std::max<int64_t>(dim, 1), int64_t{sizeof(float)}, &per_bag) ||
+      __builtin_add_overflow(per_bag, int64_t{2 * sizeof(int64_t)}, &per_bag) ||
+      __builtin_mul_overflow(bags, per_bag, &total)) {
+    return Status::InvalidArgument(Str(bags) + " bags of dim " + Str(dim) +
+                                   " need more memory than can be addressed");
+  }
+  return Status::OK();
+}
+
 Status CheckLayout1D(const BagRequest& request, const QueryOptions& options, int64_t n,
                      BagPlan* plan) {
   if (!request.offsets.has_value()) {
@@ -168,7 +183,7 @@ Status CheckLayout1D(const BagRequest& request, const QueryOptions& options, int
 }
 
 Status CheckLayout2D(const BagRequest& request, const QueryOptions& options, int64_t rows_b,
-                     int64_t cols_n, BagPlan* plan) {
+                     int64_t cols_n, int64_t dim, BagPlan* plan) {
   if (request.offsets.has_value()) {
     return Status::InvalidArgument("if input is 2D, offsets has to be None");
   }
@@ -185,6 +200,7 @@ Status CheckLayout2D(const BagRequest& request, const QueryOptions& options, int
     }
     bags = rows_b - 1;
   }
+  EMBSTORE_RETURN_IF_ERROR(CheckBagCount(bags, dim));
   plan->bag_begin.resize(bags);
   plan->bag_end.resize(bags);
   for (int64_t b = 0; b < bags; ++b) {
@@ -352,7 +368,7 @@ Result<BagPlan> PlanBags(const TableView& table, const BagRequest& request,
   if (request.weights.has_value()) plan.weights = request.weights->data();
 
   if (shape.size() == 2) {
-    EMBSTORE_RETURN_IF_ERROR(CheckLayout2D(request, options, shape[0], shape[1], &plan));
+    EMBSTORE_RETURN_IF_ERROR(CheckLayout2D(request, options, shape[0], shape[1], table.dim, &plan));
   } else {
     EMBSTORE_RETURN_IF_ERROR(CheckLayout1D(request, options, n, &plan));
   }
@@ -393,9 +409,12 @@ Result<BagPlan> PlanBatchedBags(const TableView& table, const BatchedBagRequest&
   plan.indices = request.indices;
   plan.padding_row = padding_row;
   if (request.weights.has_value()) plan.weights = request.weights->data();
+  EMBSTORE_RETURN_IF_ERROR(CheckBagCount(num_ends, table.dim));
   plan.bag_begin.resize(num_ends);
   plan.bag_end.resize(num_ends);
-  for (int64_t b = 0; b < batch; ++b) {
+  // k == 0: no bags at all, whatever the batch (which may be huge: nothing
+  // backs it).
+  for (int64_t b = 0; k > 0 && b < batch; ++b) {
     int64_t prev = -1;
     for (int64_t m = 0; m < k; ++m) {
       const int64_t e = request.ends[b * k + m];

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "engine/kernels.h"
+#include "engine/threads.h"
 
 namespace embstore::engine {
 namespace {
@@ -61,7 +62,8 @@ NormKind NormKindOf(double p) {
 // max_threads == 1, otherwise as TBB tasks over chunks of consecutive bags
 // holding about equal numbers of index entries.
 template <typename Fn>
-void ForEachBagRange(const BagPlan& plan, int64_t dim, int max_threads, const Fn& fn) {
+void ForEachBagRange(const BagPlan& plan, int64_t dim, int requested_threads, const Fn& fn) {
+  const int max_threads = CapThreads(requested_threads);
   const int64_t bags = plan.num_bags();
   if (bags == 0) return;
   const int64_t entries = plan.num_entries();

@@ -2,11 +2,10 @@
 // kernels. No exception leaves these functions.
 #include "embstore/query.h"
 
-#include <exception>
-#include <new>
 #include <string>
 #include <utility>
 
+#include "engine/guarded.h"
 #include "engine/kernels_ref.h"
 #include "engine/plan.h"
 #include "engine/pool.h"
@@ -14,20 +13,7 @@
 namespace embstore {
 namespace {
 
-// Runs `fn` (returning Status or Result<T>), turning any exception into an
-// Internal status so none crosses the API.
-template <typename R, typename Fn>
-R Guarded(Fn&& fn) {
-  try {
-    return fn();
-  } catch (const std::bad_alloc&) {
-    return R(Status::Internal("out of memory"));
-  } catch (const std::exception& e) {
-    return R(Status::Internal(std::string("unexpected error: ") + e.what()));
-  } catch (...) {
-    return R(Status::Internal("unexpected error"));
-  }
-}
+using engine::Guarded;
 
 Result<PooledOutput> PoolIntoNew(const TableView& table, const engine::BagPlan& plan,
                                  const QueryOptions& options) {

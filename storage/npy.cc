@@ -1,10 +1,12 @@
 #include "storage/npy.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -441,7 +443,7 @@ int DescrSize(const std::string& descr) {
 NpyWriter::~NpyWriter() {
   if (fd_ >= 0) {
     ::close(fd_);
-    ::unlink(tmp_path_.c_str());
+    if (!tmp_path_.empty()) ::unlink(tmp_path_.c_str());
   }
 }
 
@@ -453,10 +455,34 @@ Status NpyWriter::Open(const std::string& path, const std::string& descr,
   for (int64_t d : shape) count *= static_cast<uint64_t>(d);
   expected_bytes_ = count * static_cast<uint64_t>(size);
   path_ = path;
-  tmp_path_ = path + ".tmp-" + std::to_string(::getpid());
+  const std::string header = MakeHeader(descr, shape);
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0) {  // follows symbolic links
+    if (S_ISCHR(st.st_mode) || S_ISFIFO(st.st_mode)) {
+      // A device or a pipe (/dev/null, /dev/stdout): written straight
+      // through; there is no file to replace atomically.
+      tmp_path_.clear();
+      fd_ = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+      if (fd_ < 0) return ErrnoStatus("cannot open", path, errno);
+      return WriteFull(fd_, header.data(), header.size(), path);
+    }
+    if (S_ISDIR(st.st_mode)) return Status::InvalidArgument("'" + path + "' is a directory");
+    if (!S_ISREG(st.st_mode)) {
+      return Status::InvalidArgument("'" + path +
+                                     "' is not a regular file, a character device or a pipe");
+    }
+    // A symbolic link to a file: the file it leads to is replaced, not the
+    // link.
+    char* real = ::realpath(path.c_str(), nullptr);
+    if (real == nullptr) return ErrnoStatus("cannot resolve", path, errno);
+    path_ = real;
+    std::free(real);  // NOLINT(cppcoreguidelines-no-malloc): realpath's buffer
+  } else if (struct stat lst{}; ::lstat(path.c_str(), &lst) == 0 && S_ISLNK(lst.st_mode)) {
+    return Status::InvalidArgument("'" + path + "' is a symbolic link to a missing file");
+  }
+  tmp_path_ = path_ + ".tmp-" + std::to_string(::getpid());
   fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) return ErrnoStatus("cannot create", tmp_path_, errno);
-  const std::string header = MakeHeader(descr, shape);
   return WriteFull(fd_, header.data(), header.size(), tmp_path_);
 }
 
@@ -465,13 +491,18 @@ Status NpyWriter::Append(std::span<const uint8_t> bytes) {
   written_bytes_ += bytes.size();
   if (written_bytes_ > expected_bytes_)
     return Status::Internal("NpyWriter: more data than the shape");
-  return WriteFull(fd_, bytes.data(), bytes.size(), tmp_path_);
+  return WriteFull(fd_, bytes.data(), bytes.size(), tmp_path_.empty() ? path_ : tmp_path_);
 }
 
 Status NpyWriter::Commit() {
   if (fd_ < 0) return Status::Internal("NpyWriter::Commit before Open");
   if (written_bytes_ != expected_bytes_)
     return Status::Internal("NpyWriter: less data than the shape");
+  if (tmp_path_.empty()) {  // a device or a pipe: nothing to sync or rename
+    const int rc = ::close(fd_);
+    fd_ = -1;
+    return rc == 0 ? Status::OK() : ErrnoStatus("cannot close", path_, errno);
+  }
   if (::fsync(fd_) != 0) return ErrnoStatus("cannot fsync", tmp_path_, errno);
   if (::close(fd_) != 0) {
     fd_ = -1;

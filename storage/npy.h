@@ -95,8 +95,11 @@ struct NpyArray {
 Result<NpyArray> LoadNpy(const std::string& path, uint64_t max_bytes = uint64_t{1} << 32);
 
 // Writes a .npy file atomically: to "<path>.tmp-<pid>", fsync, rename. On any
-// error the destination is untouched and the temporary removed. `descr` is
-// "<f4" or "<f2"; `data` holds product(shape) elements of that type.
+// error the destination is untouched and the temporary removed. A symbolic
+// link is followed: the file it leads to is replaced, not the link. A
+// character device or a pipe (/dev/null, /dev/stdout) is written straight
+// through; a directory, another kind of file or a dangling link is refused.
+// `descr` is "<f4" or "<f2"; `data` holds product(shape) elements of that type.
 Status WriteNpy(const std::string& path, const std::string& descr,
                 const std::vector<int64_t>& shape, std::span<const uint8_t> data);
 
@@ -115,7 +118,7 @@ class NpyWriter {
 
  private:
   std::string path_;
-  std::string tmp_path_;
+  std::string tmp_path_;  // empty when writing straight into a device or pipe
   int fd_ = -1;
   uint64_t expected_bytes_ = 0;
   uint64_t written_bytes_ = 0;

@@ -54,8 +54,10 @@ Result<int64_t> ParseInteger(const std::string& text, const std::string& what) {
   const char* b = text.data();
   const char* e = text.data() + text.size();
   if (!text.empty() && *b == '+') ++b;
+  // from_chars takes a '-' itself: a sign after the '+' ("+-1") is not a number.
+  const bool extra_sign = b != text.data() && b != e && (*b == '-' || *b == '+');
   auto [p, ec] = std::from_chars(b, e, v);
-  if (ec != std::errc() || p != e || b == e) {
+  if (extra_sign || ec != std::errc() || p != e || b == e) {
     if (text.find_first_of(".eE") != std::string::npos) {
       return Status::InvalidArgument(what + ": '" + text +
                                      "' is not an integer (float values are not indices)");
@@ -73,8 +75,13 @@ Result<double> ParseNumber(const std::string& text, const std::string& what) {
   char* end = nullptr;
   errno = 0;
   double v = std::strtod(text.c_str(), &end);
-  if (end != text.c_str() + text.size() || errno == ERANGE) {
+  if (end != text.c_str() + text.size()) {
     return Status::InvalidArgument(what + ": '" + text + "' is not a number");
+  }
+  // ERANGE on overflow (+-HUGE_VAL) is an error; on underflow strtod returns
+  // the nearest subnormal or zero, which is what the text means.
+  if (errno == ERANGE && std::isinf(v)) {
+    return Status::InvalidArgument(what + ": '" + text + "' is out of range");
   }
   return v;
 }
@@ -154,6 +161,11 @@ Result<FloatArray> ParseFloatSpec(const std::string& spec, const std::string& wh
         double d;
         std::memcpy(&d, arr->data.data() + 8 * i, 8);
         out.converted[i] = static_cast<float>(d);
+        if (std::isfinite(d) && std::isinf(out.converted[i])) {
+          return Status::InvalidArgument(what + ": '" + path + "' holds " + std::to_string(d) +
+                                         " at flat position " + std::to_string(i) +
+                                         ", outside the float32 range the weights are used in");
+        }
       }
     }
     return out;
@@ -161,7 +173,12 @@ Result<FloatArray> ParseFloatSpec(const std::string& spec, const std::string& wh
   for (const std::string& item : SplitCommas(spec)) {
     auto v = ParseNumber(item, what);
     if (!v.ok()) return v.status();
-    out.converted.push_back(static_cast<float>(*v));
+    const auto f = static_cast<float>(*v);
+    if (std::isfinite(*v) && std::isinf(f)) {
+      return Status::InvalidArgument(what + ": '" + item +
+                                     "' is outside the float32 range the weights are used in");
+    }
+    out.converted.push_back(f);
   }
   out.shape = {static_cast<int64_t>(out.converted.size())};
   return out;

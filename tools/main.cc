@@ -6,6 +6,7 @@
 #include <cxxopts.hpp>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -20,6 +21,8 @@
 #include "embstore/store.h"
 #include "storage/convert.h"
 #include "storage/npy.h"
+#include "storage/table_file.h"
+#include "storage/tensor_reader.h"
 #include "tools/cli_util.h"
 
 namespace embstore::cli {
@@ -62,11 +65,25 @@ std::optional<cxxopts::ParseResult> Parse(cxxopts::Options& opts, const std::str
       *exit_code = UsageError(cmd, "unexpected argument '" + result.unmatched()[0] + "'");
       return std::nullopt;
     }
+    // An option given twice would silently keep its last value; only --tensor
+    // is meant to repeat.
+    std::map<std::string, int> seen;
+    for (const cxxopts::KeyValue& kv : result.arguments()) {
+      if (kv.key() != "tensor" && ++seen[kv.key()] == 2) {
+        *exit_code = UsageError(cmd, "--" + kv.key() + " is given more than once");
+        return std::nullopt;
+      }
+    }
     return result;
   } catch (const cxxopts::exceptions::exception& e) {
     *exit_code = UsageError(cmd, e.what());
     return std::nullopt;
   }
+}
+
+// A boolean flag: --name or --name=true sets it, --name=false leaves it off.
+bool Flag(const cxxopts::ParseResult& r, const char* name) {
+  return r.count(name) > 0 && r[name].as<bool>();
 }
 
 // Requires the string option `name`; returns false (and sets exit) if absent.
@@ -101,6 +118,41 @@ int CmdInit(int argc, char** argv) {
   return kExitOk;
 }
 
+// Refuses a request whose result cannot fit in memory, before anything is
+// allocated: a few bytes of input (2-D indices with 0 columns, a [B, 0]
+// batch) can ask for any number of bags, and memory the kernel overcommits
+// would end in the OOM killer rather than in an error. `bytes_per_bag`
+// covers the output and the plan's bookkeeping.
+Status CheckResultFits(int64_t bags, int64_t bytes_per_bag, const std::string& what) {
+  int64_t total = 0;
+  const uint64_t limit = storage::UsableMemoryBytes();
+  if (bags < 0 || __builtin_mul_overflow(bags, bytes_per_bag, &total) ||
+      static_cast<uint64_t>(total) > limit) {
+    return Status::InvalidArgument(
+        "this request asks for " + std::to_string(bags) + " " + what + ", which would need " +
+        (bags >= 0 && !__builtin_mul_overflow(bags, bytes_per_bag, &total)
+             ? HumanBytes(static_cast<uint64_t>(total))
+             : std::string("more bytes than can be addressed")) +
+        "; this process may use " + HumanBytes(limit));
+  }
+  return Status::OK();
+}
+
+// Shapes as "[2, 3]".
+std::string ShapeText(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// per_sample_weights must have the shape of the indices (torch's rule).
+Status CheckWeightsShape(const FloatArray& weights, const std::vector<int64_t>& indices_shape) {
+  if (weights.shape == indices_shape) return Status::OK();
+  return Status::InvalidArgument("--weights has shape " + ShapeText(weights.shape) +
+                                 " but --indices has shape " + ShapeText(indices_shape) +
+                                 " (per-sample weights must have the shape of the indices)");
+}
+
 // ---- import ----------------------------------------------------------------------------
 int CmdImport(int argc, char** argv) {
   cxxopts::Options opts(
@@ -121,7 +173,7 @@ int CmdImport(int argc, char** argv) {
   if (!Require(*r, "import", "db", &db, &ec) || !Require(*r, "import", "from", &from, &ec))
     return ec;
   ImportOptions io;
-  io.replace = r->count("replace") > 0;
+  io.replace = Flag(*r, "replace");
   if (r->count("dtype")) {
     auto dt = ParseDType((*r)["dtype"].as<std::string>());
     if (!dt) return UsageError("import", "--dtype must be one of f32, f16, bf16, int8");
@@ -164,6 +216,24 @@ int CmdImport(int argc, char** argv) {
   }
   auto store = OpenStore(db, true);
   if (!store.ok()) return Fail("import", store.status());
+  if (jobs.size() > 1) {
+    // Several tables: check every tensor (key, dtype, shape, file size) and
+    // every name first, so a bad --tensor fails the command before any table
+    // is published. (Each table is then published atomically, one by one.)
+    for (const auto& [key, name] : jobs) {
+      auto reader = storage::OpenTensor(from, key);
+      if (!reader.ok()) return Fail("import", reader.status());
+      if (!io.replace) {
+        auto existing = (*store)->GetInfo(name);
+        if (existing.ok()) {
+          return Fail("import",
+                      Status::AlreadyExists("table '" + name + "' exists (version " +
+                                            std::to_string(existing->version) +
+                                            "); pass --replace to publish a new version"));
+        }
+      }
+    }
+  }
   for (const auto& [key, name] : jobs) {
     ProgressBar bar("importing " + name);
     ImportOptions o = io;
@@ -447,14 +517,15 @@ int CmdQuery(int argc, char** argv) {
     if (!p.ok()) return Fail(cmd, p.status());
     qo.norm_type = *p;
   }
-  qo.include_last_offset = r->count("include-last-offset") > 0;
+  qo.include_last_offset = Flag(*r, "include-last-offset");
   qo.max_threads = (*r)["threads"].as<int>();
   if (qo.max_threads < 0) return UsageError(cmd, "--threads must be >= 0");
   const std::string device = (*r)["device"].as<std::string>();
   if (device != "cpu" && device != "cuda") return UsageError(cmd, "--device must be cpu or cuda");
   const bool on_gpu = device == "cuda";
   cuda::GpuEngineOptions gpu_options;
-  if (!on_gpu && (r->count("cache-rows") || r->count("cache-mb") || r->count("stats"))) {
+  const bool stats = Flag(*r, "stats");
+  if (!on_gpu && (r->count("cache-rows") || r->count("cache-mb") || stats)) {
     return UsageError(cmd, "--cache-rows, --cache-mb and --stats need --device cuda");
   }
   if (r->count("cache-rows") && r->count("cache-mb"))
@@ -465,7 +536,8 @@ int CmdQuery(int argc, char** argv) {
   }
   if (r->count("cache-mb")) {
     const int64_t mb = (*r)["cache-mb"].as<int64_t>();
-    if (mb <= 0 || mb > (int64_t{1} << 30)) return UsageError(cmd, "--cache-mb must be >= 1");
+    if (mb <= 0 || mb > (int64_t{1} << 30))
+      return UsageError(cmd, "--cache-mb must be between 1 and 1073741824 (1 PiB)");
     gpu_options.cache_bytes = mb << 20;
   }
   {
@@ -519,13 +591,14 @@ int CmdQuery(int argc, char** argv) {
     req.indices = indices->view();
     req.ends = ends->view();
     if (weights) {
-      if (static_cast<int64_t>(weights->values().size()) != req.batch * req.items) {
-        return Fail(cmd, Status::InvalidArgument(
-                             "--weights has " + std::to_string(weights->values().size()) +
-                             " values but --indices has " + std::to_string(req.batch * req.items)));
-      }
+      const Status ws = CheckWeightsShape(*weights, indices->shape);
+      if (!ws.ok()) return Fail(cmd, ws);
       req.weights = weights->values();
     }
+    int64_t bag_count = 0;
+    if (__builtin_mul_overflow(req.batch, req.bags_per_sample, &bag_count)) bag_count = -1;
+    const Status fits = CheckResultFits(bag_count, view.dim * 4 + 32, "bags");
+    if (!fits.ok()) return Fail(cmd, fits);
     Result<PooledOutput> pooled =
         gpu ? gpu->BatchedEmbeddingBag(view, req, qo) : BatchedEmbeddingBag(view, req, qo);
     if (!pooled.ok()) return Fail(cmd, pooled.status());
@@ -545,7 +618,19 @@ int CmdQuery(int argc, char** argv) {
       offsets = std::move(o).value();
       req.offsets = offsets->view();
     }
-    if (weights) req.weights = weights->values();
+    if (weights) {
+      const Status ws = CheckWeightsShape(*weights, indices->shape);
+      if (!ws.ok()) return Fail(cmd, ws);
+      req.weights = weights->values();
+    }
+    // The number of bags the plan will hold (1-D: one per offset; 2-D: one
+    // per row), checked against memory before anything is planned.
+    int64_t bag_count = indices->shape.size() == 2 ? indices->shape[0]
+                        : offsets                  ? offsets->shape[0]
+                                                   : 0;
+    if (qo.include_last_offset && bag_count > 0) --bag_count;
+    const Status fits = CheckResultFits(bag_count, view.dim * 4 + 32, "bags");
+    if (!fits.ok()) return Fail(cmd, fits);
     if (gpu) {
       Result<PooledOutput> pooled = gpu->EmbeddingBag(view, req, qo);
       if (!pooled.ok()) return Fail(cmd, pooled.status());
@@ -567,7 +652,7 @@ int CmdQuery(int argc, char** argv) {
       out.shape = {*bags, dim};
     }
   }
-  if (gpu && r->count("stats")) {
+  if (gpu && stats) {
     std::fprintf(stderr, "gpu cache: %s\n", cuda::CacheStatsToString(gpu->stats()).c_str());
   }
   if (r->count("out")) {
@@ -772,11 +857,8 @@ int CmdScore(int argc, char** argv) {
   bags.indices = indices->view();
   bags.ends = ends->view();
   if (weights) {
-    if (static_cast<int64_t>(weights->values().size()) != bags.batch * bags.items) {
-      return Fail(cmd, Status::InvalidArgument(
-                           "--weights has " + std::to_string(weights->values().size()) +
-                           " values but --indices has " + std::to_string(bags.batch * bags.items)));
-    }
+    const Status ws = CheckWeightsShape(*weights, indices->shape);
+    if (!ws.ok()) return Fail(cmd, ws);
     bags.weights = weights->values();
   }
   auto store = OpenStore(db, false);
@@ -785,6 +867,17 @@ int CmdScore(int argc, char** argv) {
   if (!vs.ok()) return Fail(cmd, vs.status());
   auto bs = (*store)->GetSnapshot(biases_name);
   if (!bs.ok()) return Fail(cmd, bs.status());
+  {
+    // Per sample: its score, and K pooled vectors + K pooled biases + the
+    // plan's two int64 per bag.
+    int64_t per_sample = 0;
+    if (__builtin_mul_overflow(bags.bags_per_sample, vs->view().dim * 4 + 4 + 16, &per_sample) ||
+        __builtin_add_overflow(per_sample, 4, &per_sample)) {
+      per_sample = std::numeric_limits<int64_t>::max();
+    }
+    const Status fits = CheckResultFits(bags.batch, per_sample, "samples");
+    if (!fits.ok()) return Fail(cmd, fits);
+  }
   std::vector<float> scores(static_cast<size_t>(bags.batch));
   Status st = FmScore(model, vs->view(), bs->view(), req, qo, scores);
   if (!st.ok()) return Fail(cmd, st);

@@ -145,6 +145,32 @@ TEST(CliCheckpointTest, SeveralTablesFromOneCheckpoint) {
   EXPECT_TRUE(Contains(r.err, "embstore inspect")) << r.err;
 }
 
+// Several --tensor jobs: every tensor and name is checked before the first
+// table is published, so one bad job leaves the store as it was.
+TEST(CliCheckpointTest, SeveralTablesAreCheckedBeforeAnyIsPublished) {
+  TempDir tmp;
+  const std::string db = tmp / "db";
+  auto r = RunCli({"import", "--db", db, "--from", kDir + "/training.pt", "--tensor",
+                   "model.emb.weight=first", "--tensor", "no.such.key=second"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "no.such.key")) << r.err;
+  r = RunCli({"import", "--db", db, "--table", "taken", "--from", kDir + "/training.pt", "--tensor",
+              "model.emb.weight"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = RunCli({"import", "--db", db, "--from", kDir + "/training.pt", "--tensor",
+              "model.emb.weight=first", "--tensor", "optimizer.state.0.exp_avg=taken"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "table 'taken' exists")) << r.err;
+  r = RunCli({"list", "--db", db});
+  EXPECT_FALSE(Contains(r.out, "first")) << r.out;
+  EXPECT_FALSE(Contains(r.out, "second")) << r.out;
+  // --replace=false is not --replace.
+  r = RunCli({"import", "--db", db, "--table", "taken", "--from", kDir + "/training.pt", "--tensor",
+              "model.emb.weight", "--replace=false"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "pass --replace")) << r.err;
+}
+
 // --dtype converts on import; export dequantizes; a query pools the stored
 // dtype and equals pooling the exported (dequantized) rows.
 TEST(CliCheckpointTest, StorageDtypesConvertExportAndQuery) {

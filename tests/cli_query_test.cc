@@ -2,6 +2,7 @@
 // the CLI (inputs as .npy files, --out), plus the error paths.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <limits>
@@ -334,6 +335,12 @@ TEST_F(CliGoldenTest, ErrorsAreClearAndWriteNothing) {
   ASSERT_TRUE(storage::WriteNpy(*tmp_ / "float_idx.npy", "<f4", {2},
                                 {reinterpret_cast<uint8_t*>(ff.data()), 8})
                   .ok());
+  std::vector<int64_t> four = {1, 2, 3, 4};
+  ASSERT_TRUE(storage::WriteNpy(*tmp_ / "two_by_two.npy", "<i8", {2, 2},
+                                {reinterpret_cast<uint8_t*>(four.data()), 32})
+                  .ok());
+  // A 128-byte file asking for 2^62 bags of 0 ids.
+  ASSERT_TRUE(storage::WriteNpy(*tmp_ / "zero_columns.npy", "<i8", {int64_t{1} << 62, 0}, {}).ok());
   const std::vector<ErrorCase> cases = {
       {{"--indices", "1,2,1000", "--offsets", "0"},
        "indices[2] = 1000 is out of range for table 't_d8' (10 rows)"},
@@ -352,6 +359,16 @@ TEST_F(CliGoldenTest, ErrorsAreClearAndWriteNothing) {
       {{"--indices", "1,2", "--offsets", "0", "--max-norm", "abc"}, "not a number"},
       {{"--indices", "1,2,3", "--bag-ends", "0,5"}, "ends"},
       {{"--indices", "1,2,3", "--bag-ends", "1,0"}, "ends"},
+      {{"--indices", "1,2", "--offsets", "0", "--padding-idx", "+-1"}, "'+-1' is not an integer"},
+      {{"--indices", "1,2", "--offsets", "0", "--weights", "1e39,1"},
+       "'1e39' is outside the float32 range"},
+      {{"--indices", "1,2", "--offsets", "0", "--max-norm", "1e999"}, "'1e999' is out of range"},
+      {{"--indices", "@" + (*tmp_ / "two_by_two.npy"), "--weights", "1,1,1,1"},
+       "--weights has shape [4] but --indices has shape [2, 2]"},
+      {{"--indices", "1,2", "--indices", "3", "--offsets", "0"},
+       "--indices is given more than once"},
+      {{"--indices", "@" + (*tmp_ / "zero_columns.npy")},
+       "this request asks for 4611686018427387904 bags"},
   };
   for (const ErrorCase& e : cases) {
     std::vector<std::string> args = {"query", "--db", *db_, "--table", "t_d8"};
@@ -377,6 +394,95 @@ TEST_F(CliGoldenTest, ErrorsAreClearAndWriteNothing) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_TRUE(Contains(r.err, "if input is 2D, offsets has to be None")) << r.err;
   EXPECT_FALSE(std::filesystem::exists(out));
+}
+
+// Boolean flags take =false, a thread count past the cores is capped (it
+// crashed inside TBB), a subnormal weight is a number, and K = 0 batched bags
+// over a huge batch return at once.
+TEST_F(CliGoldenTest, FlagsThreadsAndDegenerateShapes) {
+  const std::vector<std::string> base = {"query", "--db", *db_, "--table", "t_d8", "--mode", "sum"};
+  auto run = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return RunCli(args);
+  };
+  auto plain = run({"--indices", "1,2,3", "--offsets", "0,1"});
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  auto off = run({"--indices", "1,2,3", "--offsets", "0,1", "--include-last-offset=false"});
+  ASSERT_EQ(off.exit_code, 0) << off.err;
+  EXPECT_EQ(off.out, plain.out);
+  auto on = run({"--indices", "1,2,3", "--offsets", "0,1", "--include-last-offset=true"});
+  ASSERT_EQ(on.exit_code, 0) << on.err;
+  EXPECT_NE(on.out, plain.out);  // one bag instead of two
+  EXPECT_EQ(std::count(on.out.begin(), on.out.end(), '\n'), 1);
+
+  std::vector<int64_t> ids;
+  for (int64_t i = 0; i < 40000; ++i) ids.push_back((i * 7) % 10);
+  ASSERT_TRUE(storage::WriteNpy(*tmp_ / "many.npy", "<i8", {2000, 20},
+                                {reinterpret_cast<uint8_t*>(ids.data()), ids.size() * 8})
+                  .ok());
+  auto one = run({"--indices", "@" + (*tmp_ / "many.npy"), "--threads", "1"});
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  auto lots = run({"--indices", "@" + (*tmp_ / "many.npy"), "--threads", "10000000"});
+  ASSERT_EQ(lots.exit_code, 0) << lots.err;
+  EXPECT_EQ(lots.out, one.out);
+
+  auto tiny = run({"--indices", "1,2", "--offsets", "0", "--weights", "1e-310,1"});
+  ASSERT_EQ(tiny.exit_code, 0) << tiny.err;  // 1e-310 rounds to 0 in float32: row 2 alone
+  auto row2 = run({"--indices", "2", "--offsets", "0"});
+  EXPECT_EQ(tiny.out, row2.out);
+
+  ASSERT_TRUE(storage::WriteNpy(*tmp_ / "huge_batch.npy", "<i8", {int64_t{1} << 62, 0}, {}).ok());
+  const std::string out = *tmp_ / "k0.npy";
+  auto k0 = run({"--indices", "@" + (*tmp_ / "huge_batch.npy"), "--bag-ends",
+                 "@" + (*tmp_ / "huge_batch.npy"), "--out", out});
+  ASSERT_EQ(k0.exit_code, 0) << k0.err;
+  std::vector<int64_t> shape;
+  EXPECT_TRUE(embstore::testing::ReadF32Npy(out, &shape).empty());
+  EXPECT_EQ(shape, (std::vector<int64_t>{int64_t{1} << 62, 0, 8}));
+}
+
+// --out follows a symbolic link (the file it leads to is replaced, the link
+// stays), writes straight through a character device, and refuses a
+// directory or a dangling link without leaving anything behind.
+TEST_F(CliGoldenTest, OutFollowsLinksAndDevices) {
+  const std::string dir = *tmp_ / "outs";
+  std::filesystem::create_directories(dir);
+  const std::vector<std::string> q = {"query", "--db",      *db_,  "--table",   "t_d8", "--mode",
+                                      "sum",   "--indices", "1,2", "--offsets", "0",    "--out"};
+  auto with_out = [&](const std::string& path) {
+    std::vector<std::string> args = q;
+    args.push_back(path);
+    return RunCli(args);
+  };
+  { std::ofstream(dir + "/target.npy") << "old"; }
+  std::filesystem::create_symlink("target.npy", dir + "/link.npy");
+  auto r = with_out(dir + "/link.npy");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(std::filesystem::is_symlink(dir + "/link.npy"));
+  std::vector<int64_t> shape;
+  EXPECT_EQ(embstore::testing::ReadF32Npy(dir + "/target.npy", &shape).size(), 8u);
+  EXPECT_EQ(shape, (std::vector<int64_t>{1, 8}));
+
+  r = with_out("/dev/null");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+
+  std::filesystem::create_symlink("missing.npy", dir + "/dangling.npy");
+  r = with_out(dir + "/dangling.npy");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "is a symbolic link to a missing file")) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/missing.npy"));
+
+  std::filesystem::create_directories(dir + "/sub");
+  r = with_out(dir + "/sub");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "is a directory")) << r.err;
+  size_t entries = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    (void)e;
+    ++entries;
+  }
+  EXPECT_EQ(entries, 4u);  // target, link, dangling, sub: no temporary left
 }
 
 }  // namespace

@@ -198,6 +198,61 @@ TEST(Errors, BadModeAndThreads) {
   ExpectError(t.view(), r.Get(), threads, "max_threads must be >= 0");
 }
 
+TEST(Errors, MoreThreadsThanCoresAreCappedNotAnError) {
+  // max_threads is "at most n": millions must not build an arena of millions
+  // of slots (that crashed inside TBB); the result equals the serial one.
+  const TestTable t = Items();
+  Req r;
+  for (int64_t i = 0; i < 20000; ++i) r.ids.push_back((i * 37) % 1000);
+  r.shape = {1000, 20};
+  QueryOptions serial;
+  serial.max_threads = 1;
+  auto want = EmbeddingBag(t.view(), r.Get(), serial);
+  ASSERT_TRUE(want.ok()) << want.status().message();
+  for (int threads : {2, 10000000, std::numeric_limits<int>::max()}) {
+    QueryOptions o;
+    o.max_threads = threads;
+    auto got = EmbeddingBag(t.view(), r.Get(), o);
+    ASSERT_TRUE(got.ok()) << threads << ": " << got.status().message();
+    EXPECT_EQ(got->values, want->values) << threads;
+  }
+}
+
+TEST(Errors, BagCountsNoMemoryCanHoldAreRefused) {
+  // 2-D indices with 0 columns: any number of (empty) bags, no data behind
+  // them. A count whose bytes overflow is refused before anything is
+  // allocated (it used to escape as a length_error).
+  const TestTable t = Items();
+  Req r;
+  r.shape = {int64_t{1} << 62, 0};
+  ExpectError(t.view(), r.Get(), {},
+              "4611686018427387904 bags of dim 4 need more memory than can be addressed");
+  // A modest count of empty bags is fine: zeros, as torch.
+  r.shape = {3, 0};
+  auto ok = EmbeddingBag(t.view(), r.Get(), {});
+  ASSERT_TRUE(ok.ok()) << ok.status().message();
+  EXPECT_EQ(ok->values, std::vector<float>(12, 0.0f));
+}
+
+TEST(Errors, BatchedBagsWithNoBagsPerSampleReturnAtOnce) {
+  // K = 0 with a batch nothing backs (2^62 x 0 indices, 2^62 x 0 ends): no
+  // bags, an empty result -- not a loop over the batch (which never ended).
+  const TestTable t = Items();
+  BatchedBagRequest r;
+  r.indices = std::span<const int64_t>();
+  r.ends = std::span<const int64_t>();
+  r.batch = int64_t{1} << 62;
+  r.items = 0;
+  r.bags_per_sample = 0;
+  std::vector<float> out;
+  const Status s = BatchedEmbeddingBag(t.view(), r, {}, out);
+  EXPECT_TRUE(s.ok()) << s.message();
+  auto fresh = BatchedEmbeddingBag(t.view(), r, {});
+  ASSERT_TRUE(fresh.ok()) << fresh.status().message();
+  EXPECT_TRUE(fresh->values.empty());
+  EXPECT_EQ(fresh->shape, (std::vector<int64_t>{int64_t{1} << 62, 0, 4}));
+}
+
 TEST(Errors, OutputBufferOfTheWrongSize) {
   const TestTable t = Items();  // dim 4
   Req r{{0, 1, 2}, std::vector<int64_t>{0, 1}, {}, {}};

@@ -214,6 +214,15 @@ TEST_F(FmTest, BadShapesGetClearErrors) {
     EXPECT_TRUE(Contains(r.err, c.expect)) << "want '" << c.expect << "' in: " << r.err;
     EXPECT_FALSE(std::filesystem::exists(work / "y.npy"));
   }
+  // A 128-byte file asking for 2^62 samples of 0 bags: refused before
+  // anything is allocated, with what it would need.
+  ASSERT_TRUE(storage::WriteNpy(work / "huge.npy", "<i8", {int64_t{1} << 62, 0}, {}).ok());
+  auto r = RunCli({"score", "--db", db, "--model", "fm", "--vectors", "v", "--biases", "b",
+                   "--indices", "@" + (work / "huge.npy"), "--bag-ends", "@" + (work / "huge.npy"),
+                   "--threads", "10000000", "--out", work / "y.npy"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_TRUE(Contains(r.err, "this request asks for 4611686018427387904 samples")) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(work / "y.npy"));
 }
 
 }  // namespace

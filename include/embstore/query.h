@@ -63,7 +63,8 @@ struct QueryOptions {
   // offsets [0, N, ..., (B-1) N], giving B - 1 bags; the last row is ignored.
   bool include_last_offset = false;
   // Worker threads for this call: 0 = TBB's default (all cores), 1 = run on
-  // the calling thread only (lowest overhead for tiny requests), n = at most n.
+  // the calling thread only (lowest overhead for tiny requests), n = at most n
+  // (capped at the cores this process may use).
   int max_threads = 0;
 };
 

@@ -519,8 +519,8 @@ Status GpuEngine::Impl::LaunchKernels(const MetaLayout& meta, const uint8_t* dme
     na.dim = layout_.dim;
     na.vecs_per_row = layout_.vecs_per_row;
     na.lanes = lanes;
-    na.kind = NormKindFor(options.norm_type);
-    na.norm_type = options.norm_type;
+    na.norm_type = engine::TorchNormType(options.norm_type);
+    na.kind = NormKindFor(na.norm_type);
     na.max_norm = *options.max_norm;
     na.row_scale = arena_.row_scale;
     EMBSTORE_RETURN_IF_ERROR(LaunchRowScales(layout_.dtype, na, compute_));

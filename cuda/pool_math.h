@@ -387,7 +387,9 @@ EMBSTORE_HD void NormAccumulate(NormPartial* p, NormKind kind, double norm_type,
       if (x != 0.0f) p->sum = AddD(p->sum, 1.0);
       break;
     case NormKind::kGeneral:
-      p->sum = AddD(p->sum, pow(static_cast<double>(ax), norm_type));
+      // |x|^p rounded to float, as torch (engine/plan.h, TorchNormType).
+      p->sum = AddD(
+          p->sum, static_cast<double>(static_cast<float>(pow(static_cast<double>(ax), norm_type))));
       break;
   }
 }
@@ -421,7 +423,9 @@ EMBSTORE_HD float NormScale(const NormPartial& p, NormKind kind, double norm_typ
       norm = p.nan ? static_cast<double>(BitsToFloat(0x7fc00000u)) : p.m;
       break;
     case NormKind::kGeneral:
-      norm = pow(p.sum, 1.0 / norm_type);
+      // A sum past the float range is inf in torch's float arithmetic.
+      norm = p.sum > 3.4028234663852886e38 ? static_cast<double>(BitsToFloat(0x7f800000u))
+                                           : pow(p.sum, 1.0 / norm_type);
       break;
   }
   const double rounded = static_cast<double>(static_cast<float>(norm));

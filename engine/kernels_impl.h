@@ -266,13 +266,16 @@ double RowNormOf(const uint8_t* row, const PoolParams& p, float scale_s, float b
       break;
     }
     case NormKind::kGeneral: {
+      // Each |x|^p rounded to float and a sum past the float range is inf,
+      // as torch's float arithmetic has it (engine/plan.h, TorchNormType).
       double s = 0;
       for (; d < dim; ++d) {
-        s += __builtin_pow(
+        s += static_cast<double>(static_cast<float>(__builtin_pow(
             __builtin_fabs(static_cast<double>(DequantScalar<T, R>(row, d, scale_s, bias_s))),
-            p.norm_type);
+            p.norm_type)));
       }
-      norm = __builtin_pow(s, 1.0 / p.norm_type);
+      norm = s > static_cast<double>(__FLT_MAX__) ? __builtin_inf()
+                                                  : __builtin_pow(s, 1.0 / p.norm_type);
       break;
     }
   }

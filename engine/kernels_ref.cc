@@ -39,8 +39,9 @@ void DequantizeRowRef(const TableView& table, int64_t r, float* out) {
   }
 }
 
-double RowNormRef(const float* row, int64_t n, double p) {
-  if (std::isnan(p) || (p < 0 && !std::isinf(p))) return std::nan("");
+double RowNormRef(const float* row, int64_t n, double norm_type) {
+  if (std::isnan(norm_type) || (norm_type < 0 && !std::isinf(norm_type))) return std::nan("");
+  const double p = TorchNormType(norm_type);
   double norm = 0;
   if (p == 2) {
     double s = 0;
@@ -70,8 +71,11 @@ double RowNormRef(const float* row, int64_t n, double p) {
     norm = count;
   } else {
     double s = 0;
-    for (int64_t i = 0; i < n; ++i) s += std::pow(std::fabs(static_cast<double>(row[i])), p);
-    norm = std::pow(s, 1.0 / p);
+    for (int64_t i = 0; i < n; ++i) {
+      s += static_cast<float>(std::pow(std::fabs(static_cast<double>(row[i])), p));
+    }
+    norm = s > std::numeric_limits<float>::max() ? std::numeric_limits<double>::infinity()
+                                                 : std::pow(s, 1.0 / p);
   }
   return static_cast<double>(static_cast<float>(norm));
 }

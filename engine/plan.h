@@ -23,6 +23,14 @@
 
 namespace embstore::engine {
 
+// torch evaluates a float row's p-norm with p converted to float: 1e308 is
+// inf (the max-abs norm), 1e-300 is 0 (the count of nonzeros). Every norm in
+// the engine (CPU kernels, reference, GPU, renorm) takes p through this. The
+// general p-norm is also evaluated as torch's float arithmetic has it: each
+// |x|^p rounded to float (overflow to inf, underflow to 0) and a sum past the
+// float range is inf (tests/golden/norm_type_edges.json).
+inline double TorchNormType(double p) { return static_cast<double>(static_cast<float>(p)); }
+
 struct BagPlan {
   // The flat ids and per-sample weights of the request. NOT owned: the
   // request's buffers must outlive the plan.

@@ -191,8 +191,8 @@ Status PoolPlanWithIsa(Isa isa, const TableView& table, const BagPlan& plan,
   const bool renorm = options.max_norm.has_value();
   if (renorm) {
     params.max_norm = *options.max_norm;
-    params.norm_type = options.norm_type;
-    params.norm_kind = NormKindOf(options.norm_type);
+    params.norm_type = TorchNormType(options.norm_type);
+    params.norm_kind = NormKindOf(params.norm_type);
   }
   const PoolBagsFn fn = KernelFor(isa, table.dtype, options.mode, plan.weights != nullptr, renorm);
   if (fn == nullptr) return Status::Internal("no pooling kernel for this request");

@@ -6,7 +6,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <fstream>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <span>
 #include <vector>
 
@@ -616,6 +618,58 @@ TEST(Semantics, ModeNames) {
   EXPECT_EQ(ParsePoolingMode("mean"), PoolingMode::kMean);
   EXPECT_EQ(ParsePoolingMode("sum"), PoolingMode::kSum);
   EXPECT_FALSE(ParsePoolingMode("avg").has_value());
+}
+
+// max_norm with extreme norm_type values, against torch 1.13
+// (tests/golden/gen_norm_type_goldens.py): p is converted to float (1e308 is
+// the max-abs norm, 1e-300 the count of nonzeros) and |x|^p overflows and
+// underflows as float arithmetic does. Fast kernels, the reference and the
+// public RowNorm agree with torch.
+TEST(Semantics, ExtremeNormTypesMatchTorch) {
+  const std::string path = std::string(EMBSTORE_SOURCE_DIR) + "/tests/golden/norm_type_edges.json";
+  std::ifstream in(path);
+  ASSERT_TRUE(in.good()) << path;
+  const nlohmann::json doc = nlohmann::json::parse(in);
+  std::vector<float> values;
+  for (const auto& row : doc["rows"]) {
+    for (const auto& x : row) values.push_back(x.get<float>());
+  }
+  const int64_t dim = doc["dim"].get<int64_t>();
+  const auto rows = static_cast<int64_t>(values.size()) / dim;
+  for (DType dtype : {DType::kF32}) {
+    const test::TestTable t(values, rows, dim, dtype);
+    for (const auto& c : doc["cases"]) {
+      const std::vector<int64_t> ids = c["indices"].get<std::vector<int64_t>>();
+      const std::vector<int64_t> offsets = c["offsets"].get<std::vector<int64_t>>();
+      const std::vector<float> expected = c["expected"].get<std::vector<float>>();
+      BagRequest r;
+      r.indices = std::span<const int64_t>(ids);
+      r.indices_shape = {static_cast<int64_t>(ids.size())};
+      r.offsets = std::span<const int64_t>(offsets);
+      QueryOptions o;
+      o.mode = PoolingMode::kSum;
+      o.max_norm = c["max_norm"].get<double>();
+      o.norm_type = c["norm_type"].get<double>();
+      SCOPED_TRACE("norm_type " + std::to_string(o.norm_type) + " max_norm " +
+                   std::to_string(*o.max_norm));
+      auto fast = EmbeddingBag(t.view(), r, o);
+      ASSERT_TRUE(fast.ok()) << fast.status().message();
+      std::vector<float> ref(expected.size(), -1.0f);
+      ASSERT_TRUE(engine::EmbeddingBagRef(t.view(), r, o, ref).ok());
+      for (size_t i = 0; i < expected.size(); ++i) {
+        const float tol = 1e-5f * (1.0f + std::abs(expected[i]));
+        EXPECT_NEAR(fast->values[i], expected[i], tol) << "fast, element " << i;
+        EXPECT_NEAR(ref[i], expected[i], tol) << "reference, element " << i;
+      }
+    }
+  }
+  // The public RowNorm: 1e308 is the max-abs norm, 1e-300 counts nonzeros,
+  // 400 overflows float (5^400) to inf, 0.5^400 underflows to 0.
+  const std::vector<float> row = {5.0f, -5.0f, 0.5f};
+  EXPECT_EQ(RowNorm(row, 1e308), 5.0);
+  EXPECT_EQ(RowNorm(row, 1e-300), 3.0);
+  EXPECT_TRUE(std::isinf(RowNorm(row, 400)));
+  EXPECT_EQ(RowNorm(std::vector<float>{0.5f, 0.5f, 0.5f}, 400), 0.0);
 }
 
 }  // namespace

@@ -4,7 +4,7 @@ embstore_test(engine_kernels_test
   LIBS embstore_engine TBB::tbb)
 embstore_test(engine_semantics_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/engine_semantics_test.cc
-  LIBS embstore_engine TBB::tbb)
+  LIBS embstore_engine TBB::tbb nlohmann_json::nlohmann_json)
 embstore_test(engine_errors_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/engine_errors_test.cc
   LIBS embstore_engine TBB::tbb)

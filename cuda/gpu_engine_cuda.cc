@@ -32,6 +32,7 @@
 #include "cuda/gpu_engine.h"
 #include "cuda/pool_math.h"
 #include "cuda/pooling_kernels.h"
+#include "engine/guarded.h"
 #include "engine/plan.h"
 #include "engine/threads.h"
 
@@ -40,18 +41,7 @@ namespace {
 
 constexpr int64_t kDefaultStagingBytes = int64_t{32} << 20;
 
-template <typename R, typename Fn>
-R Guarded(Fn&& fn) {
-  try {
-    return fn();
-  } catch (const std::bad_alloc&) {
-    return R(Status::Internal("out of host memory"));
-  } catch (const std::exception& e) {
-    return R(Status::Internal(std::string("unexpected error: ") + e.what()));
-  } catch (...) {
-    return R(Status::Internal("unexpected error"));
-  }
-}
+using engine::Guarded;  // no exception leaves the public API
 
 size_t Grown(size_t want, size_t have) {
   const size_t kStep = size_t{1} << 20;

@@ -19,6 +19,7 @@
 #include "embstore/fm.h"
 #include "embstore/query.h"
 #include "embstore/store.h"
+#include "storage/checkpoint_internal.h"
 #include "storage/convert.h"
 #include "storage/npy.h"
 #include "storage/table_file.h"
@@ -125,32 +126,23 @@ int CmdInit(int argc, char** argv) {
 // covers the output and the plan's bookkeeping.
 Status CheckResultFits(int64_t bags, int64_t bytes_per_bag, const std::string& what) {
   int64_t total = 0;
+  const bool addressable = bags >= 0 && !__builtin_mul_overflow(bags, bytes_per_bag, &total);
   const uint64_t limit = storage::UsableMemoryBytes();
-  if (bags < 0 || __builtin_mul_overflow(bags, bytes_per_bag, &total) ||
-      static_cast<uint64_t>(total) > limit) {
-    return Status::InvalidArgument(
-        "this request asks for " + std::to_string(bags) + " " + what + ", which would need " +
-        (bags >= 0 && !__builtin_mul_overflow(bags, bytes_per_bag, &total)
-             ? HumanBytes(static_cast<uint64_t>(total))
-             : std::string("more bytes than can be addressed")) +
-        "; this process may use " + HumanBytes(limit));
-  }
-  return Status::OK();
-}
-
-// Shapes as "[2, 3]".
-std::string ShapeText(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
+  if (addressable && static_cast<uint64_t>(total) <= limit) return Status::OK();
+  return Status::InvalidArgument("this request asks for " + std::to_string(bags) + " " + what +
+                                 ", which would need " +
+                                 (addressable ? HumanBytes(static_cast<uint64_t>(total))
+                                              : std::string("more bytes than can be addressed")) +
+                                 "; this process may use " + HumanBytes(limit));
 }
 
 // per_sample_weights must have the shape of the indices (torch's rule).
 Status CheckWeightsShape(const FloatArray& weights, const std::vector<int64_t>& indices_shape) {
   if (weights.shape == indices_shape) return Status::OK();
-  return Status::InvalidArgument("--weights has shape " + ShapeText(weights.shape) +
-                                 " but --indices has shape " + ShapeText(indices_shape) +
-                                 " (per-sample weights must have the shape of the indices)");
+  return Status::InvalidArgument(
+      "--weights has shape " + storage::ckpt::ShapeString(weights.shape) +
+      " but --indices has shape " + storage::ckpt::ShapeString(indices_shape) +
+      " (per-sample weights must have the shape of the indices)");
 }
 
 // ---- import ----------------------------------------------------------------------------
@@ -199,11 +191,6 @@ int CmdImport(int argc, char** argv) {
     jobs.emplace_back("", table);
   }
   if (jobs.size() > 1) {
-    for (const auto& j : jobs) {
-      if (j.second == table && !table.empty() && jobs.size() > 1 && tensors.size() > 1) {
-        // Several keys into one table name would overwrite each other.
-      }
-    }
     std::map<std::string, int> seen;
     for (const auto& j : jobs) {
       if (++seen[j.second] > 1)

@@ -1,42 +1,47 @@
-// Store implementation: RocksDB catalog + immutable mmapped table files.
+// Store implementation: a catalog file shared by processes + immutable mmapped table files.
+//
+// The protocol (docs/concurrency.md):
+// - Readers read DIR/CATALOG whole, without a lock, and look again for a newer
+//   generation every refresh_interval. A file a stale catalog names may be
+//   gone: the reader then reads the catalog again and retries.
+// - One writer at a time holds DIR/LOCK (flock) for a whole write: it reads
+//   the newest catalog, writes the new table file (temporary, fsync, rename),
+//   publishes the new catalog (temporary, fsync, rename), then deletes the
+//   files no entry names any more.
 #include "embstore/store.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <map>
 #include <mutex>
-#include <nlohmann/json.hpp>
 #include <set>
 #include <vector>
 
-#include "rocksdb/db.h"
-#include "rocksdb/options.h"
-#include "rocksdb/write_batch.h"
+#include "storage/catalog.h"
 #include "storage/convert.h"
+#include "storage/guarded.h"
 #include "storage/io_util.h"
 #include "storage/table_file.h"
 #include "storage/tensor_reader.h"
+#include "storage/writer_lock.h"
 
 namespace embstore {
 
 // ---- Snapshot mapping -----------------------------------------------------------------
 
-// One mapped version of a table. When `obsolete` is set (the version was
-// replaced or dropped), the destructor unlinks the file: Linux keeps the
-// mapping valid until then, so readers never see it vanish.
+// One mapped version of a table. The file may be deleted while mapped: Linux
+// keeps the mapping valid until it is unmapped.
 class TableSnapshot::Mapping {
  public:
-  Mapping(TableInfo info, std::string path, std::unique_ptr<storage::MappedTableFile> file)
-      : info_(std::move(info)), path_(std::move(path)), file_(std::move(file)) {}
-  ~Mapping() {
-    file_.reset();
-    if (obsolete_.load()) ::unlink(path_.c_str());
-  }
+  Mapping(TableInfo info, std::unique_ptr<storage::MappedTableFile> file)
+      : info_(std::move(info)), file_(std::move(file)) {}
   const TableInfo& info() const { return info_; }
   TableView view() const {
     TableView v;
@@ -48,13 +53,10 @@ class TableSnapshot::Mapping {
     v.name = info_.name;
     return v;
   }
-  void MarkObsolete() const { obsolete_.store(true); }
 
  private:
   TableInfo info_;
-  std::string path_;
   std::unique_ptr<storage::MappedTableFile> file_;
-  mutable std::atomic<bool> obsolete_{false};
 };
 
 TableSnapshot::TableSnapshot(std::shared_ptr<const Mapping> mapping)
@@ -83,61 +85,22 @@ Status ValidateTableName(const std::string& name) {
 
 namespace {
 
-constexpr char kTablePrefix[] = "table/";
-constexpr char kVersionSeqPrefix[] = "vseq/";
-constexpr char kFormatKey[] = "meta/format";
-constexpr size_t kChunkBytes = 32u << 20;  // f32 staging per import chunk
+using storage::Catalog;
+using storage::CatalogTable;
+using storage::Guarded;
 
-std::string EncodeInfo(const TableInfo& t) {
-  nlohmann::json j = {
-      {"name", t.name},
-      {"version", t.version},
-      {"rows", t.rows},
-      {"dim", t.dim},
-      {"dtype", DTypeName(t.dtype)},
-      {"row_stride", t.row_stride},
-      {"data_bytes", t.data_bytes},
-      {"file_bytes", t.file_bytes},
-      {"checksum", t.checksum},
-      {"source", t.source},
-      {"file", t.file},
-      {"created_unix", t.created_unix},
-  };
-  return j.dump();
-}
+constexpr size_t kChunkBytes = 32u << 20;          // f32 staging per import chunk
+constexpr size_t kMaxChunkBytes = size_t{1} << 30;  // the largest chunk a caller may ask for
+// Where a format-1 store kept its RocksDB catalog. In a format-2 store
+// created by this build it is a plain file: a format-1 build then fails to
+// open the store (RocksDB cannot make a database there) instead of taking it
+// for an empty store and deleting its table files as leftovers.
+constexpr char kLegacyCatalogDir[] = "catalog";
+constexpr char kLegacyGuardText[] =
+    "This store's catalog is the file CATALOG (catalog format 2).\n"
+    "This file keeps embstore builds that read only format 1 from using the store.\n";
 
-Result<TableInfo> DecodeInfo(const std::string& s) {
-  try {
-    auto j = nlohmann::json::parse(s);
-    TableInfo t;
-    t.name = j.at("name").get<std::string>();
-    t.version = j.at("version").get<uint64_t>();
-    t.rows = j.at("rows").get<int64_t>();
-    t.dim = j.at("dim").get<int64_t>();
-    auto dt = ParseDType(j.at("dtype").get<std::string>());
-    if (!dt) return Status::Corruption("catalog entry has unknown dtype");
-    t.dtype = *dt;
-    t.row_stride = j.at("row_stride").get<uint64_t>();
-    t.data_bytes = j.at("data_bytes").get<uint64_t>();
-    t.file_bytes = j.at("file_bytes").get<uint64_t>();
-    t.checksum = j.at("checksum").get<uint64_t>();
-    t.source = j.at("source").get<std::string>();
-    t.file = j.at("file").get<std::string>();
-    t.created_unix = j.at("created_unix").get<int64_t>();
-    return t;
-  } catch (const std::exception& e) {
-    return Status::Corruption(std::string("catalog entry is malformed: ") + e.what());
-  }
-}
-
-Status FromRocks(const rocksdb::Status& s, const std::string& what) {
-  if (s.ok()) return Status::OK();
-  if (s.IsNotFound()) return Status::NotFound(what + ": " + s.ToString());
-  if (s.IsCorruption()) return Status::Corruption(what + ": " + s.ToString());
-  return Status::IOError(what + ": " + s.ToString());
-}
-
-bool DirExists(const std::string& p) {
+bool IsDir(const std::string& p) {
   struct stat st;
   return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
@@ -149,55 +112,330 @@ Status MakeDir(const std::string& p) {
   return Status::OK();
 }
 
+int64_t NowUnix() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+int64_t SteadyNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+Status AlreadyExistsError(const CatalogTable& t) {
+  return Status::AlreadyExists("table '" + t.name + "' exists (version " +
+                               std::to_string(t.versions[0].version) +
+                               "); pass --replace to publish a new version");
+}
+
+// The error for a table the catalog holds but this build cannot read.
+Status UnreadableError(const CatalogTable& t) {
+  return Status::Corruption(t.status.message() + "; the entry and its files are left as they are");
+}
+
+// Whether `name` is a file this store writes in tables/: a table file or a
+// temporary one. Nothing else there is ever deleted.
+bool IsOurTableFile(const std::string& name) {
+  return name.size() > 4 && (name.compare(name.size() - 4, 4, ".emb") == 0 ||
+                             name.find(".emb.tmp-") != std::string::npos);
+}
+
 class StoreImpl final : public Store {
  public:
-  StoreImpl(std::string dir, StoreOptions options, std::unique_ptr<rocksdb::DB> db)
+  StoreImpl(std::string dir, StoreOptions options, Catalog catalog, bool legacy)
       : dir_(std::move(dir)),
         tables_dir_(dir_ + "/tables"),
         options_(options),
-        db_(std::move(db)) {}
-
-  Status CollectLeftovers() {
-    std::set<std::string> referenced;
-    for (const TableInfo& t : ListTables()) referenced.insert(t.file);
-    DIR* d = ::opendir(tables_dir_.c_str());
-    if (d == nullptr) return storage::ErrnoStatus("cannot list", tables_dir_, errno);
-    std::vector<std::string> doomed;
-    while (dirent* e = ::readdir(d)) {
-      std::string n = e->d_name;
-      if (n == "." || n == "..") continue;
-      if (referenced.count(n) == 0) doomed.push_back(n);
-    }
-    ::closedir(d);
-    for (const std::string& n : doomed) ::unlink((tables_dir_ + "/" + n).c_str());
-    if (!doomed.empty()) return storage::FsyncDir(tables_dir_);
-    return Status::OK();
+        legacy_(legacy),
+        state_(std::make_shared<const Catalog>(std::move(catalog))) {
+    options_.retain_versions = std::max(0, options_.retain_versions);
+    const int64_t ms = std::clamp<int64_t>(options_.refresh_interval.count(), 0, 1000);
+    refresh_ns_ = ms * 1000000;
+    next_check_ns_.store(SteadyNs() + refresh_ns_);
   }
 
-  std::vector<TableInfo> ListTables() override {
-    std::vector<TableInfo> out;
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
-    for (it->Seek(kTablePrefix); it->Valid() && it->key().starts_with(kTablePrefix); it->Next()) {
-      auto info = DecodeInfo(it->value().ToString());
-      if (info.ok()) out.push_back(std::move(info).value());
-    }
-    return out;
+  // ---- Reads --------------------------------------------------------------------------
+
+  Result<std::vector<TableInfo>> ListTables() override {
+    return Guarded<Result<std::vector<TableInfo>>>([&]() -> Result<std::vector<TableInfo>> {
+      MaybeRefresh();
+      std::vector<TableInfo> out;
+      for (const CatalogTable& t : Current()->tables)
+        if (t.status.ok()) out.push_back(t.versions[0]);
+      return out;
+    });
+  }
+
+  Result<std::vector<TableEntry>> ListEntries() override {
+    return Guarded<Result<std::vector<TableEntry>>>([&]() -> Result<std::vector<TableEntry>> {
+      MaybeRefresh();
+      std::vector<TableEntry> out;
+      for (const CatalogTable& t : Current()->tables) out.push_back({t.name, t.status, t.versions});
+      return out;
+    });
   }
 
   Result<TableInfo> GetInfo(const std::string& name) override {
-    EMBSTORE_RETURN_IF_ERROR(ValidateTableName(name));
-    std::string value;
-    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), kTablePrefix + name, &value);
-    if (s.IsNotFound()) return Status::NotFound("unknown table '" + name + "'");
-    EMBSTORE_RETURN_IF_ERROR(FromRocks(s, "catalog read"));
-    return DecodeInfo(value);
+    return Guarded<Result<TableInfo>>([&]() -> Result<TableInfo> {
+      EMBSTORE_RETURN_IF_ERROR(ValidateTableName(name));
+      MaybeRefresh();
+      auto state = Current();
+      EMBSTORE_ASSIGN_OR_RETURN(const CatalogTable* t, FindReadable(*state, name));
+      return t->versions[0];
+    });
   }
 
   Result<TableSnapshot> GetSnapshot(const std::string& name) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = open_.find(name);
-    if (it != open_.end()) return TableSnapshot(it->second);
-    EMBSTORE_ASSIGN_OR_RETURN(TableInfo info, GetInfo(name));
+    return Guarded<Result<TableSnapshot>>([&]() -> Result<TableSnapshot> {
+      EMBSTORE_RETURN_IF_ERROR(ValidateTableName(name));
+      MaybeRefresh();
+      // A catalog that is behind may name a file a writer has since deleted:
+      // then read the catalog again and follow it (a few rounds at most; a
+      // file missing from the newest catalog is corruption).
+      for (int attempt = 0;; ++attempt) {
+        auto state = Current();
+        EMBSTORE_ASSIGN_OR_RETURN(const CatalogTable* t, FindReadable(*state, name));
+        const TableInfo& info = t->versions[0];
+        {
+          std::lock_guard<std::mutex> lock(open_mu_);
+          auto it = open_.find(name);
+          if (it != open_.end() && it->second->info().version == info.version &&
+              it->second->info().file == info.file) {
+            return TableSnapshot(it->second);
+          }
+        }
+        auto mapping = Map(info);
+        if (mapping.ok()) {
+          std::lock_guard<std::mutex> lock(open_mu_);
+          open_[name] = *mapping;
+          return TableSnapshot(std::move(mapping).value());
+        }
+        if (mapping.status().code() != Status::Code::kNotFound) return mapping.status();
+        const uint64_t seen = state->generation;
+        EMBSTORE_RETURN_IF_ERROR(RefreshNow());
+        if (Current()->generation == seen || attempt >= 8) {
+          return Status::Corruption("table '" + name + "': its file '" + info.file +
+                                    "' is missing (" + mapping.status().message() + ")");
+        }
+      }
+    });
+  }
+
+  Status Refresh() override {
+    return Guarded<Status>([&] { return RefreshNow(); });
+  }
+
+  Status VerifyTable(const std::string& name) override {
+    return Guarded<Status>([&]() -> Status {
+      MaybeRefresh();
+      auto state = Current();
+      const CatalogTable* t = state->Find(name);
+      if (t == nullptr) return Status::NotFound("unknown table '" + name + "'");
+      if (!t->status.ok()) return UnreadableError(*t);
+      for (size_t i = 0; i < t->versions.size(); ++i) {
+        const TableInfo& info = t->versions[i];
+        const std::string which =
+            i == 0 ? "table '" + name + "'"
+                   : "table '" + name + "' (retained version " + std::to_string(info.version) + ")";
+        auto h = storage::VerifyTableFile(tables_dir_ + "/" + info.file);
+        if (!h.ok()) {
+          if (h.status().code() == Status::Code::kNotFound) {
+            return Status::Corruption(which + ": its file '" + info.file + "' is missing");
+          }
+          return Status::Corruption(which + ": " + h.status().message());
+        }
+        if (!HeaderMatches(*h, info)) {
+          return Status::Corruption(which + ": file header does not match the catalog");
+        }
+      }
+      return Status::OK();
+    });
+  }
+
+  // ---- Writes -------------------------------------------------------------------------
+
+  Result<TableInfo> ImportFile(const std::string& name, const std::string& path,
+                               const ImportOptions& options) override {
+    return Guarded<Result<TableInfo>>([&]() -> Result<TableInfo> {
+      EMBSTORE_RETURN_IF_ERROR(ValidateTableName(name));
+      if (!options.replace) {
+        auto state = Current();
+        const CatalogTable* t = state->Find(name);
+        if (t != nullptr && t->status.ok()) return AlreadyExistsError(*t);
+      }
+      EMBSTORE_ASSIGN_OR_RETURN(auto reader, storage::OpenTensor(path, options.tensor_key));
+      TableSpec spec;
+      spec.rows = reader->rows();
+      spec.dim = reader->dim();
+      switch (reader->source_dtype()) {
+        case storage::SourceDType::kF16:
+          spec.dtype = DType::kF16;
+          break;
+        case storage::SourceDType::kBF16:
+          spec.dtype = DType::kBF16;
+          break;
+        default:
+          spec.dtype = DType::kF32;
+          break;
+      }
+      if (options.dtype) spec.dtype = *options.dtype;
+      spec.source = reader->source();
+      spec.replace = options.replace;
+      spec.progress = options.progress;
+      storage::TensorReader* r = reader.get();
+      return WriteTableGuarded(name, spec, [r](int64_t first, int64_t count, float* out) {
+        return r->ReadRows(first, count, out);
+      });
+    });
+  }
+
+  Result<TableInfo> WriteTable(const std::string& name, const TableSpec& spec,
+                               const RowFillFn& fill) override {
+    return Guarded<Result<TableInfo>>([&] { return WriteTableGuarded(name, spec, fill); });
+  }
+
+  Status DropTable(const std::string& name) override {
+    return Guarded<Status>([&]() -> Status {
+      EMBSTORE_RETURN_IF_ERROR(ValidateTableName(name));
+      return Write([&](Catalog* c) -> Status {
+        const CatalogTable* t = c->Find(name);
+        if (t == nullptr) return Status::NotFound("unknown table '" + name + "'");
+        if (!t->status.ok()) return UnreadableError(*t);
+        c->last_version[name] = c->NextVersion(name) - 1;
+        c->Erase(name);
+        return Status::OK();
+      });
+    });
+  }
+
+  Result<TableInfo> Rollback(const std::string& name,
+                             std::optional<uint64_t> to_version) override {
+    return Guarded<Result<TableInfo>>([&]() -> Result<TableInfo> {
+      EMBSTORE_RETURN_IF_ERROR(ValidateTableName(name));
+      TableInfo published;
+      EMBSTORE_RETURN_IF_ERROR(Write([&](Catalog* c) -> Status {
+        const CatalogTable* t = c->Find(name);
+        if (t == nullptr) return Status::NotFound("unknown table '" + name + "'");
+        if (!t->status.ok()) return UnreadableError(*t);
+        if (t->versions.size() < 2) {
+          return Status::NotFound("table '" + name + "' (version " +
+                                  std::to_string(t->versions[0].version) +
+                                  ") retains no earlier version to roll back to");
+        }
+        size_t pick = 1;
+        if (to_version) {
+          if (*to_version == t->versions[0].version) {
+            return Status::InvalidArgument("version " + std::to_string(*to_version) + " of '" +
+                                           name + "' is the current version");
+          }
+          pick = 0;
+          for (size_t i = 1; i < t->versions.size(); ++i)
+            if (t->versions[i].version == *to_version) pick = i;
+          if (pick == 0) {
+            std::string kept;
+            for (size_t i = 1; i < t->versions.size(); ++i)
+              kept += (i > 1 ? ", " : "") + std::to_string(t->versions[i].version);
+            return Status::NotFound("table '" + name + "' retains no version " +
+                                    std::to_string(*to_version) + " (retained: " + kept + ")");
+          }
+        }
+        const TableInfo& target = t->versions[pick];
+        // The new version shares the retained version's file: files are
+        // immutable, and one is deleted only when no entry names it.
+        published = target;
+        published.version = c->NextVersion(name);
+        published.created_unix = NowUnix();
+        published.source = "rollback to v" + std::to_string(target.version) + " of " + target.source;
+        PublishVersion(c, published);
+        return Status::OK();
+      }));
+      return published;
+    });
+  }
+
+ private:
+  // ---- Catalog state --------------------------------------------------------------------
+
+  std::shared_ptr<const Catalog> Current() {
+    std::lock_guard<std::mutex> lock(state_mu_);
+    return state_;
+  }
+
+  // Looks for a newer catalog when refresh_interval has passed since the last
+  // look. One thread looks; the others go on with the catalog they have.
+  // A failed look keeps the catalog in hand (it is retried next interval).
+  void MaybeRefresh() {
+    const int64_t now = SteadyNs();
+    if (now < next_check_ns_.load(std::memory_order_relaxed)) return;
+    std::unique_lock<std::mutex> lock(refresh_mu_, std::try_to_lock);
+    if (!lock.owns_lock()) return;
+    next_check_ns_.store(now + refresh_ns_, std::memory_order_relaxed);
+    (void)RefreshLocked(/*force=*/false);
+  }
+
+  Status RefreshNow() {
+    std::lock_guard<std::mutex> lock(refresh_mu_);
+    next_check_ns_.store(SteadyNs() + refresh_ns_, std::memory_order_relaxed);
+    return RefreshLocked(/*force=*/true);
+  }
+
+  // REQUIRES: refresh_mu_ held.
+  Status RefreshLocked(bool force) {
+    const uint64_t have = Current()->generation;
+    if (!force) {
+      auto gen = storage::ReadCatalogGeneration(dir_);
+      if (gen.ok() && *gen == have) return Status::OK();
+      if (!gen.ok() && gen.status().code() == Status::Code::kNotFound && legacy_)
+        return Status::OK();  // a format-1 store nobody has migrated yet
+    }
+    auto c = storage::ReadCatalog(dir_);
+    if (!c.ok()) {
+      if (c.status().code() == Status::Code::kNotFound && legacy_) return Status::OK();
+      return c.status();
+    }
+    Install(std::move(c).value());
+    return Status::OK();
+  }
+
+  // Makes `c` the catalog in hand, unless it is older than the one in hand,
+  // and lets go of cached mappings of versions that are no longer current.
+  void Install(Catalog c) {
+    auto next = std::make_shared<const Catalog>(std::move(c));
+    {
+      std::lock_guard<std::mutex> lock(state_mu_);
+      if (next->generation < state_->generation) return;
+      state_ = next;
+    }
+    std::vector<std::shared_ptr<const TableSnapshot::Mapping>> released;  // unmapped unlocked
+    std::lock_guard<std::mutex> lock(open_mu_);
+    for (auto it = open_.begin(); it != open_.end();) {
+      const CatalogTable* t = next->Find(it->first);
+      const bool current = t != nullptr && t->status.ok() &&
+                           t->versions[0].version == it->second->info().version;
+      if (current) {
+        ++it;
+      } else {
+        released.push_back(std::move(it->second));
+        it = open_.erase(it);
+      }
+    }
+  }
+
+  static Result<const CatalogTable*> FindReadable(const Catalog& c, const std::string& name) {
+    const CatalogTable* t = c.Find(name);
+    if (t == nullptr) return Status::NotFound("unknown table '" + name + "'");
+    if (!t->status.ok()) return UnreadableError(*t);
+    return t;
+  }
+
+  static bool HeaderMatches(const storage::TableHeader& h, const TableInfo& info) {
+    return h.rows == static_cast<uint64_t>(info.rows) && h.dim == static_cast<uint64_t>(info.dim) &&
+           h.dtype == info.dtype && h.data_checksum == info.checksum;
+  }
+
+  Result<std::shared_ptr<const TableSnapshot::Mapping>> Map(const TableInfo& info) {
     const std::string path = tables_dir_ + "/" + info.file;
     bool huge = options_.huge_pages == StoreOptions::HugePages::kOn;
     if (options_.huge_pages == StoreOptions::HugePages::kAuto) {
@@ -205,243 +443,246 @@ class StoreImpl final : public Store {
     }
     EMBSTORE_ASSIGN_OR_RETURN(auto file,
                               storage::MappedTableFile::Open(path, options_.advise_random, huge));
-    const storage::TableHeader& h = file->header();
-    if (h.rows != static_cast<uint64_t>(info.rows) || h.dim != static_cast<uint64_t>(info.dim) ||
-        h.dtype != info.dtype || h.data_checksum != info.checksum) {
-      return Status::Corruption("table '" + name + "': file header does not match the catalog");
+    if (!HeaderMatches(file->header(), info)) {
+      return Status::Corruption("table '" + info.name +
+                                "': file header does not match the catalog");
     }
-    auto mapping = std::make_shared<TableSnapshot::Mapping>(info, path, std::move(file));
-    open_[name] = mapping;
-    return TableSnapshot(mapping);
+    return std::shared_ptr<const TableSnapshot::Mapping>(
+        std::make_shared<TableSnapshot::Mapping>(info, std::move(file)));
   }
 
-  Result<TableInfo> ImportFile(const std::string& name, const std::string& path,
-                               const ImportOptions& options) override {
-    EMBSTORE_RETURN_IF_ERROR(ValidateTableName(name));
-    if (!options.replace) {
-      auto existing = GetInfo(name);
-      if (existing.ok()) {
-        return Status::AlreadyExists("table '" + name + "' exists (version " +
-                                     std::to_string(existing->version) +
-                                     "); pass --replace to publish a new version");
+  // ---- The write path -------------------------------------------------------------------
+
+  // Runs `change` on the newest catalog under the writer lock and publishes
+  // the result; then deletes the table files no entry names any more.
+  // `change` may write table files (it runs under the lock); on error nothing
+  // is published.
+  template <typename Change>
+  Status Write(Change&& change) {
+    std::lock_guard<std::mutex> local(write_mu_);  // this process's writers, one at a time
+    EMBSTORE_ASSIGN_OR_RETURN(auto lock,
+                              storage::WriterLock::Acquire(dir_, options_.writer_wait));
+    EMBSTORE_ASSIGN_OR_RETURN(Catalog c, ReadForWrite());
+    EMBSTORE_RETURN_IF_ERROR(MakeDir(tables_dir_));
+    CollectLeftovers(c);
+    bool complete_before = true;
+    const std::set<std::string> before = c.ReferencedFiles(&complete_before);
+    EMBSTORE_RETURN_IF_ERROR(change(&c));
+    ++c.generation;
+    bool complete_after = true;
+    const std::set<std::string> after = c.ReferencedFiles(&complete_after);
+    const Status published = storage::WriteCatalog(dir_, c);
+    if (!published.ok()) {
+      // The old catalog stands: a file this write made is no one's.
+      for (const std::string& f : after)
+        if (before.count(f) == 0) ::unlink((tables_dir_ + "/" + f).c_str());
+      return published;
+    }
+    Install(c);
+    if (legacy_) {
+      // The catalog now lives in CATALOG: make format-1 builds refuse the store.
+      (void)storage::MarkLegacyCatalogMigrated(dir_ + "/" + kLegacyCatalogDir);
+    }
+    bool unlinked = false;
+    for (const std::string& f : before) {
+      if (after.count(f) == 0 && IsOurTableFile(f)) {
+        unlinked |= ::unlink((tables_dir_ + "/" + f).c_str()) == 0;
       }
     }
-    EMBSTORE_ASSIGN_OR_RETURN(auto reader, storage::OpenTensor(path, options.tensor_key));
-    TableSpec spec;
-    spec.rows = reader->rows();
-    spec.dim = reader->dim();
-    switch (reader->source_dtype()) {
-      case storage::SourceDType::kF16:
-        spec.dtype = DType::kF16;
-        break;
-      case storage::SourceDType::kBF16:
-        spec.dtype = DType::kBF16;
-        break;
-      default:
-        spec.dtype = DType::kF32;
-        break;
-    }
-    if (options.dtype) spec.dtype = *options.dtype;
-    spec.source = reader->source();
-    spec.replace = options.replace;
-    spec.progress = options.progress;
-    storage::TensorReader* r = reader.get();
-    return WriteTable(name, spec, [r](int64_t first, int64_t count, float* out) {
-      return r->ReadRows(first, count, out);
-    });
+    if (unlinked) (void)storage::FsyncDir(tables_dir_);
+    return Status::OK();
   }
 
-  Result<TableInfo> WriteTable(const std::string& name, const TableSpec& spec,
-                               const RowFillFn& fill) override {
+  // The newest catalog, read under the writer lock. A format-1 store's
+  // catalog is read from RocksDB here, and written as CATALOG by this write.
+  Result<Catalog> ReadForWrite() {
+    auto c = storage::ReadCatalog(dir_);
+    if (c.ok() || c.status().code() != Status::Code::kNotFound) return c;
+    if (!IsDir(dir_ + "/" + kLegacyCatalogDir)) return c.status();
+    legacy_ = true;
+    return storage::ReadLegacyCatalog(dir_ + "/" + kLegacyCatalogDir);
+  }
+
+  // Deletes what interrupted writes left in tables/: temporaries, and table
+  // files no entry names (renamed but never published, or retired by a
+  // writer that died before deleting them). Nothing but temporaries goes
+  // while an unreadable entry's files are unknown. REQUIRES: the writer lock.
+  void CollectLeftovers(const Catalog& c) {
+    bool complete = true;
+    const std::set<std::string> referenced = c.ReferencedFiles(&complete);
+    DIR* d = ::opendir(tables_dir_.c_str());
+    if (d == nullptr) return;
+    std::vector<std::string> doomed;
+    while (dirent* e = ::readdir(d)) {
+      const std::string n = e->d_name;
+      if (!IsOurTableFile(n) || referenced.count(n) != 0) continue;
+      const bool temporary = n.find(".emb.tmp-") != std::string::npos;
+      if (temporary || complete) doomed.push_back(n);
+    }
+    ::closedir(d);
+    for (const std::string& n : doomed) ::unlink((tables_dir_ + "/" + n).c_str());
+    // The directory of the catalog's own temporaries.
+    if (DIR* top = ::opendir(dir_.c_str())) {
+      const std::string prefix = std::string(storage::kCatalogFile) + ".tmp-";
+      std::vector<std::string> stale;
+      while (dirent* e = ::readdir(top)) {
+        const std::string n = e->d_name;
+        if (n.rfind(prefix, 0) == 0) stale.push_back(n);
+      }
+      ::closedir(top);
+      for (const std::string& n : stale) ::unlink((dir_ + "/" + n).c_str());
+    }
+    if (!doomed.empty()) (void)storage::FsyncDir(tables_dir_);
+  }
+
+  // Makes `info` the current version of its table in `c`, keeping the
+  // versions it replaces up to retain_versions.
+  void PublishVersion(Catalog* c, const TableInfo& info) {
+    std::vector<TableInfo> versions = {info};
+    if (const CatalogTable* old = c->Find(info.name)) {
+      for (const TableInfo& v : old->versions) {
+        if (versions.size() > static_cast<size_t>(options_.retain_versions)) break;
+        versions.push_back(v);
+      }
+      CatalogTable t = storage::MakeEntry(std::move(versions));
+      t.raw = old->raw;
+      c->Put(std::move(t));
+    } else {
+      c->Put(storage::MakeEntry(std::move(versions)));
+    }
+    c->last_version[info.name] = std::max(c->last_version[info.name], info.version);
+  }
+
+  Result<TableInfo> WriteTableGuarded(const std::string& name, const TableSpec& spec,
+                                      const RowFillFn& fill) {
     EMBSTORE_RETURN_IF_ERROR(ValidateTableName(name));
     if (spec.rows < 0 || spec.dim <= 0) {
       return Status::InvalidArgument("a table needs at least 0 rows and dimension >= 1");
     }
     if (spec.dim > (int64_t{1} << 24)) return Status::InvalidArgument("dimension is too large");
-    // Reserve a version number (never reused, even after a drop, so a file
-    // name is never recycled while an old snapshot may still unlink it).
-    uint64_t version = 0;
-    {
-      std::lock_guard<std::mutex> lock(publish_mu_);
-      auto existing = GetInfo(name);
-      if (existing.ok() && !spec.replace) {
-        return Status::AlreadyExists("table '" + name + "' exists (version " +
-                                     std::to_string(existing->version) +
-                                     "); pass --replace to publish a new version");
-      }
-      std::string seq;
-      rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), kVersionSeqPrefix + name, &seq);
-      if (!s.ok() && !s.IsNotFound()) return FromRocks(s, "catalog read");
-      version = (s.ok() ? std::stoull(seq) : 0) + 1;
-      rocksdb::WriteOptions wo;
-      wo.sync = true;
-      EMBSTORE_RETURN_IF_ERROR(FromRocks(
-          db_->Put(wo, kVersionSeqPrefix + name, std::to_string(version)), "catalog write"));
-    }
-    const std::string file = name + ".v" + std::to_string(version) + ".emb";
-    const std::string final_path = tables_dir_ + "/" + file;
-    const std::string tmp_path = final_path + ".tmp-" + std::to_string(::getpid());
-
-    storage::TableFileWriter writer;
-    EMBSTORE_RETURN_IF_ERROR(writer.Open(tmp_path, spec.dtype, spec.rows, spec.dim));
-    const size_t stride = writer.row_stride();
-    const int64_t chunk_rows =
+    if (spec.chunk_rows < 0) return Status::InvalidArgument("chunk_rows must be >= 0");
+    const size_t row_f32_bytes = sizeof(float) * static_cast<size_t>(spec.dim);
+    int64_t chunk_rows =
         spec.chunk_rows > 0
             ? spec.chunk_rows
-            : std::max<int64_t>(
-                  1, static_cast<int64_t>(kChunkBytes /
-                                          (sizeof(float) * static_cast<size_t>(spec.dim))));
-    std::vector<float> f32(
-        static_cast<size_t>(std::min(chunk_rows, std::max<int64_t>(spec.rows, 1)) * spec.dim));
-    std::vector<uint8_t> encoded(
-        static_cast<size_t>(std::min(chunk_rows, std::max<int64_t>(spec.rows, 1))) * stride);
-    for (int64_t first = 0; first < spec.rows; first += chunk_rows) {
-      const int64_t count = std::min(chunk_rows, spec.rows - first);
-      EMBSTORE_RETURN_IF_ERROR(fill(first, count, f32.data()));
-      EMBSTORE_RETURN_IF_ERROR(storage::EncodeRows(f32.data(), count, spec.dim, spec.dtype, stride,
-                                                   encoded.data(), first));
-      EMBSTORE_RETURN_IF_ERROR(
-          writer.AppendRows({encoded.data(), static_cast<size_t>(count) * stride}, count));
-      if (spec.progress) spec.progress(first + count, spec.rows);
+            : std::max<int64_t>(1, static_cast<int64_t>(kChunkBytes / row_f32_bytes));
+    chunk_rows = std::min(chunk_rows, std::max<int64_t>(spec.rows, 1));
+    if (static_cast<uint64_t>(chunk_rows) > kMaxChunkBytes / row_f32_bytes) {
+      return Status::InvalidArgument("chunk_rows = " + std::to_string(spec.chunk_rows) +
+                                     " asks for more than 1 GiB of staging per chunk");
     }
-    if (spec.progress && spec.rows == 0) spec.progress(0, 0);
-    EMBSTORE_ASSIGN_OR_RETURN(storage::TableHeader h, writer.Finish(final_path, tables_dir_));
-
     TableInfo info;
-    info.name = name;
-    info.version = version;
-    info.rows = spec.rows;
-    info.dim = spec.dim;
-    info.dtype = spec.dtype;
-    info.row_stride = h.row_stride;
-    info.data_bytes = h.data_bytes;
-    info.file_bytes = h.data_offset + h.data_bytes;
-    info.checksum = h.data_checksum;
-    info.source = spec.source;
-    info.file = file;
-    info.created_unix = std::chrono::duration_cast<std::chrono::seconds>(
-                            std::chrono::system_clock::now().time_since_epoch())
-                            .count();
+    EMBSTORE_RETURN_IF_ERROR(Write([&](Catalog* c) -> Status {
+      const CatalogTable* existing = c->Find(name);
+      if (existing != nullptr && !existing->status.ok()) return UnreadableError(*existing);
+      if (existing != nullptr && !spec.replace) return AlreadyExistsError(*existing);
+      const uint64_t version = c->NextVersion(name);
+      const std::string file = name + ".v" + std::to_string(version) + ".emb";
+      const std::string final_path = tables_dir_ + "/" + file;
+      const std::string tmp_path = final_path + ".tmp-" + std::to_string(::getpid());
 
-    std::lock_guard<std::mutex> lock(publish_mu_);
-    auto old = GetInfo(name);
-    if (old.ok() && !spec.replace) {
-      ::unlink(final_path.c_str());
-      return Status::AlreadyExists("table '" + name + "' was created while importing");
-    }
-    rocksdb::WriteBatch batch;
-    batch.Put(kTablePrefix + name, EncodeInfo(info));
-    rocksdb::WriteOptions wo;
-    wo.sync = true;
-    Status st = FromRocks(db_->Write(wo, &batch), "catalog write");
-    if (!st.ok()) {
-      ::unlink(final_path.c_str());
-      return st;
-    }
-    if (old.ok()) Retire(name, old.value());
+      storage::TableFileWriter writer;
+      EMBSTORE_RETURN_IF_ERROR(writer.Open(tmp_path, spec.dtype, spec.rows, spec.dim));
+      const size_t stride = writer.row_stride();
+      std::vector<float> f32(static_cast<size_t>(chunk_rows) * static_cast<size_t>(spec.dim));
+      std::vector<uint8_t> encoded(static_cast<size_t>(chunk_rows) * stride);
+      for (int64_t first = 0; first < spec.rows; first += chunk_rows) {
+        const int64_t count = std::min(chunk_rows, spec.rows - first);
+        EMBSTORE_RETURN_IF_ERROR(fill(first, count, f32.data()));
+        EMBSTORE_RETURN_IF_ERROR(storage::EncodeRows(f32.data(), count, spec.dim, spec.dtype,
+                                                     stride, encoded.data(), first));
+        EMBSTORE_RETURN_IF_ERROR(
+            writer.AppendRows({encoded.data(), static_cast<size_t>(count) * stride}, count));
+        if (spec.progress) spec.progress(first + count, spec.rows);
+      }
+      if (spec.progress && spec.rows == 0) spec.progress(0, 0);
+      // Renamed to its final name here; if the catalog write fails, the next
+      // writer collects it (no entry names it).
+      EMBSTORE_ASSIGN_OR_RETURN(storage::TableHeader h, writer.Finish(final_path, tables_dir_));
+
+      info.name = name;
+      info.version = version;
+      info.rows = spec.rows;
+      info.dim = spec.dim;
+      info.dtype = spec.dtype;
+      info.row_stride = h.row_stride;
+      info.data_bytes = h.data_bytes;
+      info.file_bytes = h.data_offset + h.data_bytes;
+      info.checksum = h.data_checksum;
+      info.source = spec.source;
+      info.file = file;
+      info.created_unix = NowUnix();
+      PublishVersion(c, info);
+      return Status::OK();
+    }));
     return info;
-  }
-
-  Status DropTable(const std::string& name) override {
-    std::lock_guard<std::mutex> lock(publish_mu_);
-    EMBSTORE_ASSIGN_OR_RETURN(TableInfo info, GetInfo(name));
-    rocksdb::WriteOptions wo;
-    wo.sync = true;
-    EMBSTORE_RETURN_IF_ERROR(FromRocks(db_->Delete(wo, kTablePrefix + name), "catalog write"));
-    Retire(name, info);
-    return Status::OK();
-  }
-
-  Status VerifyTable(const std::string& name) override {
-    EMBSTORE_ASSIGN_OR_RETURN(TableInfo info, GetInfo(name));
-    const std::string path = tables_dir_ + "/" + info.file;
-    auto h = storage::VerifyTableFile(path);
-    if (!h.ok()) {
-      if (h.status().code() == Status::Code::kNotFound) {
-        return Status::Corruption("table '" + name + "': its file '" + info.file + "' is missing");
-      }
-      return Status::Corruption("table '" + name + "': " + h.status().message());
-    }
-    if (h->rows != static_cast<uint64_t>(info.rows) || h->dim != static_cast<uint64_t>(info.dim) ||
-        h->dtype != info.dtype || h->data_checksum != info.checksum) {
-      return Status::Corruption("table '" + name + "': file header does not match the catalog");
-    }
-    return Status::OK();
-  }
-
- private:
-  // The version `info` of `name` is no longer in the catalog: unlink its file
-  // now, or when the last snapshot of it goes. REQUIRES: publish_mu_ held.
-  void Retire(const std::string& name, const TableInfo& info) {
-    std::shared_ptr<TableSnapshot::Mapping> mapping;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = open_.find(name);
-      if (it != open_.end() && it->second->info().version == info.version) {
-        mapping = std::move(it->second);
-        open_.erase(it);
-      }
-    }
-    if (mapping) {
-      mapping->MarkObsolete();  // unlinked by the last holder
-    } else {
-      ::unlink((tables_dir_ + "/" + info.file).c_str());
-    }
   }
 
   const std::string dir_;
   const std::string tables_dir_;
-  const StoreOptions options_;
-  std::unique_ptr<rocksdb::DB> db_;
-  std::mutex publish_mu_;  // serializes version reservation and catalog switches
-  std::mutex mu_;          // guards open_
-  std::map<std::string, std::shared_ptr<TableSnapshot::Mapping>> open_;  // GUARDED_BY(mu_)
+  StoreOptions options_;
+  int64_t refresh_ns_ = 0;
+  // A format-1 store (RocksDB catalog) that had no CATALOG when opened.
+  std::atomic<bool> legacy_;
+
+  std::mutex write_mu_;    // one write of this process at a time (then the writer lock)
+  std::mutex refresh_mu_;  // one catalog read at a time
+  std::atomic<int64_t> next_check_ns_{0};
+  std::mutex state_mu_;                   // guards state_
+  std::shared_ptr<const Catalog> state_;  // the catalog in hand; never goes back a generation
+  std::mutex open_mu_;                    // guards open_
+  // The mapping of each table's current version, kept while it is current.
+  std::map<std::string, std::shared_ptr<const TableSnapshot::Mapping>> open_;
 };
+
+// Creates an empty store in `dir` under the writer lock (another process
+// may be creating it at the same moment).
+Result<Catalog> CreateStore(const std::string& dir, const StoreOptions& options) {
+  EMBSTORE_RETURN_IF_ERROR(MakeDir(dir));
+  EMBSTORE_ASSIGN_OR_RETURN(auto lock, storage::WriterLock::Acquire(dir, options.writer_wait));
+  auto existing = storage::ReadCatalog(dir);
+  if (existing.ok() || existing.status().code() != Status::Code::kNotFound) return existing;
+  EMBSTORE_RETURN_IF_ERROR(MakeDir(dir + "/tables"));
+  const std::string guard = dir + "/" + kLegacyCatalogDir;
+  if (!IsDir(guard)) {
+    storage::ScopedFd fd(::open(guard.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644));
+    if (fd.get() >= 0) {
+      (void)storage::WriteFull(fd.get(), kLegacyGuardText, sizeof(kLegacyGuardText) - 1, guard);
+    }
+  }
+  Catalog c;
+  c.generation = 1;
+  EMBSTORE_RETURN_IF_ERROR(storage::WriteCatalog(dir, c));
+  return c;
+}
+
+Result<std::unique_ptr<Store>> OpenStore(const std::string& dir, const StoreOptions& options) {
+  if (dir.empty()) return Status::InvalidArgument("store directory must not be empty");
+  auto c = storage::ReadCatalog(dir);
+  bool legacy = false;
+  if (!c.ok() && c.status().code() == Status::Code::kNotFound) {
+    if (IsDir(dir + "/" + kLegacyCatalogDir)) {
+      legacy = true;
+      c = storage::ReadLegacyCatalog(dir + "/" + kLegacyCatalogDir);
+    } else if (!options.create_if_missing) {
+      return Status::NotFound("no embstore store at '" + dir +
+                              "' (create one with `embstore init --db " + dir +
+                              "` or by importing a table)");
+    } else {
+      c = CreateStore(dir, options);
+    }
+  }
+  if (!c.ok()) {
+    return c.status().WithContext("cannot open the store '" + dir + "'");
+  }
+  return std::unique_ptr<Store>(
+      std::make_unique<StoreImpl>(dir, options, std::move(c).value(), legacy));
+}
 
 }  // namespace
 
 Result<std::unique_ptr<Store>> Store::Open(const std::string& dir, const StoreOptions& options) {
-  if (dir.empty()) return Status::InvalidArgument("store directory must not be empty");
-  const std::string catalog = dir + "/catalog";
-  if (!DirExists(catalog)) {
-    if (!options.create_if_missing) {
-      return Status::NotFound("no embstore store at '" + dir +
-                              "' (create one with `embstore init --db " + dir +
-                              "` or by importing a table)");
-    }
-    EMBSTORE_RETURN_IF_ERROR(MakeDir(dir));
-  }
-  EMBSTORE_RETURN_IF_ERROR(MakeDir(dir + "/tables"));
-  rocksdb::Options ro;
-  ro.create_if_missing = options.create_if_missing;
-  ro.max_open_files = 64;
-  ro.keep_log_file_num = 2;
-  ro.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
-  rocksdb::DB* raw = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(ro, catalog, &raw);
-  if (!s.ok()) {
-    if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
-      return Status::IOError("store '" + dir + "' is in use by another process (" + s.ToString() +
-                             ")");
-    }
-    return FromRocks(s, "cannot open the catalog of store '" + dir + "'");
-  }
-  std::unique_ptr<rocksdb::DB> db(raw);
-  std::string fmt;
-  s = db->Get(rocksdb::ReadOptions(), kFormatKey, &fmt);
-  if (s.IsNotFound()) {
-    rocksdb::WriteOptions wo;
-    wo.sync = true;
-    EMBSTORE_RETURN_IF_ERROR(FromRocks(db->Put(wo, kFormatKey, "1"), "catalog write"));
-  } else if (!s.ok()) {
-    return FromRocks(s, "catalog read");
-  } else if (fmt != "1") {
-    return Status::NotSupported("store '" + dir + "' has catalog format " + fmt +
-                                "; this build reads 1");
-  }
-  auto store = std::make_unique<StoreImpl>(dir, options, std::move(db));
-  EMBSTORE_RETURN_IF_ERROR(store->CollectLeftovers());
-  return std::unique_ptr<Store>(std::move(store));
+  return Guarded<Result<std::unique_ptr<Store>>>([&] { return OpenStore(dir, options); });
 }
 
 }  // namespace embstore

@@ -108,8 +108,14 @@ Status TableFileWriter::Open(const std::string& tmp_path, DType dtype, int64_t r
   header_.rows = static_cast<uint64_t>(rows);
   header_.dim = static_cast<uint64_t>(dim);
   header_.row_stride = RowStrideBytes(dtype, dim);
-  header_.data_bytes = header_.rows * header_.row_stride;
-  fd_ = ::open(tmp_path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (__builtin_mul_overflow(header_.rows, header_.row_stride, &header_.data_bytes) ||
+      header_.data_bytes > static_cast<uint64_t>(INT64_MAX) - kHeaderBytes) {
+    return Status::InvalidArgument("a table of " + std::to_string(rows) + " rows of dimension " +
+                                   std::to_string(dim) + " is larger than a file can be");
+  }
+  // Exclusively: an existing file or a planted link at this name is an error,
+  // never followed or overwritten.
+  fd_ = ::open(tmp_path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (fd_ < 0) return ErrnoStatus("cannot create", tmp_path, errno);
   // Reserve the whole file up front: a full disk fails here, not half way.
   const off_t total = static_cast<off_t>(kHeaderBytes + header_.data_bytes);

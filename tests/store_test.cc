@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <fstream>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "embstore/query.h"
@@ -21,8 +22,8 @@ namespace {
 
 using embstore::testing::TempDir;
 
-std::unique_ptr<Store> OpenOrDie(const std::string& dir) {
-  auto s = Store::Open(dir, StoreOptions());
+std::unique_ptr<Store> OpenOrDie(const std::string& dir, StoreOptions options = StoreOptions()) {
+  auto s = Store::Open(dir, options);
   EXPECT_TRUE(s.ok()) << s.status().ToString();
   return s.ok() ? std::move(s).value() : nullptr;
 }
@@ -46,6 +47,29 @@ int CountFiles(const std::string& dir) {
   int n = 0;
   for (auto& e : std::filesystem::directory_iterator(dir)) n += e.is_regular_file() ? 1 : 0;
   return n;
+}
+
+std::set<std::string> FilesIn(const std::string& dir) {
+  std::set<std::string> out;
+  for (auto& e : std::filesystem::directory_iterator(dir)) out.insert(e.path().filename());
+  return out;
+}
+
+// The files the catalog names: current and retained versions of every entry.
+std::set<std::string> CatalogFiles(Store& store) {
+  std::set<std::string> out;
+  auto entries = store.ListEntries();
+  EXPECT_TRUE(entries.ok());
+  if (!entries.ok()) return out;
+  for (const TableEntry& e : *entries)
+    for (const TableInfo& v : e.versions) out.insert(v.file);
+  return out;
+}
+
+StoreOptions Retaining(int n) {
+  StoreOptions o;
+  o.retain_versions = n;
+  return o;
 }
 
 // The VmFlags of the mapping that holds `p` ("" when not found).
@@ -107,8 +131,9 @@ TEST(StoreTest, ImportNpyListInfoSnapshot) {
   EXPECT_EQ(info->dtype, DType::kF32);
   EXPECT_NE(info->source.find("w.npy"), std::string::npos);
   auto list = store->ListTables();
-  ASSERT_EQ(list.size(), 1u);
-  EXPECT_EQ(list[0].name, "items");
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].name, "items");
   auto snap = store->GetSnapshot("items");
   ASSERT_TRUE(snap.ok());
   for (int r = 0; r < 20; ++r) {
@@ -137,7 +162,7 @@ TEST(StoreTest, CatalogSurvivesReopen) {
   ASSERT_TRUE(a.ok());
   EXPECT_EQ(a->dtype, DType::kF16);
   EXPECT_EQ(a->source, "gen");
-  EXPECT_EQ(store->ListTables().size(), 2u);
+  EXPECT_EQ(store->ListTables()->size(), 2u);
   EXPECT_TRUE(store->VerifyTable("a").ok());
   EXPECT_TRUE(store->VerifyTable("b").ok());
 }
@@ -152,9 +177,11 @@ TEST(StoreTest, OpenWithoutCreateFailsClearly) {
   EXPECT_NE(s.status().message().find("no embstore store"), std::string::npos);
 }
 
+// Without retained versions, a replaced version's file is deleted at once;
+// a snapshot held of it reads on through its mapping.
 TEST(StoreTest, SnapshotHeldAcrossReplaceReadsOldData) {
   TempDir tmp;
-  auto store = OpenOrDie(tmp / "db");
+  auto store = OpenOrDie(tmp / "db", Retaining(0));
   TableSpec spec{100, 8, DType::kF32, "v1", false, {}};
   ASSERT_TRUE(store->WriteTable("t", spec, Pattern(8, 0)).ok());
   auto old_snap = store->GetSnapshot("t");
@@ -166,29 +193,36 @@ TEST(StoreTest, SnapshotHeldAcrossReplaceReadsOldData) {
   auto v2 = store->WriteTable("t", spec, Pattern(8, 0.25f));
   ASSERT_TRUE(v2.ok()) << v2.status().ToString();
   EXPECT_EQ(v2->version, 2u);
-  // The old snapshot still reads version 1 and its file still exists.
+  // The old snapshot still reads version 1, though its file is gone.
   EXPECT_EQ(old_snap->info().version, 1u);
   EXPECT_EQ(At(*old_snap, 7, 3), 7003.0f);
-  EXPECT_TRUE(std::filesystem::exists(old_file));
+  EXPECT_FALSE(std::filesystem::exists(old_file));
   // New readers see version 2.
   auto new_snap = store->GetSnapshot("t");
   ASSERT_TRUE(new_snap.ok());
   EXPECT_EQ(new_snap->info().version, 2u);
   EXPECT_EQ(At(*new_snap, 7, 3), 7003.25f);
-  // The old file is unlinked once its last reader lets go.
   *old_snap = TableSnapshot();
-  EXPECT_FALSE(std::filesystem::exists(old_file));
   EXPECT_EQ(CountFiles(tmp / "db/tables"), 1);
 }
 
-TEST(StoreTest, ReplaceWithoutReadersReclaimsAtOnce) {
+// By default one earlier version is kept; older ones are deleted by the
+// write that lets them go.
+TEST(StoreTest, ReplacesKeepTheRetainedVersionsOnly) {
   TempDir tmp;
   auto store = OpenOrDie(tmp / "db");
   TableSpec spec{10, 4, DType::kF32, "", true, {}};
   for (int i = 0; i < 3; ++i)
     ASSERT_TRUE(store->WriteTable("t", spec, Pattern(4, static_cast<float>(i))).ok());
   EXPECT_EQ(store->GetInfo("t")->version, 3u);
-  EXPECT_EQ(CountFiles(tmp / "db/tables"), 1);
+  EXPECT_EQ(FilesIn(tmp / "db/tables"), (std::set<std::string>{"t.v2.emb", "t.v3.emb"}));
+  auto three = OpenOrDie(tmp / "db", Retaining(3));
+  for (int i = 3; i < 8; ++i)
+    ASSERT_TRUE(three->WriteTable("t", spec, Pattern(4, static_cast<float>(i))).ok());
+  EXPECT_EQ(FilesIn(tmp / "db/tables"),
+            (std::set<std::string>{"t.v5.emb", "t.v6.emb", "t.v7.emb", "t.v8.emb"}));
+  EXPECT_EQ(CatalogFiles(*three), FilesIn(tmp / "db/tables"));
+  EXPECT_TRUE(three->VerifyTable("t").ok());
 }
 
 TEST(StoreTest, DropReclaimsFileAndVersionsAreNotReused) {
@@ -201,26 +235,35 @@ TEST(StoreTest, DropReclaimsFileAndVersionsAreNotReused) {
   EXPECT_EQ(store->GetInfo("t").status().code(), Status::Code::kNotFound);
   EXPECT_EQ(store->DropTable("t").code(), Status::Code::kNotFound);
   EXPECT_EQ(At(*snap, 2, 1), 2001.0f);  // still readable
+  EXPECT_EQ(CountFiles(tmp / "db/tables"), 0);  // deleted at the drop
   ASSERT_TRUE(store->WriteTable("t", spec, Pattern(4, 1)).ok());
   EXPECT_EQ(store->GetInfo("t")->version, 2u);
-  *snap = TableSnapshot();  // unlinks v1 only
+  *snap = TableSnapshot();
   EXPECT_EQ(CountFiles(tmp / "db/tables"), 1);
   auto now = store->GetSnapshot("t");
   EXPECT_EQ(At(*now, 2, 1), 2002.0f);
 }
 
-TEST(StoreTest, LeftoversAreCollectedOnOpen) {
+// Opening to read writes nothing; the next write collects what interrupted
+// writes left, and nothing else.
+TEST(StoreTest, LeftoversAreCollectedByTheNextWrite) {
   TempDir tmp;
+  TableSpec spec{10, 4, DType::kF32, "", false, {}};
   {
     auto store = OpenOrDie(tmp / "db");
-    TableSpec spec{10, 4, DType::kF32, "", false, {}};
     ASSERT_TRUE(store->WriteTable("t", spec, Pattern(4, 0)).ok());
   }
   embstore::testing::WriteBytes(tmp / "db/tables/t.v7.emb.tmp-999", "partial");
   embstore::testing::WriteBytes(tmp / "db/tables/t.v8.emb", "renamed but never published");
+  embstore::testing::WriteBytes(tmp / "db/tables/notes.txt", "not ours");
+  embstore::testing::WriteBytes(tmp / "db/CATALOG.tmp-999-abcd", "half a catalog");
   auto store = OpenOrDie(tmp / "db");
-  EXPECT_EQ(CountFiles(tmp / "db/tables"), 1);
+  EXPECT_EQ(CountFiles(tmp / "db/tables"), 4);
   EXPECT_TRUE(store->VerifyTable("t").ok());
+  ASSERT_TRUE(store->WriteTable("u", spec, Pattern(4, 0)).ok());
+  EXPECT_EQ(FilesIn(tmp / "db/tables"),
+            (std::set<std::string>{"notes.txt", "t.v1.emb", "u.v1.emb"}));
+  EXPECT_FALSE(std::filesystem::exists(tmp / "db/CATALOG.tmp-999-abcd"));
 }
 
 TEST(StoreTest, FailedFillLeavesOldVersionAndNoFiles) {
@@ -285,7 +328,7 @@ TEST(StoreTest, ConcurrentReadersDuringReplace) {
   stop = true;
   for (auto& t : readers) t.join();
   EXPECT_EQ(bad.load(), 0);
-  EXPECT_EQ(CountFiles(tmp / "db/tables"), 1);
+  EXPECT_EQ(CountFiles(tmp / "db/tables"), 2);  // current + one retained
 }
 
 // kill -9 of a replacing import at random moments: the store always serves a
@@ -333,9 +376,14 @@ TEST(StoreTest, SigkillDuringReplaceLeavesAWholeVersion) {
     current = tag;
     for (int64_t r = 0; r < rows; r += 97)
       ASSERT_EQ(At(*snap, r, 3), static_cast<float>(r * 1000 + 3) + tag);
-    EXPECT_EQ(CountFiles(tmp / "db/tables"), 1);
   }
   EXPECT_GT(saw_old, 0);  // some kills must land mid-import
+  // The next write collects what the killed ones left: only retained files remain.
+  auto store = OpenOrDie(tmp / "db");
+  TableSpec spec{1, 1, DType::kF32, "", false, {}};
+  ASSERT_TRUE(store->WriteTable("other", spec, Pattern(1, 0)).ok());
+  EXPECT_EQ(FilesIn(tmp / "db/tables"), CatalogFiles(*store));
+  EXPECT_LE(CountFiles(tmp / "db/tables"), 3);
 }
 
 }  // namespace

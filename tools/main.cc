@@ -1,4 +1,5 @@
 // embstore: the command-line tool. See README.md "CLI reference".
+#include <chrono>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
@@ -9,6 +10,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -98,22 +100,59 @@ bool Require(const cxxopts::ParseResult& r, const std::string& cmd, const char* 
   return true;
 }
 
-Result<std::unique_ptr<Store>> OpenStore(const std::string& db, bool create) {
-  StoreOptions o;
+Result<std::unique_ptr<Store>> OpenStore(const std::string& db, bool create,
+                                         const StoreOptions& base = StoreOptions()) {
+  StoreOptions o = base;
   o.create_if_missing = create;
   return Store::Open(db, o);
+}
+
+// The options of every command that writes a store: how long to wait for
+// another process's write, and how many earlier versions to keep.
+void AddWriterOptions(cxxopts::Options& opts) {
+  opts.add_options()("lock-wait",
+                     "Seconds to wait for another process's write to end (default 5)",
+                     cxxopts::value<std::string>())(
+      "keep-versions", "Earlier versions of each table to keep for rollback (default 1)",
+      cxxopts::value<std::string>());
+}
+
+// Reads --lock-wait and --keep-versions into `o`; false (and *exit_code) on
+// a bad value.
+bool WriterOptions(const cxxopts::ParseResult& r, const std::string& cmd, StoreOptions* o,
+                   int* exit_code) {
+  if (r.count("lock-wait")) {
+    auto secs = ParseNumber(r["lock-wait"].as<std::string>(), "--lock-wait");
+    if (!secs.ok() || !(*secs >= 0) || *secs > 86400) {
+      *exit_code = UsageError(cmd, "--lock-wait must be a number of seconds from 0 to 86400");
+      return false;
+    }
+    o->writer_wait = std::chrono::milliseconds(static_cast<int64_t>(*secs * 1000 + 0.5));
+  }
+  if (r.count("keep-versions")) {
+    auto n = ParseInteger(r["keep-versions"].as<std::string>(), "--keep-versions");
+    if (!n.ok() || *n < 0 || *n > 1000000) {
+      *exit_code = UsageError(cmd, "--keep-versions must be an integer from 0 to 1000000");
+      return false;
+    }
+    o->retain_versions = static_cast<int>(*n);
+  }
+  return true;
 }
 
 // ---- init ----------------------------------------------------------------------------
 int CmdInit(int argc, char** argv) {
   cxxopts::Options opts("embstore init", "Create an empty store in DIR.");
   opts.add_options()("db", "Store directory", cxxopts::value<std::string>());
+  AddWriterOptions(opts);
   int ec = 0;
   auto r = Parse(opts, "init", argc, argv, &ec);
   if (!r) return ec;
   std::string db;
   if (!Require(*r, "init", "db", &db, &ec)) return ec;
-  auto store = OpenStore(db, true);
+  StoreOptions so;
+  if (!WriterOptions(*r, "init", &so, &ec)) return ec;
+  auto store = OpenStore(db, true, so);
   if (!store.ok()) return Fail("init", store.status());
   std::printf("initialized store at %s\n", db.c_str());
   return kExitOk;
@@ -158,12 +197,15 @@ int CmdImport(int argc, char** argv) {
       cxxopts::value<std::vector<std::string>>())(
       "dtype", "Storage dtype: f32, f16, bf16, int8 (default: keep f32/f16/bf16, f64 -> f32)",
       cxxopts::value<std::string>())("replace", "Publish a new version of an existing table");
+  AddWriterOptions(opts);
   int ec = 0;
   auto r = Parse(opts, "import", argc, argv, &ec);
   if (!r) return ec;
   std::string db, from;
   if (!Require(*r, "import", "db", &db, &ec) || !Require(*r, "import", "from", &from, &ec))
     return ec;
+  StoreOptions so;
+  if (!WriterOptions(*r, "import", &so, &ec)) return ec;
   ImportOptions io;
   io.replace = Flag(*r, "replace");
   if (r->count("dtype")) {
@@ -201,7 +243,7 @@ int CmdImport(int argc, char** argv) {
     Status st = ValidateTableName(j.second);
     if (!st.ok()) return Fail("import", st);
   }
-  auto store = OpenStore(db, true);
+  auto store = OpenStore(db, true, so);
   if (!store.ok()) return Fail("import", store.status());
   if (jobs.size() > 1) {
     // Several tables: check every tensor (key, dtype, shape, file size) and
@@ -237,18 +279,33 @@ int CmdImport(int argc, char** argv) {
 
 // ---- list / info ------------------------------------------------------------------------
 int CmdList(int argc, char** argv) {
-  cxxopts::Options opts("embstore list", "List tables: name rows dim dtype version bytes.");
-  opts.add_options()("db", "Store directory", cxxopts::value<std::string>());
+  cxxopts::Options opts(
+      "embstore list",
+      "List tables: name rows dim dtype version bytes. An entry this build cannot read is\n"
+      "listed as: name UNREADABLE why.");
+  opts.add_options()("db", "Store directory", cxxopts::value<std::string>())(
+      "versions", "Also list retained versions (a last column says current or retained)");
   int ec = 0;
   auto r = Parse(opts, "list", argc, argv, &ec);
   if (!r) return ec;
   std::string db;
   if (!Require(*r, "list", "db", &db, &ec)) return ec;
+  const bool versions = Flag(*r, "versions");
   auto store = OpenStore(db, false);
   if (!store.ok()) return Fail("list", store.status());
-  for (const TableInfo& t : (*store)->ListTables()) {
-    std::printf("%s\t%" PRId64 "\t%" PRId64 "\t%s\tv%" PRIu64 "\t%" PRIu64 "\n", t.name.c_str(),
-                t.rows, t.dim, DTypeName(t.dtype), t.version, t.file_bytes);
+  auto entries = (*store)->ListEntries();
+  if (!entries.ok()) return Fail("list", entries.status());
+  for (const TableEntry& e : *entries) {
+    if (!e.status.ok()) {
+      std::printf("%s\tUNREADABLE\t%s\n", e.name.c_str(), e.status.message().c_str());
+      continue;
+    }
+    for (size_t i = 0; i < (versions ? e.versions.size() : 1); ++i) {
+      const TableInfo& t = e.versions[i];
+      std::printf("%s\t%" PRId64 "\t%" PRId64 "\t%s\tv%" PRIu64 "\t%" PRIu64 "%s\n",
+                  t.name.c_str(), t.rows, t.dim, DTypeName(t.dtype), t.version, t.file_bytes,
+                  versions ? (i == 0 ? "\tcurrent" : "\tretained") : "");
+    }
   }
   return kExitOk;
 }
@@ -264,6 +321,8 @@ int CmdInfo(int argc, char** argv) {
   if (!Require(*r, "info", "db", &db, &ec) || !Require(*r, "info", "table", &table, &ec)) return ec;
   auto store = OpenStore(db, false);
   if (!store.ok()) return Fail("info", store.status());
+  auto entries = (*store)->ListEntries();
+  if (!entries.ok()) return Fail("info", entries.status());
   auto t = (*store)->GetInfo(table);
   if (!t.ok()) return Fail("info", t.status());
   std::printf("name:          %s\n", t->name.c_str());
@@ -278,6 +337,17 @@ int CmdInfo(int argc, char** argv) {
   std::printf("checksum:      xxh64:%016" PRIx64 "\n", t->checksum);
   std::printf("source:        %s\n", t->source.c_str());
   std::printf("file:          %s\n", t->file.c_str());
+  for (const TableEntry& e : *entries) {
+    if (e.name != table) continue;
+    if (e.versions.size() < 2) std::printf("retained:      none\n");
+    for (size_t i = 1; i < e.versions.size(); ++i) {
+      const TableInfo& v = e.versions[i];
+      std::printf("retained:      v%" PRIu64 " %" PRId64 " x %" PRId64 " %s, xxh64:%016" PRIx64
+                  ", %s, %s\n",
+                  v.version, v.rows, v.dim, DTypeName(v.dtype), v.checksum, v.file.c_str(),
+                  v.source.c_str());
+    }
+  }
   return kExitOk;
 }
 
@@ -335,15 +405,19 @@ int CmdExport(int argc, char** argv) {
 
 // ---- drop / verify ------------------------------------------------------------------------
 int CmdDrop(int argc, char** argv) {
-  cxxopts::Options opts("embstore drop", "Remove a table and reclaim its file.");
+  cxxopts::Options opts("embstore drop",
+                        "Remove a table and its retained versions, and reclaim their files.");
   opts.add_options()("db", "Store directory", cxxopts::value<std::string>())(
       "table", "Table name", cxxopts::value<std::string>());
+  AddWriterOptions(opts);
   int ec = 0;
   auto r = Parse(opts, "drop", argc, argv, &ec);
   if (!r) return ec;
   std::string db, table;
   if (!Require(*r, "drop", "db", &db, &ec) || !Require(*r, "drop", "table", &table, &ec)) return ec;
-  auto store = OpenStore(db, false);
+  StoreOptions so;
+  if (!WriterOptions(*r, "drop", &so, &ec)) return ec;
+  auto store = OpenStore(db, false, so);
   if (!store.ok()) return Fail("drop", store.status());
   Status st = (*store)->DropTable(table);
   if (!st.ok()) return Fail("drop", st);
@@ -364,12 +438,17 @@ int CmdVerify(int argc, char** argv) {
   auto store = OpenStore(db, false);
   if (!store.ok()) return Fail("verify", store.status());
   std::vector<std::string> names;
+  auto entries = (*store)->ListEntries();
+  if (!entries.ok()) return Fail("verify", entries.status());
   if (r->count("table")) {
     names.push_back((*r)["table"].as<std::string>());
-    auto info = (*store)->GetInfo(names[0]);
-    if (!info.ok()) return Fail("verify", info.status());
+    const Status valid = ValidateTableName(names[0]);
+    if (!valid.ok()) return Fail("verify", valid);
+    bool known = false;
+    for (const TableEntry& e : *entries) known |= e.name == names[0];
+    if (!known) return Fail("verify", Status::NotFound("unknown table '" + names[0] + "'"));
   } else {
-    for (const TableInfo& t : (*store)->ListTables()) names.push_back(t.name);
+    for (const TableEntry& e : *entries) names.push_back(e.name);
   }
   int bad = 0;
   for (const std::string& n : names) {
@@ -666,10 +745,13 @@ int CmdRenorm(int argc, char** argv) {
                                                             cxxopts::value<std::string>())(
       "norm-type", "p of the p-norm (default 2; 0, inf and -inf as torch)",
       cxxopts::value<std::string>()->default_value("2"));
+  AddWriterOptions(opts);
   int ec = 0;
   auto r = Parse(opts, "renorm", argc, argv, &ec);
   if (!r) return ec;
   const std::string cmd = "renorm";
+  StoreOptions so;
+  if (!WriterOptions(*r, cmd, &so, &ec)) return ec;
   std::string db, table, max_norm_text;
   if (!Require(*r, cmd, "db", &db, &ec) || !Require(*r, cmd, "table", &table, &ec) ||
       !Require(*r, cmd, "max-norm", &max_norm_text, &ec)) {
@@ -686,7 +768,7 @@ int CmdRenorm(int argc, char** argv) {
     return Fail(cmd,
                 Status::InvalidArgument("--norm-type must be >= 0, inf or -inf (as torch's norm)"));
   }
-  auto store = OpenStore(db, false);
+  auto store = OpenStore(db, false, so);
   if (!store.ok()) return Fail(cmd, store.status());
   auto snap = (*store)->GetSnapshot(table);
   if (!snap.ok()) return Fail(cmd, snap.status());
@@ -724,6 +806,38 @@ int CmdRenorm(int argc, char** argv) {
 }
 
 // ---- score (FM / FFM) -------------------------------------------------------------------------
+int CmdRollback(int argc, char** argv) {
+  cxxopts::Options opts(
+      "embstore rollback",
+      "Publish a retained version of a table again, atomically, as a new version number\n"
+      "(default: the newest retained version; see `embstore info` or `list --versions`).");
+  opts.add_options()("db", "Store directory", cxxopts::value<std::string>())(
+      "table", "Table name", cxxopts::value<std::string>())(
+      "to-version", "The retained version to publish again", cxxopts::value<std::string>());
+  AddWriterOptions(opts);
+  int ec = 0;
+  const std::string cmd = "rollback";
+  auto r = Parse(opts, cmd, argc, argv, &ec);
+  if (!r) return ec;
+  std::string db, table;
+  if (!Require(*r, cmd, "db", &db, &ec) || !Require(*r, cmd, "table", &table, &ec)) return ec;
+  StoreOptions so;
+  if (!WriterOptions(*r, cmd, &so, &ec)) return ec;
+  std::optional<uint64_t> to;
+  if (r->count("to-version")) {
+    auto v = ParseInteger((*r)["to-version"].as<std::string>(), "--to-version");
+    if (!v.ok() || *v < 1) return UsageError(cmd, "--to-version must be a version number >= 1");
+    to = static_cast<uint64_t>(*v);
+  }
+  auto store = OpenStore(db, false, so);
+  if (!store.ok()) return Fail(cmd, store.status());
+  auto info = (*store)->Rollback(table, to);
+  if (!info.ok()) return Fail(cmd, info.status());
+  std::printf("rolled back %s: version %" PRIu64 " holds the data of %s\n", table.c_str(),
+              info->version, info->source.c_str());
+  return kExitOk;
+}
+
 int CmdScore(int argc, char** argv) {
   cxxopts::Options opts(
       "embstore score",
@@ -909,6 +1023,7 @@ const std::vector<Command>& Commands() {
       {"inspect", "list the tensors in a checkpoint file", CmdInspect},
       {"query", "pool bags of embeddings (embedding_bag)", CmdQuery},
       {"renorm", "write a max_norm-renormalized new version of a table", CmdRenorm},
+      {"rollback", "publish a retained earlier version of a table again", CmdRollback},
       {"score", "factorization-machine (FM / FFM) scores over batched bags", CmdScore},
       {"gpu-info", "report CUDA devices", CmdGpuInfo},
   };

@@ -1,18 +1,24 @@
-// Store: a directory of memory-mapped embedding tables with a RocksDB catalog.
+// Store: a directory of memory-mapped embedding tables and their catalog.
 //
 //   auto store = embstore::Store::Open("/data/emb", {});
 //   auto info = (*store)->ImportFile("items", "items.npy", {});
 //   auto snap = (*store)->GetSnapshot("items");
 //   embstore::EmbeddingBag(snap->view(), request, options);
 //
-// Layout and crash-safety are documented in docs/table_format.md.
+// Layout and crash-safety: docs/table_format.md; processes: docs/concurrency.md.
 //
-// Thread-safety: a Store may be used from many threads at once. A store
-// directory is opened by one process at a time (RocksDB's lock enforces it).
-// TableSnapshot is immutable and may be shared and read by any threads.
+// Processes: any number of processes may open one store and read it; one
+// process at a time writes it (import, replace, drop, rollback), beside the
+// readers. Readers take no lock and never wait for a writer; a writer never
+// waits for readers. A version published by another process is seen within
+// StoreOptions::refresh_interval, without reopening.
+//
+// Threads: a Store may be used from many threads at once. TableSnapshot is
+// immutable and may be shared and read by any threads.
 #ifndef EMBSTORE_STORE_H_
 #define EMBSTORE_STORE_H_
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -44,6 +50,18 @@ struct StoreOptions {
   // memory, or its cgroup's limit when lower), off above.
   enum class HugePages { kAuto, kOn, kOff };
   HugePages huge_pages = HugePages::kAuto;
+  // How many earlier versions of each table a write keeps for Rollback(),
+  // besides the current one. Default 1. A write trims the table it writes to
+  // this many (the files of the versions it lets go are deleted then).
+  int retain_versions = 1;
+  // How long a write waits for another process's write to end before it
+  // fails with "another process (pid N) is writing to DIR". Default 5 s.
+  std::chrono::milliseconds writer_wait{5000};
+  // How often the store looks for a catalog published by another process
+  // (a read of the catalog's first bytes, done on the way into GetSnapshot,
+  // GetInfo, ListTables and ListEntries). Default 100 ms; at most 1 s is
+  // honoured. Refresh() looks at once.
+  std::chrono::milliseconds refresh_interval{100};
 };
 
 // What the catalog knows of one table version.
@@ -60,6 +78,15 @@ struct TableInfo {
   std::string source;        // where the data came from (path and tensor key)
   std::string file;          // file name inside the store's tables/ folder
   int64_t created_unix = 0;  // seconds since the epoch
+};
+
+// One table as the catalog holds it: its current version and the earlier
+// versions retained for rollback, or, for an entry this build cannot read
+// (written by a newer build, or damaged), why not.
+struct TableEntry {
+  std::string name;
+  Status status;                    // OK, or why the entry cannot be read
+  std::vector<TableInfo> versions;  // status OK: [0] is current, then retained, newest first
 };
 
 // Progress of a long operation: done and total in rows.
@@ -90,13 +117,14 @@ struct TableSpec {
   std::string source;  // recorded in the catalog
   bool replace = false;
   ProgressFn progress;
-  // Rows per fill call; 0 picks about 32 MiB of float32 per chunk.
+  // Rows per fill call; 0 picks about 32 MiB of float32 per chunk. Larger
+  // values are capped at the table's rows; a chunk must fit in 1 GiB.
   int64_t chunk_rows = 0;
 };
 
 // An immutable, shared view of one version of a table. Copies are cheap and
-// share the mapping; the file of a replaced or dropped version is unlinked when
-// the last snapshot of it is destroyed.
+// share the mapping, which stays valid after the version is replaced or
+// dropped and its file deleted (Linux keeps a mapped file until it is unmapped).
 class TableSnapshot {
  public:
   class Mapping;  // private
@@ -113,17 +141,26 @@ class TableSnapshot {
 
 class Store {
  public:
-  // Opens (or creates) the store in `dir`. Collects leftovers of interrupted
-  // imports: temporary files and table files no catalog entry refers to.
+  // Opens (or, with create_if_missing, creates) the store in `dir`. Opening
+  // to read writes nothing. Writes collect the leftovers of interrupted
+  // writes: temporary files and table files no catalog entry names.
   static Result<std::unique_ptr<Store>> Open(const std::string& dir, const StoreOptions& options);
 
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
   virtual ~Store();
 
-  virtual std::vector<TableInfo> ListTables() = 0;
+  // The current version of every table this build can read. Entries it
+  // cannot read are not silently lost: ListEntries() shows them.
+  virtual Result<std::vector<TableInfo>> ListTables() = 0;
+  // Every catalog entry, readable or not, with its retained versions.
+  virtual Result<std::vector<TableEntry>> ListEntries() = 0;
   virtual Result<TableInfo> GetInfo(const std::string& name) = 0;
+  // The current version of `name`, mapped. A snapshot keeps reading its
+  // version however the table changes later.
   virtual Result<TableSnapshot> GetSnapshot(const std::string& name) = 0;
+  // Reads the catalog now, catching up with writes of other processes.
+  virtual Status Refresh() = 0;
 
   // Imports one tensor of a checkpoint file (.npy; other formats as supported)
   // as table `name`, streaming with bounded memory. Publishes atomically:
@@ -136,12 +173,19 @@ class Store {
   virtual Result<TableInfo> WriteTable(const std::string& name, const TableSpec& spec,
                                        const RowFillFn& fill) = 0;
 
-  // Removes the table from the catalog; its file is reclaimed once no
-  // snapshot of it remains.
+  // Removes the table and its retained versions from the catalog and
+  // deletes their files (snapshots held anywhere keep their mappings).
   virtual Status DropTable(const std::string& name) = 0;
 
-  // Recomputes the data checksum of a table's file and checks its header
-  // against the catalog. OK, or Corruption naming what is wrong.
+  // Publishes a retained version of `name` again, atomically, as a new
+  // version number: `to_version`, or by default the newest retained one.
+  virtual Result<TableInfo> Rollback(const std::string& name,
+                                     std::optional<uint64_t> to_version) = 0;
+
+  // Recomputes the data checksums of a table's files (current and retained
+  // versions) and checks their headers against the catalog. OK, or
+  // Corruption naming what is wrong; an entry this build cannot read is
+  // Corruption too.
   virtual Status VerifyTable(const std::string& name) = 0;
 
  protected:

@@ -9,11 +9,13 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <set>
 #include <thread>
 
 #include "embstore/query.h"
+#include "storage/catalog.h"
 #include "storage/table_file.h"
 #include "test_util.h"
 
@@ -384,6 +386,313 @@ TEST(StoreTest, SigkillDuringReplaceLeavesAWholeVersion) {
   ASSERT_TRUE(store->WriteTable("other", spec, Pattern(1, 0)).ok());
   EXPECT_EQ(FilesIn(tmp / "db/tables"), CatalogFiles(*store));
   EXPECT_LE(CountFiles(tmp / "db/tables"), 3);
+}
+
+
+// ---- Catalog: entries this build cannot read, other formats, damage ---------------------
+
+namespace catalog_cases {
+
+std::string CatalogPath(const TempDir& tmp) { return tmp / "db/CATALOG"; }
+
+// The JSON body of db/CATALOG (its second line).
+std::string Body(const TempDir& tmp) {
+  const std::string bytes = embstore::testing::ReadBytes(CatalogPath(tmp));
+  const size_t a = bytes.find('\n');
+  const size_t b = bytes.find('\n', a + 1);
+  return bytes.substr(a + 1, b - a - 1);
+}
+
+// Rewrites db/CATALOG with `body`, sealed with a valid checksum (as another
+// build would write it).
+void WriteBody(const TempDir& tmp, const std::string& body, uint64_t generation = 1000,
+               int format = storage::kCatalogFormat) {
+  embstore::testing::WriteBytes(CatalogPath(tmp), storage::SealCatalog(generation, body, format));
+}
+
+void Replace(std::string* s, const std::string& from, const std::string& to) {
+  const size_t at = s->find(from);
+  ASSERT_NE(at, std::string::npos) << from << " not in " << *s;
+  s->replace(at, from.size(), to);
+}
+
+}  // namespace catalog_cases
+
+// An entry with a dtype this build does not know (a newer build's): listed
+// as unreadable, refused by verify, its file never deleted, the entry kept
+// verbatim through other writes; other tables stay queryable.
+TEST(StoreCatalogTest, UnknownDtypeEntryKeepsItsFileAndFailsVerify) {
+  using namespace catalog_cases;
+  TempDir tmp;
+  TableSpec spec{10, 4, DType::kF32, "", false, {}};
+  {
+    auto store = OpenOrDie(tmp / "db");
+    ASSERT_TRUE(store->WriteTable("a", spec, Pattern(4, 0)).ok());
+    ASSERT_TRUE(store->WriteTable("b", spec, Pattern(4, 1)).ok());
+  }
+  std::string body = Body(tmp);
+  const size_t b_at = body.find("\"name\":\"b\"");
+  ASSERT_NE(b_at, std::string::npos);
+  std::string tail = body.substr(b_at);
+  Replace(&tail, "\"dtype\":\"f32\"", "\"dtype\":\"f8e4m3\"");
+  WriteBody(tmp, body.substr(0, b_at) + tail);
+
+  auto store = OpenOrDie(tmp / "db");
+  auto entries = store->ListEntries();
+  ASSERT_TRUE(entries.ok());
+  ASSERT_EQ(entries->size(), 2u);
+  EXPECT_TRUE((*entries)[0].status.ok());
+  EXPECT_EQ((*entries)[1].name, "b");
+  EXPECT_FALSE((*entries)[1].status.ok());
+  EXPECT_NE((*entries)[1].status.message().find("f8e4m3"), std::string::npos);
+  ASSERT_EQ(store->ListTables()->size(), 1u);
+  Status v = store->VerifyTable("b");
+  EXPECT_EQ(v.code(), Status::Code::kCorruption);
+  EXPECT_NE(v.message().find("'b'"), std::string::npos);
+  EXPECT_EQ(store->GetSnapshot("b").status().code(), Status::Code::kCorruption);
+  EXPECT_EQ(store->GetInfo("b").status().code(), Status::Code::kCorruption);
+  auto a = store->GetSnapshot("a");
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(At(*a, 3, 2), 3002.0f);
+  // Writes that touch b are refused; others go on and keep b's file and entry.
+  spec.replace = true;
+  EXPECT_EQ(store->WriteTable("b", spec, Pattern(4, 2)).status().code(),
+            Status::Code::kCorruption);
+  EXPECT_EQ(store->DropTable("b").code(), Status::Code::kCorruption);
+  EXPECT_EQ(store->Rollback("b", std::nullopt).status().code(), Status::Code::kCorruption);
+  ASSERT_TRUE(store->WriteTable("a", spec, Pattern(4, 3)).ok());
+  ASSERT_TRUE(store->WriteTable("c", spec, Pattern(4, 4)).ok());
+  ASSERT_TRUE(store->DropTable("c").ok());
+  EXPECT_TRUE(std::filesystem::exists(tmp / "db/tables/b.v1.emb"));
+  EXPECT_NE(Body(tmp).find("f8e4m3"), std::string::npos);
+  auto reopened = OpenOrDie(tmp / "db");
+  EXPECT_FALSE((*reopened->ListEntries())[1].status.ok());
+}
+
+// An entry too damaged to say which files it names: no table file is taken
+// for a leftover then (only temporaries are collected).
+TEST(StoreCatalogTest, MalformedEntryStopsLeftoverCollection) {
+  using namespace catalog_cases;
+  TempDir tmp;
+  TableSpec spec{10, 4, DType::kF32, "", false, {}};
+  {
+    auto store = OpenOrDie(tmp / "db");
+    ASSERT_TRUE(store->WriteTable("a", spec, Pattern(4, 0)).ok());
+  }
+  std::string body = Body(tmp);
+  Replace(&body, "\"tables\":[", "\"tables\":[\"what is this\",{\"name\":\"z\",\"versions\":7},");
+  WriteBody(tmp, body);
+  embstore::testing::WriteBytes(tmp / "db/tables/z.v1.emb", "maybe z's");
+  embstore::testing::WriteBytes(tmp / "db/tables/a.v9.emb.tmp-1", "a temporary");
+  auto store = OpenOrDie(tmp / "db");
+  auto entries = store->ListEntries();
+  ASSERT_TRUE(entries.ok());
+  ASSERT_EQ(entries->size(), 3u);
+  int unreadable = 0;
+  for (const TableEntry& e : *entries) unreadable += e.status.ok() ? 0 : 1;
+  EXPECT_EQ(unreadable, 2);
+  ASSERT_TRUE(store->WriteTable("b", spec, Pattern(4, 1)).ok());
+  EXPECT_TRUE(std::filesystem::exists(tmp / "db/tables/z.v1.emb"));
+  EXPECT_FALSE(std::filesystem::exists(tmp / "db/tables/a.v9.emb.tmp-1"));
+  EXPECT_EQ(store->VerifyTable("z").code(), Status::Code::kCorruption);
+  EXPECT_TRUE(store->VerifyTable("a").ok());
+}
+
+TEST(StoreCatalogTest, NewerFormatIsRefusedNamingIt) {
+  using namespace catalog_cases;
+  TempDir tmp;
+  { OpenOrDie(tmp / "db"); }
+  WriteBody(tmp, Body(tmp), 5, 3);
+  auto s = Store::Open(tmp / "db", StoreOptions());
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), Status::Code::kNotSupported);
+  EXPECT_NE(s.status().message().find("format 3"), std::string::npos) << s.status().message();
+  EXPECT_NE(s.status().message().find("newer"), std::string::npos);
+}
+
+TEST(StoreCatalogTest, DamagedCatalogIsCorruptionNotAnEmptyStore) {
+  using namespace catalog_cases;
+  TempDir tmp;
+  TableSpec spec{10, 4, DType::kF32, "", false, {}};
+  {
+    auto store = OpenOrDie(tmp / "db");
+    ASSERT_TRUE(store->WriteTable("a", spec, Pattern(4, 0)).ok());
+  }
+  std::string bytes = embstore::testing::ReadBytes(CatalogPath(tmp));
+  bytes[bytes.find("\"rows\":10") + 8] = '2';  // one digit, the checksum now fails
+  embstore::testing::WriteBytes(CatalogPath(tmp), bytes);
+  auto s = Store::Open(tmp / "db", StoreOptions());
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), Status::Code::kCorruption);
+  EXPECT_NE(s.status().message().find("checksum"), std::string::npos);
+  EXPECT_TRUE(std::filesystem::exists(tmp / "db/tables/a.v1.emb"));
+  embstore::testing::WriteBytes(CatalogPath(tmp), bytes.substr(0, bytes.size() / 2));
+  EXPECT_EQ(Store::Open(tmp / "db", StoreOptions()).status().code(), Status::Code::kCorruption);
+}
+
+// ---- No exception crosses the API -------------------------------------------------------
+
+TEST(StoreTest, HugeChunkRowsAndRowCountsAreStatuses) {
+  TempDir tmp;
+  auto store = OpenOrDie(tmp / "db");
+  TableSpec spec{10, 4, DType::kF32, "", false, {}};
+  spec.chunk_rows = std::numeric_limits<int64_t>::max();  // capped at the rows
+  ASSERT_TRUE(store->WriteTable("t", spec, Pattern(4, 0)).ok());
+  TableSpec wide{int64_t{1} << 40, 1 << 20, DType::kF32, "", false, {}};
+  wide.chunk_rows = int64_t{1} << 40;
+  auto r = store->WriteTable("w", wide, Pattern(1 << 20, 0));
+  EXPECT_EQ(r.status().code(), Status::Code::kInvalidArgument);
+  TableSpec tall{std::numeric_limits<int64_t>::max(), 1 << 20, DType::kF32, "", false, {}};
+  r = store->WriteTable("w", tall, Pattern(1 << 20, 0));
+  EXPECT_EQ(r.status().code(), Status::Code::kInvalidArgument) << r.status().ToString();
+  spec.chunk_rows = -1;
+  EXPECT_EQ(store->WriteTable("u", spec, Pattern(4, 0)).status().code(),
+            Status::Code::kInvalidArgument);
+  // A fill that throws is an Internal status, and the table is unchanged.
+  spec.chunk_rows = 0;
+  spec.replace = true;
+  r = store->WriteTable("t", spec, [](int64_t, int64_t, float*) -> Status {
+    throw std::runtime_error("the fill broke");
+  });
+  EXPECT_EQ(r.status().code(), Status::Code::kInternal);
+  EXPECT_EQ(store->GetInfo("t")->version, 1u);
+  EXPECT_EQ(CountFiles(tmp / "db/tables"), 1);
+}
+
+// ---- Retained versions and rollback -----------------------------------------------------
+
+TEST(StoreTest, RollbackPublishesARetainedVersionAsANewVersion) {
+  TempDir tmp;
+  auto store = OpenOrDie(tmp / "db", Retaining(2));
+  TableSpec spec{10, 4, DType::kF32, "src", true, {}};
+  for (int i = 0; i < 3; ++i)
+    ASSERT_TRUE(store->WriteTable("t", spec, Pattern(4, static_cast<float>(i))).ok());
+  auto held = store->GetSnapshot("t");  // v3
+  auto back = store->Rollback("t", std::nullopt);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->version, 4u);
+  EXPECT_NE(back->source.find("rollback to v2"), std::string::npos);
+  auto now = store->GetSnapshot("t");
+  ASSERT_TRUE(now.ok());
+  EXPECT_EQ(now->info().version, 4u);
+  EXPECT_EQ(At(*now, 2, 1), 2001.0f + 1);  // v2's data
+  EXPECT_EQ(At(*held, 2, 1), 2001.0f + 2);  // the held snapshot is v3, unchanged
+  auto entries = store->ListEntries();
+  std::vector<uint64_t> versions;
+  for (const TableInfo& v : (*entries)[0].versions) versions.push_back(v.version);
+  EXPECT_EQ(versions, (std::vector<uint64_t>{4, 3, 2}));
+  // To a named version; the current one and unknown ones are refused.
+  back = store->Rollback("t", 3);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(At(*store->GetSnapshot("t"), 2, 1), 2001.0f + 2);
+  EXPECT_EQ(store->Rollback("t", 5).status().code(), Status::Code::kInvalidArgument);
+  auto missing = store->Rollback("t", 1);
+  EXPECT_EQ(missing.status().code(), Status::Code::kNotFound);
+  EXPECT_NE(missing.status().message().find("retained: 4, 3"), std::string::npos)
+      << missing.status().message();
+  EXPECT_EQ(store->Rollback("nope", std::nullopt).status().code(), Status::Code::kNotFound);
+  // Versions sharing one file keep it while any of them is retained.
+  for (int i = 0; i < 3; ++i)
+    ASSERT_TRUE(store->WriteTable("t", spec, Pattern(4, static_cast<float>(10 + i))).ok());
+  EXPECT_EQ(FilesIn(tmp / "db/tables"), CatalogFiles(*store));
+  EXPECT_TRUE(store->VerifyTable("t").ok());
+  auto none = OpenOrDie(tmp / "db", Retaining(0));
+  ASSERT_TRUE(none->WriteTable("t", spec, Pattern(4, 20)).ok());
+  EXPECT_EQ(CountFiles(tmp / "db/tables"), 1);
+  EXPECT_EQ(none->Rollback("t", std::nullopt).status().code(), Status::Code::kNotFound);
+}
+
+// ---- Two Store objects on one directory (as two processes would be) ----------------------
+
+TEST(StoreTest, AnotherStoreSeesPublishesWithoutReopening) {
+  TempDir tmp;
+  auto writer = OpenOrDie(tmp / "db");
+  TableSpec spec{10, 4, DType::kF32, "", true, {}};
+  ASSERT_TRUE(writer->WriteTable("t", spec, Pattern(4, 0)).ok());
+  StoreOptions slow;
+  slow.refresh_interval = std::chrono::milliseconds(1000);
+  auto reader = OpenOrDie(tmp / "db", slow);
+  auto v1 = reader->GetSnapshot("t");
+  ASSERT_TRUE(v1.ok());
+  ASSERT_TRUE(writer->WriteTable("t", spec, Pattern(4, 1)).ok());
+  ASSERT_TRUE(writer->WriteTable("n", spec, Pattern(4, 5)).ok());
+  // Refresh() catches up at once.
+  ASSERT_TRUE(reader->Refresh().ok());
+  EXPECT_EQ(reader->GetSnapshot("t")->info().version, 2u);
+  EXPECT_EQ(reader->ListTables()->size(), 2u);
+  EXPECT_EQ(At(*v1, 4, 0), 4000.0f);  // the held snapshot is unchanged
+  // Without Refresh(), within the refresh interval (1 s here).
+  ASSERT_TRUE(writer->DropTable("n").ok());
+  ASSERT_TRUE(writer->WriteTable("t", spec, Pattern(4, 2)).ok());
+  const auto start = std::chrono::steady_clock::now();
+  while (reader->GetSnapshot("t")->info().version != 3 &&
+         std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(reader->GetSnapshot("t")->info().version, 3u);
+  EXPECT_EQ(reader->GetSnapshot("n").status().code(), Status::Code::kNotFound);
+  EXPECT_EQ(reader->ListTables()->size(), 1u);
+  EXPECT_EQ(At(*v1, 4, 0), 4000.0f);
+}
+
+// A stale catalog names a file a writer has since deleted: the reader reads
+// the catalog again and follows it instead of failing.
+TEST(StoreTest, StaleCatalogFollowsToTheCurrentFile) {
+  TempDir tmp;
+  auto writer = OpenOrDie(tmp / "db", Retaining(0));
+  TableSpec spec{10, 4, DType::kF32, "", true, {}};
+  ASSERT_TRUE(writer->WriteTable("t", spec, Pattern(4, 0)).ok());
+  StoreOptions never;
+  never.refresh_interval = std::chrono::milliseconds(1000);
+  auto reader = OpenOrDie(tmp / "db", never);  // holds generation with t.v1
+  ASSERT_TRUE(writer->WriteTable("t", spec, Pattern(4, 1)).ok());  // deletes t.v1.emb
+  EXPECT_FALSE(std::filesystem::exists(tmp / "db/tables/t.v1.emb"));
+  auto snap = reader->GetSnapshot("t");
+  ASSERT_TRUE(snap.ok()) << snap.status().ToString();
+  EXPECT_EQ(snap->info().version, 2u);
+  EXPECT_EQ(At(*snap, 1, 1), 1002.0f);
+  // A file missing from the newest catalog too is corruption, named.
+  std::filesystem::remove(tmp / "db/tables/t.v2.emb");
+  auto fresh = OpenOrDie(tmp / "db");
+  auto gone = fresh->GetSnapshot("t");
+  EXPECT_EQ(gone.status().code(), Status::Code::kCorruption);
+  EXPECT_NE(gone.status().message().find("missing"), std::string::npos);
+}
+
+// A write waits for another writer up to writer_wait, then names it.
+TEST(StoreTest, SecondWriterWaitsThenFailsNamingTheWriter) {
+  TempDir tmp;
+  auto first = OpenOrDie(tmp / "db");
+  StoreOptions impatient;
+  impatient.writer_wait = std::chrono::milliseconds(200);
+  auto second = OpenOrDie(tmp / "db", impatient);
+  std::atomic<bool> inside{false}, release{false};
+  std::thread slow([&] {
+    TableSpec spec{4, 4, DType::kF32, "", false, {}};
+    spec.chunk_rows = 1;
+    auto r = first->WriteTable("slow", spec, [&](int64_t f, int64_t c, float* o) {
+      inside = true;
+      for (int i = 0; i < 2000 && !release.load(); ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      return Pattern(4, 0)(f, c, o);
+    });
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+  });
+  while (!inside.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  TableSpec spec{4, 4, DType::kF32, "", false, {}};
+  auto r = second->WriteTable("other", spec, Pattern(4, 0));
+  EXPECT_EQ(r.status().code(), Status::Code::kIOError);
+  EXPECT_NE(r.status().message().find("another process (pid " + std::to_string(::getpid()) +
+                                      ") is writing to"),
+            std::string::npos)
+      << r.status().message();
+  // Reads go on while the write runs.
+  EXPECT_TRUE(second->ListTables().ok());
+  release = true;
+  slow.join();
+  EXPECT_TRUE(second->WriteTable("other", spec, Pattern(4, 0)).ok());
+  ASSERT_TRUE(second->Refresh().ok());
+  EXPECT_EQ(second->ListTables()->size(), 2u);
 }
 
 }  // namespace

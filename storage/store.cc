@@ -481,7 +481,7 @@ class StoreImpl final : public Store {
     Install(c);
     if (legacy_) {
       // The catalog now lives in CATALOG: make format-1 builds refuse the store.
-      (void)storage::MarkLegacyCatalogMigrated(dir_ + "/" + kLegacyCatalogDir);
+      if (storage::MarkLegacyCatalogMigrated(dir_ + "/" + kLegacyCatalogDir).ok()) legacy_ = false;
     }
     bool unlinked = false;
     for (const std::string& f : before) {

@@ -8,6 +8,7 @@
 #include <random>
 #include <thread>
 
+#include "storage/catalog.h"
 #include "test_util.h"
 
 namespace embstore {
@@ -242,6 +243,99 @@ TEST_F(CliStoreTest, Kill9DuringImportReplace) {
     EXPECT_EQ(files, 2);
   }
   EXPECT_GT(interrupted, 0);
+}
+
+
+// Retained versions: --keep-versions, `list --versions`, `info`, `rollback`.
+TEST_F(CliStoreTest, RetainedVersionsAndRollback) {
+  std::vector<float> twice(values_.size());
+  for (size_t i = 0; i < twice.size(); ++i) twice[i] = values_[i] * 2;
+  embstore::testing::WriteF32Npy(tmp_ / "w2.npy", {50, 7}, twice);
+  ASSERT_EQ(Import("t", tmp_ / "w.npy").exit_code, 0);
+  ASSERT_EQ(Import("t", tmp_ / "w2.npy", {"--replace"}).exit_code, 0);
+  auto r = RunCli({"list", "--db", db_, "--versions"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(Contains(r.out, "t\t50\t7\tf32\tv2\t")) << r.out;
+  EXPECT_TRUE(Contains(r.out, "\tcurrent\n")) << r.out;
+  EXPECT_TRUE(Contains(r.out, "t\t50\t7\tf32\tv1\t")) << r.out;
+  EXPECT_TRUE(Contains(r.out, "\tretained\n")) << r.out;
+  r = RunCli({"info", "--db", db_, "--table", "t"});
+  EXPECT_TRUE(Contains(r.out, "retained:      v1 50 x 7 f32")) << r.out;
+
+  r = RunCli({"rollback", "--db", db_, "--table", "t"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(Contains(r.out, "rolled back t: version 3")) << r.out;
+  ASSERT_EQ(RunCli({"export", "--db", db_, "--table", "t", "--out", tmp_ / "e.npy"}).exit_code, 0);
+  EXPECT_EQ(embstore::testing::ReadF32Npy(tmp_ / "e.npy"), values_);
+  r = RunCli({"rollback", "--db", db_, "--table", "t", "--to-version", "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_EQ(RunCli({"export", "--db", db_, "--table", "t", "--out", tmp_ / "e.npy"}).exit_code, 0);
+  EXPECT_EQ(embstore::testing::ReadF32Npy(tmp_ / "e.npy"), twice);
+  EXPECT_EQ(RunCli({"verify", "--db", db_}).exit_code, 0);
+
+  r = RunCli({"rollback", "--db", db_, "--table", "t", "--to-version", "1"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "retains no version 1")) << r.err;
+  r = RunCli({"rollback", "--db", db_, "--table", "t", "--to-version", "x"});
+  EXPECT_EQ(r.exit_code, 1);
+  r = RunCli({"rollback", "--db", db_, "--table", "nope"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "unknown table 'nope'")) << r.err;
+
+  // --keep-versions 0: the next write keeps only the current version.
+  ASSERT_EQ(Import("t", tmp_ / "w.npy", {"--replace", "--keep-versions", "0"}).exit_code, 0);
+  int files = 0;
+  for (auto& e : std::filesystem::directory_iterator(db_ + "/tables")) files += e.is_regular_file();
+  EXPECT_EQ(files, 1);
+  r = RunCli({"rollback", "--db", db_, "--table", "t"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "retains no earlier version")) << r.err;
+  for (const char* bad : {"-1", "x", "1e9"}) {
+    r = Import("t", tmp_ / "w.npy", {"--replace", "--keep-versions", bad});
+    EXPECT_EQ(r.exit_code, 1) << bad;
+    EXPECT_TRUE(Contains(r.err, "--keep-versions")) << r.err;
+  }
+  r = Import("t", tmp_ / "w.npy", {"--replace", "--lock-wait", "-2"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "--lock-wait")) << r.err;
+}
+
+// A catalog entry this build cannot read (here: a dtype of a newer build)
+// is listed, fails verify by name with exit 2, and keeps its file through
+// other writes; the other tables stay queryable.
+TEST_F(CliStoreTest, UnreadableCatalogEntryIsNamedAndKept) {
+  ASSERT_EQ(Import("a", tmp_ / "w.npy").exit_code, 0);
+  ASSERT_EQ(Import("b", tmp_ / "w.npy").exit_code, 0);
+  std::string bytes = embstore::testing::ReadBytes(db_ + "/CATALOG");
+  const size_t l1 = bytes.find('\n'), l2 = bytes.find('\n', l1 + 1);
+  std::string body = bytes.substr(l1 + 1, l2 - l1 - 1);
+  const size_t b_at = body.find("\"name\":\"b\"");
+  const size_t dt = body.find("\"dtype\":\"f32\"", b_at);
+  ASSERT_NE(dt, std::string::npos);
+  body.replace(dt, 13, "\"dtype\":\"f8e4m3\"");
+  embstore::testing::WriteBytes(db_ + "/CATALOG", storage::SealCatalog(99, body));
+
+  auto r = RunCli({"list", "--db", db_});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(Contains(r.out, "a\t50\t7\tf32\tv1")) << r.out;
+  EXPECT_TRUE(Contains(r.out, "b\tUNREADABLE\t")) << r.out;
+  EXPECT_TRUE(Contains(r.out, "f8e4m3")) << r.out;
+  r = RunCli({"verify", "--db", db_});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_TRUE(Contains(r.out, "ok\ta")) << r.out;
+  EXPECT_TRUE(Contains(r.out, "CORRUPT\tb\t")) << r.out;
+  r = RunCli({"verify", "--db", db_, "--table", "b"});
+  EXPECT_EQ(r.exit_code, 2);
+  r = RunCli({"info", "--db", db_, "--table", "b"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_TRUE(Contains(r.err, "f8e4m3")) << r.err;
+  r = RunCli({"query", "--db", db_, "--table", "a", "--indices", "1", "--offsets", "0"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_EQ(Import("c", tmp_ / "w.npy").exit_code, 0);
+  ASSERT_EQ(RunCli({"drop", "--db", db_, "--table", "c"}).exit_code, 0);
+  EXPECT_EQ(RunCli({"drop", "--db", db_, "--table", "b"}).exit_code, 2);
+  EXPECT_TRUE(std::filesystem::exists(db_ + "/tables/b.v1.emb"));
+  EXPECT_TRUE(Contains(embstore::testing::ReadBytes(db_ + "/CATALOG"), "f8e4m3"));
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "embstore/query.h"
+#include "rocksdb/db.h"
 #include "storage/catalog.h"
 #include "storage/table_file.h"
 #include "test_util.h"
@@ -693,6 +694,114 @@ TEST(StoreTest, SecondWriterWaitsThenFailsNamingTheWriter) {
   EXPECT_TRUE(second->WriteTable("other", spec, Pattern(4, 0)).ok());
   ASSERT_TRUE(second->Refresh().ok());
   EXPECT_EQ(second->ListTables()->size(), 2u);
+}
+
+
+// ---- Format-1 stores (RocksDB catalog) ------------------------------------------------------
+
+namespace legacy {
+
+// A format-1 record (the JSON the first releases wrote under table/NAME).
+std::string Record(const TableInfo& t, const std::string& dtype) {
+  return "{\"name\":\"" + t.name + "\",\"version\":" + std::to_string(t.version) +
+         ",\"rows\":" + std::to_string(t.rows) + ",\"dim\":" + std::to_string(t.dim) +
+         ",\"dtype\":\"" + dtype + "\",\"row_stride\":" + std::to_string(t.row_stride) +
+         ",\"data_bytes\":" + std::to_string(t.data_bytes) +
+         ",\"file_bytes\":" + std::to_string(t.file_bytes) +
+         ",\"checksum\":" + std::to_string(t.checksum) + ",\"source\":\"old\",\"file\":\"" +
+         t.file + "\",\"created_unix\":1}";
+}
+
+// Turns the format-2 store in `db` into the format-1 store the first
+// releases wrote: the same table files, a RocksDB catalog, no CATALOG.
+void MakeFormat1(const std::string& db, const std::string& b_dtype, const std::string& vseq_a) {
+  auto store = Store::Open(db, StoreOptions());
+  ASSERT_TRUE(store.ok());
+  auto tables = (*store)->ListTables();
+  ASSERT_TRUE(tables.ok());
+  store->reset();
+  std::filesystem::remove(db + "/CATALOG");
+  std::filesystem::remove(db + "/catalog");
+  rocksdb::Options o;
+  o.create_if_missing = true;
+  rocksdb::DB* raw = nullptr;
+  ASSERT_TRUE(rocksdb::DB::Open(o, db + "/catalog", &raw).ok());
+  std::unique_ptr<rocksdb::DB> rdb(raw);
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  ASSERT_TRUE(rdb->Put(wo, "meta/format", "1").ok());
+  for (const TableInfo& t : *tables) {
+    const std::string dtype = t.name == "b" ? b_dtype : DTypeName(t.dtype);
+    ASSERT_TRUE(rdb->Put(wo, "table/" + t.name, Record(t, dtype)).ok());
+    ASSERT_TRUE(rdb->Put(wo, "vseq/" + t.name, t.name == "a" ? vseq_a : "1").ok());
+  }
+}
+
+std::string LegacyFormat(const std::string& db) {
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Options o;
+  if (!rocksdb::DB::OpenForReadOnly(o, db + "/catalog", &raw).ok()) return "?";
+  std::unique_ptr<rocksdb::DB> rdb(raw);
+  std::string v;
+  return rdb->Get(rocksdb::ReadOptions(), "meta/format", &v).ok() ? v : "?";
+}
+
+}  // namespace legacy
+
+// A store the first releases wrote is read as it is (nothing written), and
+// its first write moves the catalog to CATALOG and marks the RocksDB one
+// format 2, so that those releases refuse the store from then on. An entry
+// those releases' catalog holds but this build cannot read keeps its file.
+TEST(StoreLegacyTest, Format1StoreIsReadThenMigratedByTheFirstWrite) {
+  TempDir tmp;
+  TableSpec spec{10, 4, DType::kF32, "", false, {}};
+  {
+    auto store = OpenOrDie(tmp / "db");
+    ASSERT_TRUE(store->WriteTable("a", spec, Pattern(4, 0)).ok());
+    ASSERT_TRUE(store->WriteTable("b", spec, Pattern(4, 1)).ok());
+  }
+  legacy::MakeFormat1(tmp / "db", "f8e4m3", "4");
+  {
+    auto store = OpenOrDie(tmp / "db");
+    auto entries = store->ListEntries();
+    ASSERT_TRUE(entries.ok());
+    ASSERT_EQ(entries->size(), 2u);
+    EXPECT_TRUE((*entries)[0].status.ok());
+    EXPECT_FALSE((*entries)[1].status.ok());
+    EXPECT_NE((*entries)[1].status.message().find("f8e4m3"), std::string::npos);
+    EXPECT_EQ(At(*store->GetSnapshot("a"), 1, 2), 1002.0f);
+    EXPECT_FALSE(std::filesystem::exists(tmp / "db/CATALOG"));  // reading wrote nothing
+    spec.replace = true;
+    auto v = store->WriteTable("a", spec, Pattern(4, 7));
+    ASSERT_TRUE(v.ok()) << v.status().ToString();
+    EXPECT_EQ(v->version, 5u);  // past the format-1 counter
+  }
+  EXPECT_TRUE(std::filesystem::exists(tmp / "db/CATALOG"));
+  EXPECT_EQ(legacy::LegacyFormat(tmp / "db"), "2");
+  EXPECT_TRUE(std::filesystem::exists(tmp / "db/tables/b.v1.emb"));
+  auto store = OpenOrDie(tmp / "db");
+  EXPECT_EQ(At(*store->GetSnapshot("a"), 1, 2), 1009.0f);
+  EXPECT_EQ(store->GetInfo("a")->version, 5u);
+  auto entries = store->ListEntries();
+  EXPECT_FALSE((*entries)[1].status.ok());
+  EXPECT_EQ(store->VerifyTable("b").code(), Status::Code::kCorruption);
+  EXPECT_EQ((*entries)[0].versions.size(), 2u);  // v5 and the migrated v1
+}
+
+// A corrupt format-1 version counter is a named error, not an exception.
+TEST(StoreLegacyTest, CorruptVersionCounterIsAStatus) {
+  TempDir tmp;
+  TableSpec spec{10, 4, DType::kF32, "", false, {}};
+  {
+    auto store = OpenOrDie(tmp / "db");
+    ASSERT_TRUE(store->WriteTable("a", spec, Pattern(4, 0)).ok());
+  }
+  legacy::MakeFormat1(tmp / "db", "f32", "12x");
+  auto s = Store::Open(tmp / "db", StoreOptions());
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), Status::Code::kCorruption);
+  EXPECT_NE(s.status().message().find("vseq/a"), std::string::npos) << s.status().message();
+  EXPECT_TRUE(std::filesystem::exists(tmp / "db/tables/a.v1.emb"));
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -86,11 +87,12 @@ struct CommandResult {
 // Runs `embstore` (path from the EMBSTORE_CLI compile definition) with args,
 // capturing stdout and stderr.
 inline CommandResult RunCli(const std::vector<std::string>& args) {
-  static int counter = 0;
+  static std::atomic<int> counter{0};
   std::string base =
       (std::filesystem::temp_directory_path() /
        ("embstore-cli-" + std::to_string(::getpid()) + "-" + std::to_string(counter++)))
           .string();
+  std::fflush(nullptr);  // a child must not write out our buffered output again
   pid_t pid = ::fork();
   if (pid == 0) {
     FILE* o = std::freopen((base + ".out").c_str(), "w", stdout);

@@ -261,6 +261,8 @@ class StoreImpl final : public Store {
     return Guarded<Result<TableInfo>>([&]() -> Result<TableInfo> {
       EMBSTORE_RETURN_IF_ERROR(ValidateTableName(name));
       if (!options.replace) {
+        // Fail before reading the checkpoint; the write checks again under the lock.
+        EMBSTORE_RETURN_IF_ERROR(RefreshNow());
         auto state = Current();
         const CatalogTable* t = state->Find(name);
         if (t != nullptr && t->status.ok()) return AlreadyExistsError(*t);
@@ -576,7 +578,13 @@ class StoreImpl final : public Store {
       const CatalogTable* existing = c->Find(name);
       if (existing != nullptr && !existing->status.ok()) return UnreadableError(*existing);
       if (existing != nullptr && !spec.replace) return AlreadyExistsError(*existing);
-      const uint64_t version = c->NextVersion(name);
+      uint64_t version = c->NextVersion(name);
+      // A file of that name can only be a leftover an unreadable entry may
+      // name (others were collected): never write over it.
+      while (::access((tables_dir_ + "/" + name + ".v" + std::to_string(version) + ".emb").c_str(),
+                      F_OK) == 0) {
+        ++version;
+      }
       const std::string file = name + ".v" + std::to_string(version) + ".emb";
       const std::string final_path = tables_dir_ + "/" + file;
       const std::string tmp_path = final_path + ".tmp-" + std::to_string(::getpid());
@@ -642,6 +650,20 @@ Result<Catalog> CreateStore(const std::string& dir, const StoreOptions& options)
   EMBSTORE_ASSIGN_OR_RETURN(auto lock, storage::WriterLock::Acquire(dir, options.writer_wait));
   auto existing = storage::ReadCatalog(dir);
   if (existing.ok() || existing.status().code() != Status::Code::kNotFound) return existing;
+  // Table files without a catalog: the catalog was lost, or this is not a
+  // store. An empty catalog would make them leftovers of the next write.
+  if (DIR* d = ::opendir((dir + "/tables").c_str())) {
+    std::string found;
+    while (dirent* e = ::readdir(d)) {
+      if (IsOurTableFile(e->d_name)) found = e->d_name;
+    }
+    ::closedir(d);
+    if (!found.empty()) {
+      return Status::Corruption("'" + dir + "/tables' holds table files ('" + found +
+                                "') but there is no catalog; refusing to create an empty "
+                                "catalog over them");
+    }
+  }
   EMBSTORE_RETURN_IF_ERROR(MakeDir(dir + "/tables"));
   const std::string guard = dir + "/" + kLegacyCatalogDir;
   if (!IsDir(guard)) {

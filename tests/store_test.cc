@@ -804,5 +804,22 @@ TEST(StoreLegacyTest, CorruptVersionCounterIsAStatus) {
   EXPECT_TRUE(std::filesystem::exists(tmp / "db/tables/a.v1.emb"));
 }
 
+// A lost CATALOG beside table files is an error, never an empty store whose
+// next write would delete the tables as leftovers.
+TEST(StoreCatalogTest, TableFilesWithoutACatalogAreNotAnEmptyStore) {
+  TempDir tmp;
+  {
+    auto store = OpenOrDie(tmp / "db");
+    TableSpec spec{10, 4, DType::kF32, "", false, {}};
+    ASSERT_TRUE(store->WriteTable("a", spec, Pattern(4, 0)).ok());
+  }
+  std::filesystem::remove(tmp / "db/CATALOG");
+  auto s = Store::Open(tmp / "db", StoreOptions());
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), Status::Code::kCorruption);
+  EXPECT_NE(s.status().message().find("a.v1.emb"), std::string::npos) << s.status().message();
+  EXPECT_TRUE(std::filesystem::exists(tmp / "db/tables/a.v1.emb"));
+}
+
 }  // namespace
 }  // namespace embstore

@@ -32,3 +32,8 @@ $bin query --db "$db" --table items --indices 1,2,3,5 --weights 2,-2,0.3,0.6 --b
 # bias comes from the checkpoint.
 $bin score --db "$db" --model fm --vectors fm_vectors --biases fm_biases --bias-from examples/model.pt:model.bias \
   --indices 3,17,17,42,99,150 --weights 1,0.5,0.5,1,0.7,0.3 --bag-ends 0,3,5
+# A new version beside the old one, both listed, then the old one published again.
+$bin import --db "$db" --table items --from examples/items.npy --replace
+$bin list --db "$db" --versions
+$bin rollback --db "$db" --table items
+$bin info --db "$db" --table items

@@ -28,9 +28,12 @@ fi
 if [ "${EMBSTORE_SKIP_SANITIZERS:-0}" != "1" ] && [ "${EMBSTORE_SKIP_TSAN:-0}" != "1" ]; then
   # The suites where threads share state: caller threads on one view (with
   # and without TBB inside), snapshots and replaces from several threads,
-  # FM scoring, the GPU engine's host-side batch pipeline and cache. The CLI
-  # is built too: fm_test drives it.
-  tsan_tests=(engine_concurrency_test store_test fm_test cuda_pool_math_test cuda_cache_policy_test)
+  # FM scoring, the GPU engine's host-side batch pipeline and cache, and the
+  # processes of one store (the CLI and the reader program they drive are
+  # TSan builds too). The CLI is built too: fm_test and multiprocess_test
+  # drive it.
+  tsan_tests=(engine_concurrency_test store_test multiprocess_test fm_test cuda_pool_math_test
+              cuda_cache_policy_test)
   cmake -S . -B build/tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DEMBSTORE_SANITIZE=thread -DEMBSTORE_CUDA=OFF -DEMBSTORE_BUILD_BENCHMARKS=OFF >/dev/null
   cmake --build build/tsan -j"$jobs" --target embstore "${tsan_tests[@]}"

@@ -11,7 +11,6 @@
 #include <cinttypes>
 #include <cstdio>
 #include <nlohmann/json.hpp>
-#include <random>
 
 #include "rocksdb/db.h"
 #include "rocksdb/env.h"
@@ -356,12 +355,8 @@ Result<uint64_t> ReadCatalogGeneration(const std::string& dir) {
 Status WriteCatalog(const std::string& dir, const Catalog& catalog) {
   const std::string bytes = EncodeCatalog(catalog);
   const std::string final_path = dir + "/" + kCatalogFile;
-  std::random_device rd;
-  const std::string tmp = final_path + ".tmp-" + std::to_string(::getpid()) + "-" +
-                          Hex16((uint64_t{rd()} << 32) ^ rd()).substr(8);
-  const int fd =
-      ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoStatus("cannot create", tmp, errno);
+  std::string tmp;
+  EMBSTORE_ASSIGN_OR_RETURN(const int fd, CreateTempBeside(final_path, &tmp));
   Status st = WriteFull(fd, bytes.data(), bytes.size(), tmp);
   if (st.ok() && ::fsync(fd) != 0) st = ErrnoStatus("cannot fsync", tmp, errno);
   if (::close(fd) != 0 && st.ok()) st = ErrnoStatus("cannot close", tmp, errno);

@@ -32,9 +32,12 @@ SourceDType SourceDTypeFromName(std::string_view name);
 
 // Converts (exactly; f16/bf16 via storage/half.h) `count` little-endian elements of `dtype` at
 // `src` (consecutive elements `src_stride_bytes` apart) to float32 at `dst` (`dst_stride` floats
-// apart). REQUIRES: dtype != kOther.
-void ConvertToFloat(SourceDType dtype, const uint8_t* src, int64_t src_stride_bytes, int64_t count,
+// apart). REQUIRES: dtype != kOther. Returns false when a finite f64 value lies beyond the
+// float32 range (it would become inf); the caller refuses the import.
+bool ConvertToFloat(SourceDType dtype, const uint8_t* src, int64_t src_stride_bytes, int64_t count,
                     float* dst, int64_t dst_stride);
+// The error for a float64 value beyond float32 in rows [first, first + count) of `source`.
+Status F64OverflowError(const std::string& source, int64_t first, int64_t count);
 
 // ---- shape checks shared by every format ----------------------------------
 

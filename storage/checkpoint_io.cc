@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -82,36 +83,49 @@ SourceDType SourceDTypeFromName(std::string_view name) {
   return SourceDType::kOther;
 }
 
-void ConvertToFloat(SourceDType dtype, const uint8_t* src, int64_t src_stride_bytes, int64_t count,
+Status F64OverflowError(const std::string& source, int64_t first, int64_t count) {
+  return Status::InvalidArgument(
+      source + ": rows [" + std::to_string(first) + ", " + std::to_string(first + count) +
+      ") hold a float64 value beyond the float32 range (|x| > 3.4028235e38), which would become "
+      "inf");
+}
+
+bool ConvertToFloat(SourceDType dtype, const uint8_t* src, int64_t src_stride_bytes, int64_t count,
                     float* dst, int64_t dst_stride) {
   switch (dtype) {
     case SourceDType::kF32:
       if (src_stride_bytes == 4 && dst_stride == 1 && std::endian::native == std::endian::little) {
         std::memcpy(dst, src, static_cast<size_t>(count) * 4);
-        return;
+        return true;
       }
       for (int64_t i = 0; i < count; ++i)
         dst[i * dst_stride] = LoadLE<float>(src + i * src_stride_bytes);
-      return;
-    case SourceDType::kF64:
+      return true;
+    case SourceDType::kF64: {
+      bool in_range = true;
       for (int64_t i = 0; i < count; ++i) {
-        dst[i * dst_stride] = static_cast<float>(LoadLE<double>(src + i * src_stride_bytes));
+        const double d = LoadLE<double>(src + i * src_stride_bytes);
+        const float f = static_cast<float>(d);
+        in_range &= !(std::isinf(f) && std::isfinite(d));
+        dst[i * dst_stride] = f;
       }
-      return;
+      return in_range;
+    }
     case SourceDType::kF16:
       for (int64_t i = 0; i < count; ++i) {
         dst[i * dst_stride] = storage::HalfToFloat(LoadLE<uint16_t>(src + i * src_stride_bytes));
       }
-      return;
+      return true;
     case SourceDType::kBF16:
       for (int64_t i = 0; i < count; ++i) {
         dst[i * dst_stride] = storage::BF16ToFloat(LoadLE<uint16_t>(src + i * src_stride_bytes));
       }
-      return;
+      return true;
     case SourceDType::kOther:
       assert(false);
-      return;
+      return true;
   }
+  return true;
 }
 
 // ---- shapes -------------------------------------------------------------------
@@ -186,6 +200,12 @@ Result<std::shared_ptr<File>> File::Open(const std::string& path) {
   if (S_ISDIR(st.st_mode)) {
     ::close(fd);
     return Status::InvalidArgument("'" + path + "' is a directory, not a checkpoint file");
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return Status::InvalidArgument(
+        "'" + path + "' is a pipe or a device, not a regular file: checkpoints are read with "
+        "random access (their index is at the end); save it to a file first");
   }
   return std::shared_ptr<File>(new File(fd, path, static_cast<uint64_t>(st.st_size)));
 }
@@ -395,8 +415,10 @@ Status StridedTensorReader::ReadRows(int64_t first, int64_t count, float* out) {
       if (s_inner != 0) {
         k = std::min<int64_t>(k, static_cast<int64_t>((window_end_ - x - e) / (s_inner * e)) + 1);
       }
-      ConvertToFloat(l.dtype, window_.data() + (x - window_begin_), s_inner * e, k,
-                     run_out + i * out_inner, out_inner);
+      if (!ConvertToFloat(l.dtype, window_.data() + (x - window_begin_), s_inner * e, k,
+                          run_out + i * out_inner, out_inner)) {
+        return F64OverflowError(source_name_, first, count);
+      }
       i += k;
     }
   }

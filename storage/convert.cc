@@ -6,37 +6,47 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "storage/half.h"
 
 namespace embstore::storage {
 namespace {
 
-// Returns false when the row holds a non-finite value (int8 only).
-bool EncodeRow(const float* src, int64_t dim, DType dtype, size_t stride, uint8_t* dst) {
+// Why a row cannot be encoded (int8 only).
+enum class RowProblem { kNone, kNonFinite, kRangeOverflow };
+
+RowProblem EncodeRow(const float* src, int64_t dim, DType dtype, size_t stride, uint8_t* dst) {
   std::memset(dst, 0, stride);
   switch (dtype) {
     case DType::kF32:
       std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(dim));
-      return true;
+      return RowProblem::kNone;
     case DType::kF16:
       for (int64_t j = 0; j < dim; ++j) {
         uint16_t h = FloatToHalf(src[j]);
         std::memcpy(dst + 2 * j, &h, 2);
       }
-      return true;
+      return RowProblem::kNone;
     case DType::kBF16:
       for (int64_t j = 0; j < dim; ++j) {
         uint16_t b = FloatToBF16(src[j]);
         std::memcpy(dst + 2 * j, &b, 2);
       }
-      return true;
+      return RowProblem::kNone;
     case DType::kInt8Rowwise: {
       float lo = src[0], hi = src[0];
       for (int64_t j = 0; j < dim; ++j) {
-        if (!std::isfinite(src[j])) return false;
+        if (!std::isfinite(src[j])) return RowProblem::kNonFinite;
         lo = std::min(lo, src[j]);
         hi = std::max(hi, src[j]);
+      }
+      // The dequantized top, code 255 * scale + bias, must stay finite in
+      // float32: a row spanning more than float32's range (from -3e38 to
+      // 3e38) cannot be quantized row-wise.
+      if (static_cast<double>(hi) - static_cast<double>(lo) >
+          0.999 * static_cast<double>(std::numeric_limits<float>::max())) {
+        return RowProblem::kRangeOverflow;
       }
       const float range = hi - lo;
       const float scale = range > 0 ? range / 255.0f : 1.0f;
@@ -47,10 +57,10 @@ bool EncodeRow(const float* src, int64_t dim, DType dtype, size_t stride, uint8_
       }
       std::memcpy(dst + dim, &scale, 4);
       std::memcpy(dst + dim + 4, &lo, 4);
-      return true;
+      return RowProblem::kNone;
     }
   }
-  return true;
+  return RowProblem::kNone;
 }
 
 }  // namespace
@@ -58,18 +68,27 @@ bool EncodeRow(const float* src, int64_t dim, DType dtype, size_t stride, uint8_
 Status EncodeRows(const float* src, int64_t count, int64_t dim, DType dtype, size_t stride,
                   uint8_t* dst, int64_t first_row) {
   std::atomic<int64_t> bad_row{-1};
+  std::atomic<int> bad_problem{0};
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, count, 256),
                     [&](const tbb::blocked_range<int64_t>& r) {
                       for (int64_t i = r.begin(); i != r.end(); ++i) {
-                        if (!EncodeRow(src + i * dim, dim, dtype, stride,
-                                       dst + static_cast<size_t>(i) * stride)) {
+                        const RowProblem p = EncodeRow(src + i * dim, dim, dtype, stride,
+                                                       dst + static_cast<size_t>(i) * stride);
+                        if (p != RowProblem::kNone) {
                           int64_t expected = -1;
-                          bad_row.compare_exchange_strong(expected, i);
+                          if (bad_row.compare_exchange_strong(expected, i))
+                            bad_problem.store(static_cast<int>(p));
                         }
                       }
                     });
   if (bad_row.load() >= 0) {
-    return Status::InvalidArgument("row " + std::to_string(first_row + bad_row.load()) +
+    const std::string row = "row " + std::to_string(first_row + bad_row.load());
+    if (bad_problem.load() == static_cast<int>(RowProblem::kRangeOverflow)) {
+      return Status::InvalidArgument(
+          row + " spans a range (max - min) beyond float32's largest value, which int8 "
+                "row-wise quantization cannot represent (its dequantized values would overflow)");
+    }
+    return Status::InvalidArgument(row +
                                    " holds a non-finite value, which int8 row-wise quantization "
                                    "cannot represent");
   }

@@ -5,8 +5,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <cinttypes>
+#include <cstdio>
 #include <cstring>
+#include <random>
 #include <new>
 #include <utility>
 
@@ -72,6 +76,23 @@ Status FsyncDir(const std::string& dir) {
   ScopedFd closer(fd);
   if (::fsync(fd) != 0) return ErrnoStatus("cannot fsync directory", dir, errno);
   return Status::OK();
+}
+
+Result<int> CreateTempBeside(const std::string& final_path, std::string* tmp_path) {
+  static std::atomic<uint64_t> counter{0};
+  std::random_device rd;
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    const uint64_t r = (uint64_t{rd()} << 32) ^ rd() ^ counter.fetch_add(1);
+    char suffix[24];
+    std::snprintf(suffix, sizeof suffix, "%08" PRIx32, static_cast<uint32_t>(r ^ (r >> 32)));
+    *tmp_path = final_path + ".tmp-" + std::to_string(::getpid()) + "-" + suffix;
+    const int fd =
+        ::open(tmp_path->c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd >= 0) return fd;
+    if (errno != EEXIST) return ErrnoStatus("cannot create", *tmp_path, errno);
+  }
+  return Status::IOError("cannot create a temporary file beside '" + final_path +
+                         "': every name tried exists");
 }
 
 Result<uint64_t> FileSize(int fd, const std::string& path) {

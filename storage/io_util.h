@@ -26,6 +26,12 @@ Result<uint64_t> FileSize(int fd, const std::string& path);
 // Opens for reading; NotFound / IOError with the path in the message.
 Result<int> OpenForRead(const std::string& path);
 
+// Creates a new file to be renamed onto `final_path` later, named
+// "<final_path>.tmp-<pid>-<random>", for writing, exclusively
+// (O_CREAT|O_EXCL|O_NOFOLLOW): a file or a link planted at that name is
+// never opened, let alone followed. Returns the descriptor; *tmp_path is set.
+Result<int> CreateTempBeside(const std::string& final_path, std::string* tmp_path);
+
 // Closes the descriptor on scope exit.
 class ScopedFd {
  public:

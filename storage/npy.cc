@@ -5,13 +5,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cctype>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
 
-#include "storage/half.h"
+#include "storage/checkpoint_internal.h"
 #include "storage/io_util.h"
 #include "storage/tensor_reader.h"
 
@@ -477,12 +478,14 @@ Status NpyWriter::Open(const std::string& path, const std::string& descr,
     if (real == nullptr) return ErrnoStatus("cannot resolve", path, errno);
     path_ = real;
     std::free(real);  // NOLINT(cppcoreguidelines-no-malloc): realpath's buffer
+  } else if (errno == ELOOP) {
+    return Status::InvalidArgument("'" + path + "' is a loop of symbolic links");
   } else if (struct stat lst{}; ::lstat(path.c_str(), &lst) == 0 && S_ISLNK(lst.st_mode)) {
     return Status::InvalidArgument("'" + path + "' is a symbolic link to a missing file");
   }
-  tmp_path_ = path_ + ".tmp-" + std::to_string(::getpid());
-  fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd_ < 0) return ErrnoStatus("cannot create", tmp_path_, errno);
+  // The temporary is created exclusively under a random name: a link planted
+  // beside the output (in a shared directory) is never followed.
+  EMBSTORE_ASSIGN_OR_RETURN(fd_, CreateTempBeside(path_, &tmp_path_));
   return WriteFull(fd_, header.data(), header.size(), tmp_path_);
 }
 
@@ -550,7 +553,7 @@ class NpyTensorReader : public TensorReader {
     if (!h_.fortran_order || dim_ == 1) {
       const uint64_t off = h_.data_offset + static_cast<uint64_t>(first) * dim_ * isz;
       EMBSTORE_RETURN_IF_ERROR(PReadFull(fd_.get(), buf_.data(), n * isz, off, path_));
-      Convert(buf_.data(), n, out, 1);
+      if (!Convert(buf_.data(), n, out, 1)) return ckpt::F64OverflowError(path_, first, count);
     } else {
       // Column-major: column j holds element (i, j) at j * rows + i.
       for (int64_t j = 0; j < dim_; ++j) {
@@ -558,35 +561,18 @@ class NpyTensorReader : public TensorReader {
             h_.data_offset +
             (static_cast<uint64_t>(j) * rows_ + static_cast<uint64_t>(first)) * isz;
         EMBSTORE_RETURN_IF_ERROR(PReadFull(fd_.get(), buf_.data(), count * isz, off, path_));
-        Convert(buf_.data(), static_cast<uint64_t>(count), out + j, dim_);
+        if (!Convert(buf_.data(), static_cast<uint64_t>(count), out + j, dim_))
+          return ckpt::F64OverflowError(path_, first, count);
       }
     }
     return Status::OK();
   }
 
  private:
-  void Convert(const uint8_t* src, uint64_t n, float* dst, int64_t dst_stride) const {
-    switch (dtype_) {
-      case SourceDType::kF32:
-        for (uint64_t i = 0; i < n; ++i) std::memcpy(&dst[i * dst_stride], src + 4 * i, 4);
-        break;
-      case SourceDType::kF64:
-        for (uint64_t i = 0; i < n; ++i) {
-          double d;
-          std::memcpy(&d, src + 8 * i, 8);
-          dst[i * dst_stride] = static_cast<float>(d);
-        }
-        break;
-      case SourceDType::kF16:
-        for (uint64_t i = 0; i < n; ++i) {
-          uint16_t v;
-          std::memcpy(&v, src + 2 * i, 2);
-          dst[i * dst_stride] = HalfToFloat(v);
-        }
-        break;
-      default:
-        break;
-    }
+  // False when a float64 value lies beyond float32 (see ckpt::ConvertToFloat).
+  bool Convert(const uint8_t* src, uint64_t n, float* dst, int64_t dst_stride) const {
+    return ckpt::ConvertToFloat(dtype_, src, static_cast<int64_t>(h_.item_size),
+                                static_cast<int64_t>(n), dst, dst_stride);
   }
 
   std::string path_;

@@ -1,7 +1,10 @@
 // .safetensors: an 8-byte little-endian header length N, N bytes of JSON
 // ({"name": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}),
 // then the raw little-endian, C-order tensor bytes (offsets relative to 8 + N).
+#include <algorithm>
+#include <cstdint>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "storage/checkpoint_internal.h"
 
@@ -119,9 +122,23 @@ class SafetensorsFile final : public CheckpointFile {
     if (JsonDepth(header) > kMaxJsonDepth) return Bad("the JSON header is nested too deeply");
     // Exceptions stay inside this function (STYLE: Status at boundaries).
     try {
+      // A key given twice would be resolved silently to one of them: refused.
+      std::set<std::string> keys;
+      std::string duplicate;
+      const nlohmann::ordered_json::parser_callback_t on_key =
+          [&](int depth, nlohmann::ordered_json::parse_event_t event,
+              nlohmann::ordered_json& parsed) {
+            if (depth == 1 && event == nlohmann::ordered_json::parse_event_t::key &&
+                parsed.is_string() && !keys.insert(parsed.get<std::string>()).second &&
+                duplicate.empty()) {
+              duplicate = parsed.get<std::string>();
+            }
+            return true;
+          };
       nlohmann::ordered_json j =
-          nlohmann::ordered_json::parse(header, nullptr, /*allow_exceptions=*/false);
+          nlohmann::ordered_json::parse(header, on_key, /*allow_exceptions=*/false);
       if (j.is_discarded() || !j.is_object()) return Bad("the header is not a JSON object");
+      if (!duplicate.empty()) return Bad("tensor '" + duplicate + "' is named twice");
       for (auto it = j.begin(); it != j.end(); ++it) {
         const std::string& key = it.key();
         if (key == "__metadata__") continue;
@@ -177,6 +194,21 @@ class SafetensorsFile final : public CheckpointFile {
       }
     } catch (const std::exception& e) {
       return Bad(std::string("malformed header: ") + e.what());
+    }
+    // Tensors may not share bytes: a writer never emits that, and a reader
+    // would import one tensor's bytes as another's.
+    std::vector<size_t> order(tensors_.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(),
+              [&](size_t a, size_t b) { return tensors_[a].begin < tensors_[b].begin; });
+    size_t last = SIZE_MAX;  // the non-empty tensor ending furthest so far
+    for (size_t i : order) {
+      if (tensors_[i].begin == tensors_[i].end) continue;
+      if (last != SIZE_MAX && tensors_[i].begin < tensors_[last].end) {
+        return Bad("tensors '" + entries_[last].key + "' and '" + entries_[i].key +
+                   "' overlap in the data");
+      }
+      if (last == SIZE_MAX || tensors_[i].end > tensors_[last].end) last = i;
     }
     return Status::OK();
   }

@@ -1,6 +1,7 @@
 #include "storage/zip_reader.h"
 
 #include <zip.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <cstring>
@@ -146,6 +147,64 @@ class ZipStreamSource final : public ByteSource {
   uint64_t position_ = 0;  // uncompressed bytes consumed from file_
 };
 
+// A stored member, read straight from the archive, whose CRC-32 is checked
+// as it is read: reads run front to back (an import), and a read past a gap
+// reads the gap too, so the sum covers every byte once the last one is read;
+// then a mismatch fails that read. (A deflated member's CRC is checked by
+// libzip.)
+class CrcCheckedSource final : public ByteSource {
+ public:
+  CrcCheckedSource(std::unique_ptr<ByteSource> member, uint64_t skip, uint32_t want,
+                   std::string where)
+      : member_(std::move(member)), skip_(skip), want_(want), where_(std::move(where)) {}
+  uint64_t size() const override { return member_->size() - skip_; }
+  bool random_access() const override { return true; }
+  Status ReadAt(uint64_t offset, void* buf, size_t n) override {
+    if (offset > size() || n > size() - offset)
+      return Status::Internal("read past the end of a zip member");
+    const uint64_t at = offset + skip_;  // in member bytes
+    if (summed_ < at) EMBSTORE_RETURN_IF_ERROR(SumUpTo(at));
+    EMBSTORE_RETURN_IF_ERROR(member_->ReadAt(at, buf, n));
+    if (summed_ >= at && summed_ < at + n) {
+      const uint64_t from = summed_ - at;
+      Add(static_cast<const uint8_t*>(buf) + from, n - from);
+    }
+    return Check();
+  }
+
+ private:
+  void Add(const uint8_t* p, uint64_t n) {
+    while (n > 0) {
+      const uInt chunk = static_cast<uInt>(std::min<uint64_t>(n, 1u << 30));
+      crc_ = ::crc32(crc_, p, chunk);
+      p += chunk;
+      n -= chunk;
+      summed_ += chunk;
+    }
+  }
+  // Reads and sums [summed_, end) of the member.
+  Status SumUpTo(uint64_t end) {
+    std::vector<uint8_t> scratch(static_cast<size_t>(std::min<uint64_t>(end - summed_, 1 << 20)));
+    while (summed_ < end) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(end - summed_, scratch.size()));
+      EMBSTORE_RETURN_IF_ERROR(member_->ReadAt(summed_, scratch.data(), n));
+      Add(scratch.data(), n);
+    }
+    return Status::OK();
+  }
+  Status Check() const {
+    if (summed_ != member_->size() || crc_ == want_) return Status::OK();
+    return Status::Corruption(where_ + " fails its CRC-32 check (the archive is damaged)");
+  }
+
+  std::unique_ptr<ByteSource> member_;  // the whole member, from offset 0
+  uint64_t skip_;
+  uint32_t want_;
+  std::string where_;
+  uLong crc_ = ::crc32(0L, Z_NULL, 0);
+  uint64_t summed_ = 0;  // member bytes [0, summed_) are in crc_
+};
+
 }  // namespace
 
 Result<std::unique_ptr<ZipArchive>> ZipArchive::Open(std::shared_ptr<File> file) {
@@ -225,6 +284,7 @@ Status ZipArchive::ParseCentralDirectory() {
     m.index = i;
     m.flags = U16(h + 8);
     m.method = U16(h + 10);
+    m.crc32 = U32(h + 16);
     m.compressed_size = U32(h + 20);
     m.uncompressed_size = U32(h + 24);
     const size_t name_len = U16(h + 28), extra_len = U16(h + 30), comment_len = U16(h + 32);
@@ -299,7 +359,8 @@ Result<std::unique_ptr<ByteSource>> ZipArchive::OpenMember(const ZipMember& m,
     if (m.compressed_size != m.uncompressed_size) {
       return Status::Corruption(where + ": stored member with differing sizes");
     }
-    return MakeFileRegionSource(file_, data + skip, m.uncompressed_size - skip);
+    return std::unique_ptr<ByteSource>(std::make_unique<CrcCheckedSource>(
+        MakeFileRegionSource(file_, data, m.uncompressed_size), skip, m.crc32, where));
   }
   if (m.method == 8) {
     return std::unique_ptr<ByteSource>(std::make_unique<ZipStreamSource>(file_->path(), m, skip));

@@ -1,10 +1,14 @@
 #include "tools/cli_util.h"
 
+#include <dirent.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -245,6 +249,120 @@ std::string HumanBytes(uint64_t bytes) {
   char buf[32];
   std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
   return buf;
+}
+
+namespace {
+
+// realpath(3) as a string; "" when `p` cannot be resolved.
+std::string RealPath(const std::string& p) {
+  char* real = ::realpath(p.c_str(), nullptr);
+  if (real == nullptr) return "";
+  std::string out = real;
+  std::free(real);  // NOLINT(cppcoreguidelines-no-malloc): realpath's buffer
+  return out;
+}
+
+bool Inside(const std::string& path, const std::string& dir) {
+  return path == dir || (path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 &&
+                         path[dir.size()] == '/');
+}
+
+}  // namespace
+
+Status CheckOutputOutsideStore(const std::string& db, const std::string& out) {
+  if (out.empty()) return Status::InvalidArgument("--out must name a file");
+  const std::string store = RealPath(db);
+  if (store.empty()) return Status::OK();  // no store there: nothing to protect
+  const std::string refuse = "--out '" + out + "' is inside the store '" + db +
+                             "'; writing there would corrupt it (write the file elsewhere)";
+  // The file an existing path leads to, or the resolved directory it would
+  // be created in.
+  std::string resolved = RealPath(out);
+  if (resolved.empty()) {
+    const size_t slash = out.find_last_of('/');
+    const std::string parent = slash == std::string::npos ? "." : out.substr(0, slash + 1);
+    const std::string dir = RealPath(parent);
+    if (dir.empty()) return Status::OK();  // the write reports the missing directory
+    resolved = dir + "/" + out.substr(slash == std::string::npos ? 0 : slash + 1);
+  }
+  if (Inside(resolved, store)) return Status::InvalidArgument(refuse);
+  // A hard link elsewhere to one of the store's files.
+  struct stat st {};
+  if (::stat(out.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink > 1) {
+    for (const std::string& sub : {std::string(), std::string("/tables")}) {
+      DIR* d = ::opendir((store + sub).c_str());
+      if (d == nullptr) continue;
+      bool same = false;
+      while (dirent* e = ::readdir(d)) {
+        struct stat other {};
+        const std::string p = store + sub + "/" + e->d_name;
+        if (::lstat(p.c_str(), &other) == 0 && other.st_dev == st.st_dev &&
+            other.st_ino == st.st_ino) {
+          same = true;
+        }
+      }
+      ::closedir(d);
+      if (same) {
+        return Status::InvalidArgument("--out '" + out + "' is a hard link to a file of the store '" +
+                                       db + "'; writing there would corrupt it");
+      }
+    }
+  }
+  return Status::OK();
+}
+
+std::string DisplayKey(const std::string& key) {
+  bool plain = !key.empty() && key.front() != '"';
+  for (unsigned char c : key) plain &= c >= 0x20 && c != 0x7f && c != '\\';
+  if (plain) return key;
+  std::string out = "\"";
+  for (unsigned char c : key) {
+    switch (c) {
+      case '\t': out += "\\t"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\\': out += "\\\\"; break;
+      case '"': out += "\\\""; break;
+      default:
+        if (c < 0x20 || c == 0x7f) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\x%02x", c);
+          out += buf;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  return out + "\"";
+}
+
+Result<std::string> ParseKeyArgument(const std::string& arg) {
+  if (arg.size() < 2 || arg.front() != '"' || arg.back() != '"') return arg;
+  std::string out;
+  auto bad = [&] {
+    return Status::InvalidArgument("--tensor " + arg +
+                                   ": a quoted key takes the escapes \\t \\n \\r \\\\ \\\" \\xHH");
+  };
+  for (size_t i = 1; i + 1 < arg.size(); ++i) {
+    if (arg[i] != '\\') {
+      out += arg[i];
+      continue;
+    }
+    if (i + 2 >= arg.size()) return bad();
+    const char e = arg[++i];
+    if (e == 't') out += '\t';
+    else if (e == 'n') out += '\n';
+    else if (e == 'r') out += '\r';
+    else if (e == '\\' || e == '"') out += e;
+    else if (e == 'x' && i + 3 < arg.size() && std::isxdigit(static_cast<unsigned char>(arg[i + 1])) &&
+             std::isxdigit(static_cast<unsigned char>(arg[i + 2]))) {
+      out += static_cast<char>(std::stoi(arg.substr(i + 1, 2), nullptr, 16));
+      i += 2;
+    } else {
+      return bad();
+    }
+  }
+  return out;
 }
 
 }  // namespace embstore::cli

@@ -70,6 +70,20 @@ class ProgressBar {
   std::chrono::steady_clock::time_point last_;
 };
 
+// Refuses an --out path inside the store directory `db`, however it is
+// spelled (a symbolic link, "..", a hard link to one of the store's files):
+// writing there would replace or corrupt a table. Refuses "" too.
+Status CheckOutputOutsideStore(const std::string& db, const std::string& out);
+
+// A tensor key as `inspect` prints it: as it is when it is plain, else in
+// double quotes with C escapes (\t, \n, \\, \", \xHH for other control
+// bytes), so that empty keys and keys holding tabs, newlines or NULs are
+// shown unambiguously. `--tensor` takes either form.
+std::string DisplayKey(const std::string& key);
+// The key a `--tensor` argument names: a quoted, escaped form is decoded;
+// anything else is taken as it is.
+Result<std::string> ParseKeyArgument(const std::string& arg);
+
 // Formats bytes as "1.5 MiB".
 std::string HumanBytes(uint64_t bytes);
 

@@ -1,6 +1,8 @@
 // embstore: the command-line tool. See README.md "CLI reference".
 #include <chrono>
+#include <cerrno>
 #include <cinttypes>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -220,12 +222,18 @@ int CmdImport(int argc, char** argv) {
   const std::string table = r->count("table") ? (*r)["table"].as<std::string>() : "";
   for (const std::string& t : tensors) {
     size_t eq = t.rfind('=');
-    if (eq != std::string::npos) {
-      jobs.emplace_back(t.substr(0, eq), t.substr(eq + 1));
+    // A quoted key ("a=b", as `inspect` prints keys with odd characters) is
+    // one key, even when it holds '='.
+    if (eq != std::string::npos && !(t.size() >= 2 && t.front() == '"' && t.back() == '"')) {
+      auto key = ParseKeyArgument(t.substr(0, eq));
+      if (!key.ok()) return Fail("import", key.status());
+      jobs.emplace_back(*key, t.substr(eq + 1));
     } else {
       if (table.empty())
         return UsageError("import", "--tensor " + t + " needs --table (or use --tensor KEY=TABLE)");
-      jobs.emplace_back(t, table);
+      auto key = ParseKeyArgument(t);
+      if (!key.ok()) return Fail("import", key.status());
+      jobs.emplace_back(*key, table);
     }
   }
   if (jobs.empty()) {
@@ -367,6 +375,7 @@ int CmdExport(int argc, char** argv) {
       !Require(*r, "export", "out", &out, &ec)) {
     return ec;
   }
+  if (Status st = CheckOutputOutsideStore(db, out); !st.ok()) return Fail("export", st);
   auto store = OpenStore(db, false);
   if (!store.ok()) return Fail("export", store.status());
   auto snap = (*store)->GetSnapshot(table);
@@ -474,8 +483,8 @@ int CmdInspect(int argc, char** argv) {
   int ec = 0;
   auto r = Parse(opts, "inspect", argc, argv, &ec);
   if (!r) return ec;
-  std::string file;
-  if (!Require(*r, "inspect", "file", &file, &ec)) return ec;
+  if (!r->count("file")) return UsageError("inspect", "a checkpoint FILE is required (embstore inspect FILE)");
+  const std::string file = (*r)["file"].as<std::string>();
   auto entries = InspectCheckpoint(file);
   if (!entries.ok()) return Fail("inspect", entries.status());
   for (const TensorEntry& e : *entries) {
@@ -483,8 +492,10 @@ int CmdInspect(int argc, char** argv) {
     for (size_t i = 0; i < e.shape.size(); ++i)
       shape += (i ? ", " : "") + std::to_string(e.shape[i]);
     shape += "]";
-    std::printf("%s\t%s\t%s\n", e.key.empty() ? "(array)" : e.key.c_str(), e.dtype.c_str(),
-                shape.c_str());
+    // A lone .npy array has no key; any other key is shown unambiguously.
+    const bool lone_array = e.key.empty() && entries->size() == 1;
+    std::printf("%s\t%s\t%s\n", lone_array ? "(array)" : DisplayKey(e.key).c_str(),
+                e.dtype.c_str(), shape.c_str());
   }
   return kExitOk;
 }
@@ -518,7 +529,7 @@ void PrintRows(const QueryOutput& out) {
       line += buf;
     }
     line += '\n';
-    std::fputs(line.c_str(), stdout);
+    if (std::fputs(line.c_str(), stdout) == EOF) return;  // main() reports the error
   }
 }
 
@@ -628,6 +639,10 @@ int CmdQuery(int argc, char** argv) {
   }
 
   // Open the store only after the inputs parse: a typo costs nothing.
+  if (r->count("out")) {
+    const Status st = CheckOutputOutsideStore(db, (*r)["out"].as<std::string>());
+    if (!st.ok()) return Fail(cmd, st);
+  }
   auto store = OpenStore(db, false);
   if (!store.ok()) return Fail(cmd, store.status());
   auto snap = (*store)->GetSnapshot(table);
@@ -962,6 +977,10 @@ int CmdScore(int argc, char** argv) {
     if (!ws.ok()) return Fail(cmd, ws);
     bags.weights = weights->values();
   }
+  if (r->count("out")) {
+    const Status st = CheckOutputOutsideStore(db, (*r)["out"].as<std::string>());
+    if (!st.ok()) return Fail(cmd, st);
+  }
   auto store = OpenStore(db, false);
   if (!store.ok()) return Fail(cmd, store.status());
   auto vs = (*store)->GetSnapshot(vectors_name);
@@ -1057,14 +1076,28 @@ int main(int argc, char** argv) {
     std::printf("embstore 0.1.0\n");
     return kExitOk;
   }
+  // A file-size limit (ulimit -f) makes writes fail with EFBIG, reported
+  // with the file's name, instead of killing the process mid-write.
+  std::signal(SIGXFSZ, SIG_IGN);
   for (const Command& c : Commands()) {
     if (cmd == c.name) {
+      int rc = kExitIO;
       try {
-        return c.run(argc - 1, argv + 1);
+        rc = c.run(argc - 1, argv + 1);
       } catch (const std::exception& e) {
         std::fprintf(stderr, "embstore %s: internal error: %s\n", cmd.c_str(), e.what());
         return kExitIO;
       }
+      // Output that could not be written (a full disk, /dev/full, a closed
+      // pipe) is an error, not a success with a cut result.
+      std::cout.flush();
+      errno = 0;
+      if (std::fflush(stdout) != 0 || std::ferror(stdout) || !std::cout) {
+        std::fprintf(stderr, "embstore %s: error: cannot write the output: %s\n", cmd.c_str(),
+                     errno != 0 ? std::strerror(errno) : "write error");
+        return kExitIO;
+      }
+      return rc;
     }
   }
   std::fprintf(stderr, "embstore: unknown command '%s' (see `embstore --help`)\n", cmd.c_str());

@@ -11,6 +11,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "rocksdb/db.h"
 #include "rocksdb/env.h"
@@ -185,15 +186,13 @@ Status ParseHeader(std::string_view line, const std::string& path, uint64_t* gen
 }  // namespace
 
 const CatalogTable* Catalog::Find(const std::string& name) const {
-  for (const CatalogTable& t : tables)
-    if (t.name == name) return &t;
-  return nullptr;
+  auto it = std::lower_bound(tables.begin(), tables.end(), name,
+                             [](const CatalogTable& a, const std::string& n) { return a.name < n; });
+  return it != tables.end() && it->name == name ? &*it : nullptr;
 }
 
 CatalogTable* Catalog::Find(const std::string& name) {
-  for (CatalogTable& t : tables)
-    if (t.name == name) return &t;
-  return nullptr;
+  return const_cast<CatalogTable*>(std::as_const(*this).Find(name));
 }
 
 std::set<std::string> Catalog::ReferencedFiles(bool* complete) const {
@@ -310,9 +309,10 @@ Result<Catalog> DecodeCatalog(std::string_view bytes, const std::string& path) {
     c.last_version[name] = v.get<uint64_t>();
   }
   size_t index = 0;
+  std::set<std::string> names;
   for (const json& t : j["tables"]) {
     CatalogTable entry = DecodeTable(t, index++);
-    if (c.Find(entry.name) != nullptr) {
+    if (!names.insert(entry.name).second) {
       entry.status = Status::Corruption("the catalog holds table '" + entry.name + "' twice");
       entry.name += " (duplicate " + std::to_string(index) + ")";
     }

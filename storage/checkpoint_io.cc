@@ -185,7 +185,9 @@ File::~File() {
 Result<std::shared_ptr<File>> File::Open(const std::string& path) {
   int fd;
   do {
-    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a named pipe must not wait for a writer (it is
+    // refused below); it changes nothing for a regular file.
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   } while (fd < 0 && errno == EINTR);
   if (fd < 0) {
     if (errno == ENOENT) return Status::NotFound("no such file '" + path + "'");

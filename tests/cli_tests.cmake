@@ -6,3 +6,5 @@ embstore_test(fm_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/fm_test.cc LIBS embsto
 add_dependencies(fm_test embstore)
 embstore_test(cli_checkpoint_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cli_checkpoint_test.cc LIBS embstore_storage nlohmann_json::nlohmann_json)
 add_dependencies(cli_checkpoint_test embstore)
+embstore_test(cli_hostile_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cli_hostile_test.cc LIBS embstore_storage)
+add_dependencies(cli_hostile_test embstore)

@@ -383,6 +383,32 @@ TEST(Semantics, MaxNormWithHugeValues) {
   ExpectPooled(t.view(), q.Request(), o, want, 1e-6);
 }
 
+// A difference from torch, kept (docs/semantics.md): a finite row whose
+// float32 norm overflows. torch 1.13 computes the norm of [1e38]*4 as inf and
+// scales the row to 0; embstore's norm is 2e38 and the row is scaled to norm
+// 0.5, 0.25 per element.
+TEST(Semantics, MaxNormOfARowWhoseFloatNormOverflows) {
+  const TestTable t(std::vector<float>(4, 1e38f), 1, 4, DType::kF32);
+  Query1D q{{0}, {0}, {}};
+  QueryOptions o;
+  o.mode = PoolingMode::kSum;
+  o.max_norm = 0.5;
+  ExpectPooled(t.view(), q.Request(), o, {0.25f, 0.25f, 0.25f, 0.25f}, 1e-6);
+}
+
+// A difference from torch, documented (docs/semantics.md): with
+// include_last_offset, indices after offsets[B] take no part in mean either.
+// indices [0, 1], offsets [0, 1]: one bag, [0, 1) = row 0 alone; torch 1.13
+// divides row 0 by 2 (the count up to the end of the input).
+TEST(Semantics, IncludeLastOffsetMeanIgnoresTrailingEntries) {
+  const TestTable t = Arange43();
+  Query1D q{{0, 1}, {0, 1}, {}};
+  QueryOptions o;
+  o.include_last_offset = true;
+  o.mode = PoolingMode::kMean;
+  ExpectPooled(t.view(), q.Request(), o, {0, 1, 2});
+}
+
 TEST(Semantics, MaxNormNeverModifiesTheStore) {
   std::mt19937_64 rng(3);
   for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16, DType::kInt8Rowwise}) {

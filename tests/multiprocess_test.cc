@@ -215,6 +215,15 @@ TEST_F(MultiProcessTest, ReadersQueryWhileWritersReplaceDropAndDie) {
     auto r = RunCli({"import", "--db", db_, "--table", "items", "--from",
                      tmp_ / ("v" + std::to_string(tag) + ".npy"), "--replace"});
     ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+    // A rollback (the previous tag again) and a renorm that scales no row
+    // (the same values, a new version) also publish under the readers.
+    if (tag == 7) {
+      r = RunCli({"rollback", "--db", db_, "--table", "items"});
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      std::this_thread::sleep_for(std::chrono::milliseconds(150));
+      r = RunCli({"renorm", "--db", db_, "--table", "items", "--max-norm", "1e30"});
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+    }
     // Let the readers see this version before the next one.
     std::this_thread::sleep_for(std::chrono::milliseconds(150));
   }
@@ -306,6 +315,9 @@ TEST_F(MultiProcessTest, SecondWriterWaitsThenNamesTheWriter) {
   EXPECT_EQ(TagOfQuery(q.out, {3}), 1);
   EXPECT_EQ(RunCli({"list", "--db", db_}).exit_code, 0);
   EXPECT_EQ(RunCli({"verify", "--db", db_}).exit_code, 0);
+  EXPECT_EQ(RunCli({"info", "--db", db_, "--table", "t"}).exit_code, 0);
+  EXPECT_EQ(RunCli({"export", "--db", db_, "--table", "t", "--out", tmp_ / "t.npy"}).exit_code, 0);
+  EXPECT_EQ(RunCli({"inspect", tmp_ / "t.npy"}).exit_code, 0);
   embstore::testing::WriteBytes(release, "");
   EXPECT_EQ(writer.ReadLine(), "wrote 1");
   EXPECT_EQ(writer.Wait(), 0);

@@ -24,7 +24,9 @@ namespace {
 
 using embstore::testing::CommandResult;
 using embstore::testing::ReadBytes;
+using embstore::testing::CliSetup;
 using embstore::testing::RunCli;
+using embstore::testing::RunCliWith;
 using embstore::testing::TempDir;
 using embstore::testing::WriteBytes;
 
@@ -32,61 +34,6 @@ const std::string kCheckpoints = std::string(EMBSTORE_SOURCE_DIR) + "/tests/data
 
 bool Contains(const std::string& hay, const std::string& needle) {
   return hay.find(needle) != std::string::npos;
-}
-
-// How a child is set up before it runs the CLI.
-struct ChildSetup {
-  std::string stdout_path;                 // default: a capture file
-  std::string stdin_path;                  // default: inherited
-  std::map<std::string, std::string> links;  // symlinks made by the child (with its pid)
-  rlim_t file_size_limit = RLIM_INFINITY;  // RLIMIT_FSIZE
-  rlim_t address_space_limit = RLIM_INFINITY;  // RLIMIT_AS
-};
-
-// Runs `embstore args` in a child set up as `setup`; "{pid}" in a link name
-// is the child's pid (the pid the CLI itself runs with).
-CommandResult RunCliWith(const std::vector<std::string>& args, const ChildSetup& setup) {
-  static int counter = 0;
-  const std::string base = (std::filesystem::temp_directory_path() /
-                            ("embstore-hostile-" + std::to_string(::getpid()) + "-" +
-                             std::to_string(counter++)))
-                               .string();
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    for (const auto& [name, target] : setup.links) {
-      std::string n = name;
-      const size_t at = n.find("{pid}");
-      if (at != std::string::npos) n.replace(at, 5, std::to_string(::getpid()));
-      if (::symlink(target.c_str(), n.c_str()) != 0) _exit(126);
-    }
-    const std::string out = setup.stdout_path.empty() ? base + ".out" : setup.stdout_path;
-    if (!std::freopen(out.c_str(), "w", stdout)) _exit(125);
-    if (!std::freopen((base + ".err").c_str(), "w", stderr)) _exit(125);
-    if (!setup.stdin_path.empty() && !std::freopen(setup.stdin_path.c_str(), "r", stdin))
-      _exit(125);
-    rlimit fsize{setup.file_size_limit, setup.file_size_limit};
-    if (setup.file_size_limit != RLIM_INFINITY) ::setrlimit(RLIMIT_FSIZE, &fsize);
-    rlimit as{setup.address_space_limit, setup.address_space_limit};
-    if (setup.address_space_limit != RLIM_INFINITY) ::setrlimit(RLIMIT_AS, &as);
-    std::vector<std::string> copy = args;
-    std::vector<char*> argv;
-    std::string exe = EMBSTORE_CLI;
-    argv.push_back(exe.data());
-    for (std::string& a : copy) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(exe.c_str(), argv.data());
-    _exit(127);
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  CommandResult r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  if (setup.stdout_path.empty()) r.out = ReadBytes(base + ".out");
-  r.err = ReadBytes(base + ".err");
-  std::filesystem::remove(base + ".out");
-  std::filesystem::remove(base + ".err");
-  return r;
 }
 
 std::set<std::string> Names(const std::string& dir) {
@@ -126,8 +73,8 @@ TEST_F(HostileTest, PlantedTemporaryLinkIsNeverFollowed) {
     WriteBytes(victim, "precious");
     const std::string out = tmp_ / "out/x.npy";
     std::filesystem::remove(out);
-    ChildSetup s;
-    s.links[out + ".tmp-{pid}"] = victim;
+    CliSetup s;
+    s.links.emplace_back(out + ".tmp-{pid}", victim);
     std::vector<std::string> args = cmd;
     args.push_back(out);
     auto r = RunCliWith(args, s);
@@ -259,7 +206,7 @@ TEST_F(HostileTest, FullAndReadOnlyDisks) {
 
 // 5. Resource limits give errors, not signals, and leave no temporary.
 TEST_F(HostileTest, FileSizeLimitIsAnErrorAndLeavesNoTemporary) {
-  ChildSetup s;
+  CliSetup s;
   s.file_size_limit = 1024;  // the export is 2 KiB + header
   auto r = RunCliWith({"export", "--db", db_, "--table", "items", "--out", tmp_ / "out/x.npy"}, s);
   EXPECT_EQ(r.exit_code, 2) << r.err;
@@ -274,7 +221,7 @@ TEST_F(HostileTest, FileSizeLimitIsAnErrorAndLeavesNoTemporary) {
 }
 
 TEST_F(HostileTest, AddressSpaceLimitIsAnErrorOrWorks) {
-  ChildSetup s;
+  CliSetup s;
   s.address_space_limit = 400000 * 1024;  // ulimit -v 400000
   for (const std::vector<std::string>& cmd :
        {std::vector<std::string>{"list", "--db", db_},
@@ -353,7 +300,7 @@ TEST_F(HostileTest, ValuesBeyondFloat32AreRefused) {
 
 // 8. Output that cannot be written is an error.
 TEST_F(HostileTest, StdoutWriteErrorsExitTwo) {
-  ChildSetup full;
+  CliSetup full;
   full.stdout_path = "/dev/full";
   auto r = RunCliWith({"list", "--db", db_}, full);
   EXPECT_EQ(r.exit_code, 2) << r.err;

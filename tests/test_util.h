@@ -2,6 +2,7 @@
 #ifndef EMBSTORE_TESTS_TEST_UTIL_H_
 #define EMBSTORE_TESTS_TEST_UTIL_H_
 
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,6 +16,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "storage/npy.h"
@@ -84,9 +86,19 @@ struct CommandResult {
   std::string err;
 };
 
-// Runs `embstore` (path from the EMBSTORE_CLI compile definition) with args,
-// capturing stdout and stderr.
-inline CommandResult RunCli(const std::vector<std::string>& args) {
+// How a child is set up before it runs the CLI.
+struct CliSetup {
+  std::string stdout_path;  // default: captured into CommandResult::out
+  // Symbolic links (name -> target) the child makes before it runs the CLI;
+  // "{pid}" in a name is the child's pid, the pid the CLI runs with.
+  std::vector<std::pair<std::string, std::string>> links;
+  rlim_t file_size_limit = RLIM_INFINITY;      // RLIMIT_FSIZE
+  rlim_t address_space_limit = RLIM_INFINITY;  // RLIMIT_AS
+};
+
+// Runs `embstore` (path from the EMBSTORE_CLI compile definition) with args
+// in a child set up as `setup`, capturing stdout and stderr.
+inline CommandResult RunCliWith(const std::vector<std::string>& args, const CliSetup& setup) {
   static std::atomic<int> counter{0};
   std::string base =
       (std::filesystem::temp_directory_path() /
@@ -95,10 +107,23 @@ inline CommandResult RunCli(const std::vector<std::string>& args) {
   std::fflush(nullptr);  // a child must not write out our buffered output again
   pid_t pid = ::fork();
   if (pid == 0) {
-    FILE* o = std::freopen((base + ".out").c_str(), "w", stdout);
-    FILE* e = std::freopen((base + ".err").c_str(), "w", stderr);
-    (void)o;
-    (void)e;
+    for (const auto& [name, target] : setup.links) {
+      std::string n = name;
+      const size_t at = n.find("{pid}");
+      if (at != std::string::npos) n.replace(at, 5, std::to_string(::getpid()));
+      if (::symlink(target.c_str(), n.c_str()) != 0) _exit(126);
+    }
+    const std::string out = setup.stdout_path.empty() ? base + ".out" : setup.stdout_path;
+    if (!std::freopen(out.c_str(), "w", stdout)) _exit(125);
+    if (!std::freopen((base + ".err").c_str(), "w", stderr)) _exit(125);
+    if (setup.file_size_limit != RLIM_INFINITY) {
+      rlimit l{setup.file_size_limit, setup.file_size_limit};
+      ::setrlimit(RLIMIT_FSIZE, &l);
+    }
+    if (setup.address_space_limit != RLIM_INFINITY) {
+      rlimit l{setup.address_space_limit, setup.address_space_limit};
+      ::setrlimit(RLIMIT_AS, &l);
+    }
     std::vector<char*> argv;
     std::string exe = EMBSTORE_CLI;
     argv.push_back(exe.data());
@@ -112,11 +137,16 @@ inline CommandResult RunCli(const std::vector<std::string>& args) {
   ::waitpid(pid, &status, 0);
   CommandResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = ReadBytes(base + ".out");
+  if (setup.stdout_path.empty()) r.out = ReadBytes(base + ".out");
   r.err = ReadBytes(base + ".err");
   std::filesystem::remove(base + ".out");
   std::filesystem::remove(base + ".err");
   return r;
+}
+
+// Runs `embstore` with args, capturing stdout and stderr.
+inline CommandResult RunCli(const std::vector<std::string>& args) {
+  return RunCliWith(args, CliSetup());
 }
 
 }  // namespace embstore::testing

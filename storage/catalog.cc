@@ -167,10 +167,10 @@ Status ParseHeader(std::string_view line, const std::string& path, uint64_t* gen
   auto r = std::from_chars(line.data(), line.data() + line.size(), format);
   if (r.ec != std::errc()) return Status::Corruption("'" + path + "' has a malformed header");
   if (format != static_cast<uint64_t>(kCatalogFormat)) {
-    return Status::NotSupported("the catalog '" + path + "' has format " + std::to_string(format) +
-                                "; this build reads format " + std::to_string(kCatalogFormat) +
-                                (format > kCatalogFormat ? " (it was written by a newer embstore)"
-                                                         : ""));
+    return Status::NotSupported(
+        "the catalog '" + path + "' has format " + std::to_string(format) +
+        "; this build reads format " + std::to_string(kCatalogFormat) +
+        (format > kCatalogFormat ? " (it was written by a newer embstore)" : ""));
   }
   std::string_view rest(r.ptr, static_cast<size_t>(line.data() + line.size() - r.ptr));
   const std::string_view gen_word = " generation ";
@@ -186,8 +186,9 @@ Status ParseHeader(std::string_view line, const std::string& path, uint64_t* gen
 }  // namespace
 
 const CatalogTable* Catalog::Find(const std::string& name) const {
-  auto it = std::lower_bound(tables.begin(), tables.end(), name,
-                             [](const CatalogTable& a, const std::string& n) { return a.name < n; });
+  auto it =
+      std::lower_bound(tables.begin(), tables.end(), name,
+                       [](const CatalogTable& a, const std::string& n) { return a.name < n; });
   return it != tables.end() && it->name == name ? &*it : nullptr;
 }
 
@@ -220,8 +221,9 @@ void Catalog::Put(CatalogTable t) {
     *existing = std::move(t);
     return;
   }
-  auto pos = std::lower_bound(tables.begin(), tables.end(), t.name,
-                              [](const CatalogTable& a, const std::string& n) { return a.name < n; });
+  auto pos =
+      std::lower_bound(tables.begin(), tables.end(), t.name,
+                       [](const CatalogTable& a, const std::string& n) { return a.name < n; });
   tables.insert(pos, std::move(t));
 }
 
@@ -240,8 +242,8 @@ CatalogTable MakeEntry(std::vector<TableInfo> versions) {
 }
 
 std::string SealCatalog(uint64_t generation, std::string_view body, int format) {
-  std::string out = kMagic + std::to_string(format) + " generation " + std::to_string(generation) +
-                    "\n";
+  std::string out =
+      kMagic + std::to_string(format) + " generation " + std::to_string(generation) + "\n";
   out.append(body);
   out += '\n';
   out += "xxh64 " + Hex16(Checksum64(out.data(), out.size())) + "\n";
@@ -293,8 +295,7 @@ Result<Catalog> DecodeCatalog(std::string_view bytes, const std::string& path) {
   if (last_start == std::string_view::npos || last_start < nl1)
     return Status::Corruption("'" + path + "' is truncated");
   const std::string_view trailer = bytes.substr(last_start + 1, bytes.size() - last_start - 2);
-  const std::string want =
-      "xxh64 " + Hex16(Checksum64(bytes.data(), last_start + 1));
+  const std::string want = "xxh64 " + Hex16(Checksum64(bytes.data(), last_start + 1));
   if (trailer != want) {
     return Status::Corruption("'" + path + "' fails its checksum (the catalog is damaged)");
   }
@@ -461,8 +462,7 @@ Status MarkLegacyCatalogMigrated(const std::string& rocksdb_dir) {
   std::unique_ptr<rocksdb::DB> db(raw);
   rocksdb::WriteOptions wo;
   wo.sync = true;
-  return FromRocks(db->Put(wo, kLegacyFormatKey, std::to_string(kCatalogFormat)),
-                   "catalog write");
+  return FromRocks(db->Put(wo, kLegacyFormatKey, std::to_string(kCatalogFormat)), "catalog write");
 }
 
 }  // namespace embstore::storage

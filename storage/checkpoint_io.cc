@@ -6,8 +6,8 @@
 
 #include <algorithm>
 #include <bit>
-#include <cmath>
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -206,7 +206,8 @@ Result<std::shared_ptr<File>> File::Open(const std::string& path) {
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
     return Status::InvalidArgument(
-        "'" + path + "' is a pipe or a device, not a regular file: checkpoints are read with "
+        "'" + path +
+        "' is a pipe or a device, not a regular file: checkpoints are read with "
         "random access (their index is at the end); save it to a file first");
   }
   return std::shared_ptr<File>(new File(fd, path, static_cast<uint64_t>(st.st_size)));

@@ -10,8 +10,8 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
-#include <random>
 #include <new>
+#include <random>
 #include <utility>
 
 namespace embstore::storage {

@@ -89,7 +89,7 @@ using storage::Catalog;
 using storage::CatalogTable;
 using storage::Guarded;
 
-constexpr size_t kChunkBytes = 32u << 20;          // f32 staging per import chunk
+constexpr size_t kChunkBytes = 32u << 20;           // f32 staging per import chunk
 constexpr size_t kMaxChunkBytes = size_t{1} << 30;  // the largest chunk a caller may ask for
 // Where a format-1 store kept its RocksDB catalog. In a format-2 store
 // created by this build it is a plain file: a format-1 build then fails to
@@ -312,8 +312,7 @@ class StoreImpl final : public Store {
     });
   }
 
-  Result<TableInfo> Rollback(const std::string& name,
-                             std::optional<uint64_t> to_version) override {
+  Result<TableInfo> Rollback(const std::string& name, std::optional<uint64_t> to_version) override {
     return Guarded<Result<TableInfo>>([&]() -> Result<TableInfo> {
       EMBSTORE_RETURN_IF_ERROR(ValidateTableName(name));
       TableInfo published;
@@ -349,7 +348,8 @@ class StoreImpl final : public Store {
         published = target;
         published.version = c->NextVersion(name);
         published.created_unix = NowUnix();
-        published.source = "rollback to v" + std::to_string(target.version) + " of " + target.source;
+        published.source =
+            "rollback to v" + std::to_string(target.version) + " of " + target.source;
         PublishVersion(c, published);
         return Status::OK();
       }));
@@ -414,8 +414,8 @@ class StoreImpl final : public Store {
     std::lock_guard<std::mutex> lock(open_mu_);
     for (auto it = open_.begin(); it != open_.end();) {
       const CatalogTable* t = next->Find(it->first);
-      const bool current = t != nullptr && t->status.ok() &&
-                           t->versions[0].version == it->second->info().version;
+      const bool current =
+          t != nullptr && t->status.ok() && t->versions[0].version == it->second->info().version;
       if (current) {
         ++it;
       } else {
@@ -462,8 +462,7 @@ class StoreImpl final : public Store {
   template <typename Change>
   Status Write(Change&& change) {
     std::lock_guard<std::mutex> local(write_mu_);  // this process's writers, one at a time
-    EMBSTORE_ASSIGN_OR_RETURN(auto lock,
-                              storage::WriterLock::Acquire(dir_, options_.writer_wait));
+    EMBSTORE_ASSIGN_OR_RETURN(auto lock, storage::WriterLock::Acquire(dir_, options_.writer_wait));
     EMBSTORE_ASSIGN_OR_RETURN(Catalog c, ReadForWrite());
     EMBSTORE_RETURN_IF_ERROR(MakeDir(tables_dir_));
     CollectLeftovers(c);

@@ -22,9 +22,9 @@
 namespace embstore {
 namespace {
 
+using embstore::testing::CliSetup;
 using embstore::testing::CommandResult;
 using embstore::testing::ReadBytes;
-using embstore::testing::CliSetup;
 using embstore::testing::RunCli;
 using embstore::testing::RunCliWith;
 using embstore::testing::TempDir;
@@ -48,8 +48,8 @@ class HostileTest : public ::testing::Test {
     values_ = embstore::testing::RandomFloats(64 * 8, 5);
     embstore::testing::WriteF32Npy(tmp_ / "w.npy", {64, 8}, values_);
     db_ = tmp_ / "db";
-    ASSERT_EQ(RunCli({"import", "--db", db_, "--table", "items", "--from", tmp_ / "w.npy"}).exit_code,
-              0);
+    ASSERT_EQ(
+        RunCli({"import", "--db", db_, "--table", "items", "--from", tmp_ / "w.npy"}).exit_code, 0);
     std::filesystem::create_directory(tmp_ / "out");
   }
   void ExpectVerifies() {
@@ -96,10 +96,12 @@ TEST_F(HostileTest, OutputIntoTheStoreIsRefused) {
             0);
   std::filesystem::create_directory_symlink(db_ + "/tables", tmp_ / "alias");
   std::filesystem::create_hard_link(db_ + "/tables/items.v1.emb", tmp_ / "out/hard.emb");
-  const std::vector<std::string> spellings = {
-      db_ + "/tables/items.v1.emb", tmp_ / "alias/items.v1.emb",
-      tmp_ / "out/../db/tables/items.v1.emb", db_ + "/CATALOG", db_ + "/tables/new.npy",
-      tmp_ / "out/hard.emb"};
+  const std::vector<std::string> spellings = {db_ + "/tables/items.v1.emb",
+                                              tmp_ / "alias/items.v1.emb",
+                                              tmp_ / "out/../db/tables/items.v1.emb",
+                                              db_ + "/CATALOG",
+                                              db_ + "/tables/new.npy",
+                                              tmp_ / "out/hard.emb"};
   for (const std::string& out : spellings) {
     auto r = RunCli({"export", "--db", db_, "--table", "other", "--out", out});
     EXPECT_EQ(r.exit_code, 1) << out << "\n" << r.err;
@@ -154,10 +156,12 @@ TEST_F(HostileTest, FullAndReadOnlyDisks) {
     ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
   } unmount{mnt};
   const std::string db = mnt + "/db";
-  ASSERT_EQ(RunCli({"import", "--db", db, "--table", "items", "--from", tmp_ / "w.npy"}).exit_code, 0);
-  ASSERT_EQ(RunCli({"import", "--db", db, "--table", "items", "--from", tmp_ / "w.npy", "--replace"})
-                .exit_code,
+  ASSERT_EQ(RunCli({"import", "--db", db, "--table", "items", "--from", tmp_ / "w.npy"}).exit_code,
             0);
+  ASSERT_EQ(
+      RunCli({"import", "--db", db, "--table", "items", "--from", tmp_ / "w.npy", "--replace"})
+          .exit_code,
+      0);
   const std::string list_before = RunCli({"list", "--db", db, "--versions"}).out;
   // Fill the disk.
   {
@@ -185,7 +189,8 @@ TEST_F(HostileTest, FullAndReadOnlyDisks) {
     EXPECT_EQ(r.exit_code, 0) << when << r.err;
   };
   reads("full disk: ");
-  auto w = RunCli({"import", "--db", db, "--table", "items", "--from", tmp_ / "w.npy", "--replace"});
+  auto w =
+      RunCli({"import", "--db", db, "--table", "items", "--from", tmp_ / "w.npy", "--replace"});
   EXPECT_EQ(w.exit_code, 2) << w.err;
   EXPECT_TRUE(Contains(w.err, "No space left on device")) << w.err;
   w = RunCli({"import", "--db", db, "--table", "fresh", "--from", tmp_ / "w.npy"});
@@ -229,7 +234,8 @@ TEST_F(HostileTest, AddressSpaceLimitIsAnErrorOrWorks) {
                                  "--offsets", "0,1"}}) {
     auto r = RunCliWith(cmd, s);
     EXPECT_TRUE(r.exit_code == 0 || (r.exit_code == 2 && !r.err.empty()))
-        << cmd[0] << ": exit " << r.exit_code << "\n" << r.err;
+        << cmd[0] << ": exit " << r.exit_code << "\n"
+        << r.err;
     EXPECT_LT(r.exit_code, 128) << cmd[0] << " was killed by a signal";
   }
 }
@@ -244,8 +250,8 @@ TEST_F(HostileTest, DamagedCheckpointsAreRefused) {
                             (static_cast<unsigned char>(npz[member + 9]) << 8);
   npz[member + 10 + header_len + 1] ^= 0x40;  // a data byte of the first member
   WriteBytes(tmp_ / "flipped.npz", npz);
-  auto r = RunCli({"import", "--db", db_, "--table", "f", "--from", tmp_ / "flipped.npz",
-                   "--tensor", "a"});
+  auto r = RunCli(
+      {"import", "--db", db_, "--table", "f", "--from", tmp_ / "flipped.npz", "--tensor", "a"});
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_TRUE(Contains(r.err, "CRC-32")) << r.err;
   EXPECT_FALSE(Contains(RunCli({"list", "--db", db_}).out, "f\t"));
@@ -281,12 +287,13 @@ TEST_F(HostileTest, DamagedCheckpointsAreRefused) {
 TEST_F(HostileTest, ValuesBeyondFloat32AreRefused) {
   embstore::testing::WriteF32Npy(tmp_ / "wide.npy", {2, 4},
                                  {3.4e38f, -3.4e38f, 0.0f, 1.0f, 1, 2, 3, 4});
-  auto r = RunCli({"import", "--db", db_, "--table", "q", "--from", tmp_ / "wide.npy", "--dtype",
-                   "int8"});
+  auto r = RunCli(
+      {"import", "--db", db_, "--table", "q", "--from", tmp_ / "wide.npy", "--dtype", "int8"});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_TRUE(Contains(r.err, "row 0 spans a range")) << r.err;
   // The same values as f32 are finite and fine.
-  ASSERT_EQ(RunCli({"import", "--db", db_, "--table", "q", "--from", tmp_ / "wide.npy"}).exit_code, 0);
+  ASSERT_EQ(RunCli({"import", "--db", db_, "--table", "q", "--from", tmp_ / "wide.npy"}).exit_code,
+            0);
   // A float64 1e39 would become inf in float32.
   std::vector<double> d = {1.0, 2.0, 1e39, 4.0};
   ASSERT_TRUE(storage::WriteNpy(tmp_ / "big64.npy", "<f8", {2, 2},
@@ -339,15 +346,16 @@ TEST_F(HostileTest, OddKeysAreShownAndNamedUnambiguously) {
   std::string file(8, '\0');
   for (int i = 0; i < 8; ++i) file[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
   file += header;
-  for (float v : {1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f}) file.append(reinterpret_cast<const char*>(&v), 4);
+  for (float v : {1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f})
+    file.append(reinterpret_cast<const char*>(&v), 4);
   WriteBytes(tmp_ / "odd.safetensors", file);
   auto r = RunCli({"inspect", tmp_ / "odd.safetensors"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(Contains(r.out, "\"a\\tb\"\tf32\t[1, 2]\n")) << r.out;
   EXPECT_TRUE(Contains(r.out, "\"\"\tf32\t[1, 2]\n")) << r.out;
   EXPECT_TRUE(Contains(r.out, "\"n\\x00l\\n\"\tf32\t[1, 2]\n")) << r.out;
-  r = RunCli({"import", "--db", db_, "--from", tmp_ / "odd.safetensors", "--tensor",
-              "\"a\\tb\"=t1", "--tensor", "\"n\\x00l\\n\"=t3"});
+  r = RunCli({"import", "--db", db_, "--from", tmp_ / "odd.safetensors", "--tensor", "\"a\\tb\"=t1",
+              "--tensor", "\"n\\x00l\\n\"=t3"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   r = RunCli({"query", "--db", db_, "--table", "t3", "--indices", "0", "--offsets", "0"});
   EXPECT_EQ(r.out, "5 6\n");
@@ -367,11 +375,13 @@ TEST_F(HostileTest, ExitCodesAreTheReadmes) {
   WriteBytes(tmp_ / "truncated.pt", truncated.substr(0, truncated.size() / 2));
   const std::vector<Case> cases = {
       {{"list", "--db", db_}, 0},
-      {{"list", "--db", db_, "--bogus"}, 1},                                     // unknown flag
-      {{"query", "--db", db_, "--table", "items", "--indices", "64", "--offsets", "0"}, 1},  // bad index
-      {{"info", "--db", db_, "--table", "nope"}, 1},                             // unknown table
-      {{"import", "--db", db_, "--table", "t", "--from", tmp_ / "text.txt"}, 1},  // not a checkpoint
-      {{"import", "--db", db_, "--table", "items", "--from", tmp_ / "w.npy"}, 1},  // exists
+      {{"list", "--db", db_, "--bogus"}, 1},  // unknown flag
+      {{"query", "--db", db_, "--table", "items", "--indices", "64", "--offsets", "0"},
+       1},                                            // bad index
+      {{"info", "--db", db_, "--table", "nope"}, 1},  // unknown table
+      {{"import", "--db", db_, "--table", "t", "--from", tmp_ / "text.txt"},
+       1},  // not a checkpoint
+      {{"import", "--db", db_, "--table", "items", "--from", tmp_ / "w.npy"}, 1},    // exists
       {{"import", "--db", db_, "--table", "t", "--from", tmp_ / "missing.npy"}, 1},  // no such file
       {{"import", "--db", db_, "--table", "t", "--from", tmp_ / "truncated.pt"}, 2},  // damaged
       {{"list", "--db", tmp_ / "nostore"}, 1},

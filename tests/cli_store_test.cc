@@ -245,7 +245,6 @@ TEST_F(CliStoreTest, Kill9DuringImportReplace) {
   EXPECT_GT(interrupted, 0);
 }
 
-
 // Retained versions: --keep-versions, `list --versions`, `info`, `rollback`.
 TEST_F(CliStoreTest, RetainedVersionsAndRollback) {
   std::vector<float> twice(values_.size());

@@ -162,9 +162,11 @@ class MultiProcessTest : public ::testing::Test {
 // succeeds, and afterwards verify is clean and only retained files remain.
 TEST_F(MultiProcessTest, ReadersQueryWhileWritersReplaceDropAndDie) {
   const int64_t rows = 4096;
-  for (int64_t tag = 1; tag <= 13; ++tag) WriteTagged(tmp_ / ("v" + std::to_string(tag) + ".npy"), rows, tag);
+  for (int64_t tag = 1; tag <= 13; ++tag)
+    WriteTagged(tmp_ / ("v" + std::to_string(tag) + ".npy"), rows, tag);
   WriteTagged(tmp_ / "big.npy", 256 * 1024, 99);  // 16 MiB: long enough to be killed mid-way
-  ASSERT_EQ(RunCli({"import", "--db", db_, "--table", "items", "--from", tmp_ / "v1.npy"}).exit_code, 0);
+  ASSERT_EQ(
+      RunCli({"import", "--db", db_, "--table", "items", "--from", tmp_ / "v1.npy"}).exit_code, 0);
 
   const std::string stop = tmp_ / "stop";
   Child holder({Reader(), "loop", db_, "items", stop});
@@ -185,7 +187,8 @@ TEST_F(MultiProcessTest, ReadersQueryWhileWritersReplaceDropAndDie) {
         std::lock_guard<std::mutex> lock(mu);
         if (tag < 0) {
           ++failures;
-          if (first_failure.empty()) first_failure = std::to_string(r.exit_code) + " " + r.out + r.err;
+          if (first_failure.empty())
+            first_failure = std::to_string(r.exit_code) + " " + r.out + r.err;
         } else {
           seen.insert(tag);
         }
@@ -197,8 +200,9 @@ TEST_F(MultiProcessTest, ReadersQueryWhileWritersReplaceDropAndDie) {
   for (int64_t tag = 2; tag <= 13; ++tag) {
     // A writer killed at a random point.
     {
-      std::vector<std::string> argv = {EMBSTORE_CLI, "import", "--db", db_, "--table", "items",
-                                       "--from", tmp_ / "big.npy", "--replace"};
+      std::vector<std::string> argv = {EMBSTORE_CLI, "import",         "--db",
+                                       db_,          "--table",        "items",
+                                       "--from",     tmp_ / "big.npy", "--replace"};
       Child w(argv);
       std::this_thread::sleep_for(
           std::chrono::milliseconds(std::uniform_int_distribution<int>(0, 80)(rng)));
@@ -207,7 +211,9 @@ TEST_F(MultiProcessTest, ReadersQueryWhileWritersReplaceDropAndDie) {
     }
     // A table made and dropped beside.
     if (tag % 3 == 0) {
-      ASSERT_EQ(RunCli({"import", "--db", db_, "--table", "scratch", "--from", tmp_ / "v1.npy"}).exit_code, 0);
+      ASSERT_EQ(RunCli({"import", "--db", db_, "--table", "scratch", "--from", tmp_ / "v1.npy"})
+                    .exit_code,
+                0);
     }
     if (tag % 3 == 1 && tag > 3) {
       ASSERT_EQ(RunCli({"drop", "--db", db_, "--table", "scratch"}).exit_code, 0);
@@ -262,27 +268,34 @@ TEST_F(MultiProcessTest, LongLivedReaderFollowsWithinASecond) {
   const auto published = Clock::now();
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const std::string line = follower.ReadLine(std::chrono::seconds(20));
-  const auto seen_after = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - published);
+  const auto seen_after =
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - published);
   EXPECT_EQ(line, "followed 2 tag 2 old-intact yes");
-  EXPECT_LT(seen_after.count(), 1000) << "the reader saw the new version after " << seen_after.count() << " ms";
+  EXPECT_LT(seen_after.count(), 1000)
+      << "the reader saw the new version after " << seen_after.count() << " ms";
   EXPECT_EQ(follower.Wait(), 0);
 }
 
 // A reader SIGKILLed while it holds a snapshot of a version that writers
 // have since let go of (its file deleted while mapped) leaves nothing behind.
 TEST_F(MultiProcessTest, KilledReaderLeaksNothing) {
-  for (int64_t tag = 1; tag <= 4; ++tag) WriteTagged(tmp_ / ("v" + std::to_string(tag) + ".npy"), 512, tag);
-  ASSERT_EQ(RunCli({"import", "--db", db_, "--table", "t", "--from", tmp_ / "v1.npy"}).exit_code, 0);
+  for (int64_t tag = 1; tag <= 4; ++tag)
+    WriteTagged(tmp_ / ("v" + std::to_string(tag) + ".npy"), 512, tag);
+  ASSERT_EQ(RunCli({"import", "--db", db_, "--table", "t", "--from", tmp_ / "v1.npy"}).exit_code,
+            0);
   Child holder({Reader(), "hold", db_, "t"});
   ASSERT_EQ(holder.ReadLine(), "ready t.v1.emb");
   for (int64_t tag = 2; tag <= 4; ++tag) {
     ASSERT_EQ(RunCli({"import", "--db", db_, "--table", "t", "--from",
-                      tmp_ / ("v" + std::to_string(tag) + ".npy"), "--replace"}).exit_code, 0);
+                      tmp_ / ("v" + std::to_string(tag) + ".npy"), "--replace"})
+                  .exit_code,
+              0);
   }
   // v1 left the retained set: its file is gone from the store while the
   // reader still maps it.
   EXPECT_EQ(FilesIn(db_ + "/tables"), (std::set<std::string>{"t.v3.emb", "t.v4.emb"}));
-  const std::string maps = embstore::testing::ReadBytes("/proc/" + std::to_string(holder.pid()) + "/maps");
+  const std::string maps =
+      embstore::testing::ReadBytes("/proc/" + std::to_string(holder.pid()) + "/maps");
   EXPECT_NE(maps.find("t.v1.emb (deleted)"), std::string::npos);
   holder.Kill();
   EXPECT_EQ(holder.Wait(), 128 + SIGKILL);
@@ -301,16 +314,19 @@ TEST_F(MultiProcessTest, SecondWriterWaitsThenNamesTheWriter) {
   const std::string line = writer.ReadLine();
   ASSERT_EQ(line, "writing " + std::to_string(writer.pid()));
   const auto start = Clock::now();
-  auto r = RunCli({"import", "--db", db_, "--table", "u", "--from", tmp_ / "a.npy", "--lock-wait", "0.3"});
+  auto r = RunCli(
+      {"import", "--db", db_, "--table", "u", "--from", tmp_ / "a.npy", "--lock-wait", "0.3"});
   const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find("another process (pid " + std::to_string(writer.pid()) + ") is writing to " + db_),
-            std::string::npos)
+  EXPECT_NE(
+      r.err.find("another process (pid " + std::to_string(writer.pid()) + ") is writing to " + db_),
+      std::string::npos)
       << r.err;
   EXPECT_GE(waited.count(), 300);
   EXPECT_EQ(RunCli({"drop", "--db", db_, "--table", "t", "--lock-wait", "0"}).exit_code, 2);
   // Readers run beside the writer.
-  auto q = RunCli({"query", "--db", db_, "--table", "t", "--indices", "3", "--offsets", "0", "--mode", "sum"});
+  auto q = RunCli(
+      {"query", "--db", db_, "--table", "t", "--indices", "3", "--offsets", "0", "--mode", "sum"});
   EXPECT_EQ(q.exit_code, 0) << q.err;
   EXPECT_EQ(TagOfQuery(q.out, {3}), 1);
   EXPECT_EQ(RunCli({"list", "--db", db_}).exit_code, 0);

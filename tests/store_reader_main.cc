@@ -79,7 +79,8 @@ int main(int argc, char** argv) {
     const auto deadline = Clock::now() + std::chrono::seconds(120);
     while (!Exists(stop) && Clock::now() < deadline) {
       auto snap = store.GetSnapshot(table);
-      if (!snap.ok()) return Fail("snapshot " + std::to_string(queries) + ": " + snap.status().ToString());
+      if (!snap.ok())
+        return Fail("snapshot " + std::to_string(queries) + ": " + snap.status().ToString());
       const int64_t tag = CheckedTag(*snap);
       if (tag < 0) return Fail("values of version " + std::to_string(snap->info().version));
       tags.insert(tag);

@@ -237,7 +237,7 @@ TEST(StoreTest, DropReclaimsFileAndVersionsAreNotReused) {
   ASSERT_TRUE(store->DropTable("t").ok());
   EXPECT_EQ(store->GetInfo("t").status().code(), Status::Code::kNotFound);
   EXPECT_EQ(store->DropTable("t").code(), Status::Code::kNotFound);
-  EXPECT_EQ(At(*snap, 2, 1), 2001.0f);  // still readable
+  EXPECT_EQ(At(*snap, 2, 1), 2001.0f);          // still readable
   EXPECT_EQ(CountFiles(tmp / "db/tables"), 0);  // deleted at the drop
   ASSERT_TRUE(store->WriteTable("t", spec, Pattern(4, 1)).ok());
   EXPECT_EQ(store->GetInfo("t")->version, 2u);
@@ -389,7 +389,6 @@ TEST(StoreTest, SigkillDuringReplaceLeavesAWholeVersion) {
   EXPECT_LE(CountFiles(tmp / "db/tables"), 3);
 }
 
-
 // ---- Catalog: entries this build cannot read, other formats, damage ---------------------
 
 namespace catalog_cases {
@@ -457,8 +456,7 @@ TEST(StoreCatalogTest, UnknownDtypeEntryKeepsItsFileAndFailsVerify) {
   EXPECT_EQ(At(*a, 3, 2), 3002.0f);
   // Writes that touch b are refused; others go on and keep b's file and entry.
   spec.replace = true;
-  EXPECT_EQ(store->WriteTable("b", spec, Pattern(4, 2)).status().code(),
-            Status::Code::kCorruption);
+  EXPECT_EQ(store->WriteTable("b", spec, Pattern(4, 2)).status().code(), Status::Code::kCorruption);
   EXPECT_EQ(store->DropTable("b").code(), Status::Code::kCorruption);
   EXPECT_EQ(store->Rollback("b", std::nullopt).status().code(), Status::Code::kCorruption);
   ASSERT_TRUE(store->WriteTable("a", spec, Pattern(4, 3)).ok());
@@ -576,7 +574,7 @@ TEST(StoreTest, RollbackPublishesARetainedVersionAsANewVersion) {
   auto now = store->GetSnapshot("t");
   ASSERT_TRUE(now.ok());
   EXPECT_EQ(now->info().version, 4u);
-  EXPECT_EQ(At(*now, 2, 1), 2001.0f + 1);  // v2's data
+  EXPECT_EQ(At(*now, 2, 1), 2001.0f + 1);   // v2's data
   EXPECT_EQ(At(*held, 2, 1), 2001.0f + 2);  // the held snapshot is v3, unchanged
   auto entries = store->ListEntries();
   std::vector<uint64_t> versions;
@@ -645,7 +643,7 @@ TEST(StoreTest, StaleCatalogFollowsToTheCurrentFile) {
   ASSERT_TRUE(writer->WriteTable("t", spec, Pattern(4, 0)).ok());
   StoreOptions never;
   never.refresh_interval = std::chrono::milliseconds(1000);
-  auto reader = OpenOrDie(tmp / "db", never);  // holds generation with t.v1
+  auto reader = OpenOrDie(tmp / "db", never);                      // holds generation with t.v1
   ASSERT_TRUE(writer->WriteTable("t", spec, Pattern(4, 1)).ok());  // deletes t.v1.emb
   EXPECT_FALSE(std::filesystem::exists(tmp / "db/tables/t.v1.emb"));
   auto snap = reader->GetSnapshot("t");
@@ -695,7 +693,6 @@ TEST(StoreTest, SecondWriterWaitsThenFailsNamingTheWriter) {
   ASSERT_TRUE(second->Refresh().ok());
   EXPECT_EQ(second->ListTables()->size(), 2u);
 }
-
 
 // ---- Format-1 stores (RocksDB catalog) ------------------------------------------------------
 

@@ -303,8 +303,9 @@ Status CheckOutputOutsideStore(const std::string& db, const std::string& out) {
       }
       ::closedir(d);
       if (same) {
-        return Status::InvalidArgument("--out '" + out + "' is a hard link to a file of the store '" +
-                                       db + "'; writing there would corrupt it");
+        return Status::InvalidArgument("--out '" + out +
+                                       "' is a hard link to a file of the store '" + db +
+                                       "'; writing there would corrupt it");
       }
     }
   }
@@ -318,11 +319,21 @@ std::string DisplayKey(const std::string& key) {
   std::string out = "\"";
   for (unsigned char c : key) {
     switch (c) {
-      case '\t': out += "\\t"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\\': out += "\\\\"; break;
-      case '"': out += "\\\""; break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '"':
+        out += "\\\"";
+        break;
       default:
         if (c < 0x20 || c == 0x7f) {
           char buf[8];
@@ -350,11 +361,16 @@ Result<std::string> ParseKeyArgument(const std::string& arg) {
     }
     if (i + 2 >= arg.size()) return bad();
     const char e = arg[++i];
-    if (e == 't') out += '\t';
-    else if (e == 'n') out += '\n';
-    else if (e == 'r') out += '\r';
-    else if (e == '\\' || e == '"') out += e;
-    else if (e == 'x' && i + 3 < arg.size() && std::isxdigit(static_cast<unsigned char>(arg[i + 1])) &&
+    if (e == 't')
+      out += '\t';
+    else if (e == 'n')
+      out += '\n';
+    else if (e == 'r')
+      out += '\r';
+    else if (e == '\\' || e == '"')
+      out += e;
+    else if (e == 'x' && i + 3 < arg.size() &&
+             std::isxdigit(static_cast<unsigned char>(arg[i + 1])) &&
              std::isxdigit(static_cast<unsigned char>(arg[i + 2]))) {
       out += static_cast<char>(std::stoi(arg.substr(i + 1, 2), nullptr, 16));
       i += 2;

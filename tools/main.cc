@@ -1,9 +1,9 @@
 // embstore: the command-line tool. See README.md "CLI reference".
-#include <chrono>
 #include <cerrno>
+#include <chrono>
 #include <cinttypes>
-#include <csignal>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <cxxopts.hpp>
@@ -112,8 +112,7 @@ Result<std::unique_ptr<Store>> OpenStore(const std::string& db, bool create,
 // The options of every command that writes a store: how long to wait for
 // another process's write, and how many earlier versions to keep.
 void AddWriterOptions(cxxopts::Options& opts) {
-  opts.add_options()("lock-wait",
-                     "Seconds to wait for another process's write to end (default 5)",
+  opts.add_options()("lock-wait", "Seconds to wait for another process's write to end (default 5)",
                      cxxopts::value<std::string>())(
       "keep-versions", "Earlier versions of each table to keep for rollback (default 1)",
       cxxopts::value<std::string>());
@@ -310,8 +309,8 @@ int CmdList(int argc, char** argv) {
     }
     for (size_t i = 0; i < (versions ? e.versions.size() : 1); ++i) {
       const TableInfo& t = e.versions[i];
-      std::printf("%s\t%" PRId64 "\t%" PRId64 "\t%s\tv%" PRIu64 "\t%" PRIu64 "%s\n",
-                  t.name.c_str(), t.rows, t.dim, DTypeName(t.dtype), t.version, t.file_bytes,
+      std::printf("%s\t%" PRId64 "\t%" PRId64 "\t%s\tv%" PRIu64 "\t%" PRIu64 "%s\n", t.name.c_str(),
+                  t.rows, t.dim, DTypeName(t.dtype), t.version, t.file_bytes,
                   versions ? (i == 0 ? "\tcurrent" : "\tretained") : "");
     }
   }
@@ -483,7 +482,8 @@ int CmdInspect(int argc, char** argv) {
   int ec = 0;
   auto r = Parse(opts, "inspect", argc, argv, &ec);
   if (!r) return ec;
-  if (!r->count("file")) return UsageError("inspect", "a checkpoint FILE is required (embstore inspect FILE)");
+  if (!r->count("file"))
+    return UsageError("inspect", "a checkpoint FILE is required (embstore inspect FILE)");
   const std::string file = (*r)["file"].as<std::string>();
   auto entries = InspectCheckpoint(file);
   if (!entries.ok()) return Fail("inspect", entries.status());
@@ -494,8 +494,8 @@ int CmdInspect(int argc, char** argv) {
     shape += "]";
     // A lone .npy array has no key; any other key is shown unambiguously.
     const bool lone_array = e.key.empty() && entries->size() == 1;
-    std::printf("%s\t%s\t%s\n", lone_array ? "(array)" : DisplayKey(e.key).c_str(),
-                e.dtype.c_str(), shape.c_str());
+    std::printf("%s\t%s\t%s\n", lone_array ? "(array)" : DisplayKey(e.key).c_str(), e.dtype.c_str(),
+                shape.c_str());
   }
   return kExitOk;
 }

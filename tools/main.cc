@@ -848,8 +848,8 @@ int CmdRollback(int argc, char** argv) {
   if (!store.ok()) return Fail(cmd, store.status());
   auto info = (*store)->Rollback(table, to);
   if (!info.ok()) return Fail(cmd, info.status());
-  std::printf("rolled back %s: version %" PRIu64 " holds the data of %s\n", table.c_str(),
-              info->version, info->source.c_str());
+  std::printf("rolled back %s: version %" PRIu64 " (%s)\n", table.c_str(), info->version,
+              info->source.c_str());
   return kExitOk;
 }
 

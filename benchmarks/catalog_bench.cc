@@ -65,7 +65,8 @@ std::unique_ptr<Store> MakeStore(const std::string& dir, int tables, StoreOption
       c->Put(std::move(t));
     }
     ++c->generation;
-    if (!embstore::storage::WriteCatalog(dir, *c).ok()) std::abort();
+    bool published = false;
+    if (!embstore::storage::WriteCatalog(dir, *c, &published).ok()) std::abort();
     if (!(*store)->Refresh().ok()) std::abort();
   }
   return std::move(store).value();

@@ -213,7 +213,7 @@ uint64_t Catalog::NextVersion(const std::string& name) const {
   if (const CatalogTable* t = Find(name)) {
     for (const TableInfo& v : t->versions) last = std::max(last, v.version);
   }
-  return last + 1;
+  return last + 1;  // 0 when every number has been used
 }
 
 void Catalog::Put(CatalogTable t) {
@@ -353,7 +353,8 @@ Result<uint64_t> ReadCatalogGeneration(const std::string& dir) {
   return generation;
 }
 
-Status WriteCatalog(const std::string& dir, const Catalog& catalog) {
+Status WriteCatalog(const std::string& dir, const Catalog& catalog, bool* published) {
+  *published = false;
   const std::string bytes = EncodeCatalog(catalog);
   const std::string final_path = dir + "/" + kCatalogFile;
   std::string tmp;
@@ -367,6 +368,7 @@ Status WriteCatalog(const std::string& dir, const Catalog& catalog) {
     ::unlink(tmp.c_str());
     return st;
   }
+  *published = true;
   return FsyncDir(dir);
 }
 
@@ -403,23 +405,10 @@ Status FromRocks(const rocksdb::Status& s, const std::string& what) {
 
 }  // namespace
 
-Result<Catalog> ReadLegacyCatalog(const std::string& rocksdb_dir) {
-  rocksdb::DB* raw = nullptr;
-  rocksdb::Status s = rocksdb::DB::OpenForReadOnly(LegacyOptions(), rocksdb_dir, &raw);
-  EMBSTORE_RETURN_IF_ERROR(FromRocks(s, "cannot read the format-1 catalog '" + rocksdb_dir + "'"));
-  std::unique_ptr<rocksdb::DB> db(raw);
-  std::string fmt;
-  s = db->Get(rocksdb::ReadOptions(), kLegacyFormatKey, &fmt);
-  if (!s.ok() && !s.IsNotFound()) return FromRocks(s, "catalog read");
-  if (s.ok() && fmt != "1") {
-    if (fmt == "2") {
-      return Status::Corruption("the catalog of this store was migrated to '" +
-                                std::string(kCatalogFile) + "', which is missing");
-    }
-    return Status::NotSupported("the catalog '" + rocksdb_dir + "' has format " + fmt +
-                                "; this build reads formats 1 and " +
-                                std::to_string(kCatalogFormat));
-  }
+namespace {
+
+// Reads every entry of an open format-1 catalog. `fmt` is its meta/format.
+Result<Catalog> ReadLegacyEntries(rocksdb::DB* db, const std::string& rocksdb_dir) {
   Catalog c;
   std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions()));
   size_t index = 0;
@@ -448,7 +437,32 @@ Result<Catalog> ReadLegacyCatalog(const std::string& rocksdb_dir) {
   return c;
 }
 
-Status MarkLegacyCatalogMigrated(const std::string& rocksdb_dir) {
+// meta/format of an open format-1 catalog: "1", or "2" once a writer of this
+// build has begun to migrate it (its entries are still all there).
+Status CheckLegacyFormat(rocksdb::DB* db, const std::string& rocksdb_dir) {
+  std::string fmt;
+  rocksdb::Status s = db->Get(rocksdb::ReadOptions(), kLegacyFormatKey, &fmt);
+  if (!s.ok() && !s.IsNotFound()) return FromRocks(s, "catalog read");
+  if (s.ok() && fmt != "1" && fmt != std::to_string(kCatalogFormat)) {
+    return Status::NotSupported("the catalog '" + rocksdb_dir + "' has format " + fmt +
+                                "; this build reads formats 1 and " +
+                                std::to_string(kCatalogFormat));
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
+Result<Catalog> ReadLegacyCatalog(const std::string& rocksdb_dir) {
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status s = rocksdb::DB::OpenForReadOnly(LegacyOptions(), rocksdb_dir, &raw);
+  EMBSTORE_RETURN_IF_ERROR(FromRocks(s, "cannot read the format-1 catalog '" + rocksdb_dir + "'"));
+  std::unique_ptr<rocksdb::DB> db(raw);
+  EMBSTORE_RETURN_IF_ERROR(CheckLegacyFormat(db.get(), rocksdb_dir));
+  return ReadLegacyEntries(db.get(), rocksdb_dir);
+}
+
+Result<Catalog> MigrateLegacyCatalog(const std::string& rocksdb_dir) {
   rocksdb::DB* raw = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(LegacyOptions(), rocksdb_dir, &raw);
   if (!s.ok()) {
@@ -460,9 +474,14 @@ Status MarkLegacyCatalogMigrated(const std::string& rocksdb_dir) {
     return FromRocks(s, "cannot open the format-1 catalog '" + rocksdb_dir + "'");
   }
   std::unique_ptr<rocksdb::DB> db(raw);
+  EMBSTORE_RETURN_IF_ERROR(CheckLegacyFormat(db.get(), rocksdb_dir));
+  // Marked first: from here on, builds that read only format 1 refuse the
+  // store, so none of them can take files of the new catalog for leftovers.
   rocksdb::WriteOptions wo;
   wo.sync = true;
-  return FromRocks(db->Put(wo, kLegacyFormatKey, std::to_string(kCatalogFormat)), "catalog write");
+  EMBSTORE_RETURN_IF_ERROR(
+      FromRocks(db->Put(wo, kLegacyFormatKey, std::to_string(kCatalogFormat)), "catalog write"));
+  return ReadLegacyEntries(db.get(), rocksdb_dir);
 }
 
 }  // namespace embstore::storage

@@ -62,7 +62,7 @@ struct Catalog {
   // unknown (then nothing but temporaries may be collected).
   std::set<std::string> ReferencedFiles(bool* complete) const;
   // The number to give the next version of `name`: past every number handed
-  // out, current or retained.
+  // out, current or retained; 0 when none is left.
   uint64_t NextVersion(const std::string& name) const;
   // Inserts or replaces the entry for `t.name`, keeping the order.
   void Put(CatalogTable t);
@@ -85,15 +85,21 @@ Result<Catalog> ReadCatalog(const std::string& dir);
 Result<uint64_t> ReadCatalogGeneration(const std::string& dir);
 // Publishes `catalog` as DIR/CATALOG: a temporary file created exclusively,
 // fsync, rename over CATALOG, fsync of DIR. REQUIRES: the writer lock.
-Status WriteCatalog(const std::string& dir, const Catalog& catalog);
+// *published says whether the rename happened: an error after it (the sync
+// of DIR) leaves the new catalog in place.
+Status WriteCatalog(const std::string& dir, const Catalog& catalog, bool* published);
 
 // The catalog of a format-1 store (a RocksDB database in DIR/catalog),
 // read through a read-only open that takes no lock and writes nothing.
 // Entries this build cannot decode come back unreadable, as above.
 Result<Catalog> ReadLegacyCatalog(const std::string& rocksdb_dir);
-// Marks a format-1 RocksDB catalog as migrated (meta/format = "2"), so that
-// builds that read only format 1 refuse the store instead of using it.
-Status MarkLegacyCatalogMigrated(const std::string& rocksdb_dir);
+// For a writer (under the writer lock) about to publish the first CATALOG of
+// a format-1 store: opens the RocksDB catalog read-write (which fails while
+// a process of an older build holds it), marks it migrated (meta/format =
+// "2", synced: builds that read only format 1 refuse the store from then
+// on), and reads it. A store marked but not yet given a CATALOG (a writer
+// died in between) reads as before.
+Result<Catalog> MigrateLegacyCatalog(const std::string& rocksdb_dir);
 
 }  // namespace embstore::storage
 

@@ -103,7 +103,9 @@ Result<uint64_t> FileSize(int fd, const std::string& path) {
 }
 
 Result<int> OpenForRead(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a named pipe planted at the path must not hang the open
+  // (FileSize refuses what is not a regular file); no effect on files.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return ErrnoStatus("cannot open", path, errno);
   return fd;
 }

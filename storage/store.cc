@@ -209,13 +209,20 @@ class StoreImpl final : public Store {
         auto mapping = Map(info);
         if (mapping.ok()) {
           std::lock_guard<std::mutex> lock(open_mu_);
-          open_[name] = *mapping;
+          // Cached only while current: a catalog installed meanwhile has
+          // swept the cache already (Install sets state_, then sweeps).
+          const CatalogTable* now = Current()->Find(name);
+          if (now != nullptr && now->status.ok() && now->versions[0].version == info.version) {
+            open_[name] = *mapping;
+          }
           return TableSnapshot(std::move(mapping).value());
         }
-        if (mapping.status().code() != Status::Code::kNotFound) return mapping.status();
+        // The file may have been deleted before or while it was opened: if
+        // the catalog moved on, follow it.
         const uint64_t seen = state->generation;
         EMBSTORE_RETURN_IF_ERROR(RefreshNow());
         if (Current()->generation == seen || attempt >= 8) {
+          if (mapping.status().code() != Status::Code::kNotFound) return mapping.status();
           return Status::Corruption("table '" + name + "': its file '" + info.file +
                                     "' is missing (" + mapping.status().message() + ")");
         }
@@ -347,6 +354,8 @@ class StoreImpl final : public Store {
         // immutable, and one is deleted only when no entry names it.
         published = target;
         published.version = c->NextVersion(name);
+        if (published.version == 0)
+          return Status::InvalidArgument("table '" + name + "' has used every version number");
         published.created_unix = NowUnix();
         published.source =
             "rollback to v" + std::to_string(target.version) + " of " + target.source;
@@ -434,7 +443,8 @@ class StoreImpl final : public Store {
 
   static bool HeaderMatches(const storage::TableHeader& h, const TableInfo& info) {
     return h.rows == static_cast<uint64_t>(info.rows) && h.dim == static_cast<uint64_t>(info.dim) &&
-           h.dtype == info.dtype && h.data_checksum == info.checksum;
+           h.dtype == info.dtype && h.row_stride == info.row_stride &&
+           h.data_checksum == info.checksum;
   }
 
   Result<std::shared_ptr<const TableSnapshot::Mapping>> Map(const TableInfo& info) {
@@ -472,17 +482,19 @@ class StoreImpl final : public Store {
     ++c.generation;
     bool complete_after = true;
     const std::set<std::string> after = c.ReferencedFiles(&complete_after);
-    const Status published = storage::WriteCatalog(dir_, c);
-    if (!published.ok()) {
+    bool published = false;
+    const Status written = storage::WriteCatalog(dir_, c, &published);
+    if (!published) {
       // The old catalog stands: a file this write made is no one's.
       for (const std::string& f : after)
         if (before.count(f) == 0) ::unlink((tables_dir_ + "/" + f).c_str());
-      return published;
+      return written;
     }
     Install(c);
-    if (legacy_) {
-      // The catalog now lives in CATALOG: make format-1 builds refuse the store.
-      if (storage::MarkLegacyCatalogMigrated(dir_ + "/" + kLegacyCatalogDir).ok()) legacy_ = false;
+    legacy_ = false;
+    if (!written.ok()) {
+      // In place but perhaps not durable: delete nothing, say so.
+      return written.WithContext("the new catalog is published but may not survive a crash");
     }
     bool unlinked = false;
     for (const std::string& f : before) {
@@ -501,7 +513,7 @@ class StoreImpl final : public Store {
     if (c.ok() || c.status().code() != Status::Code::kNotFound) return c;
     if (!IsDir(dir_ + "/" + kLegacyCatalogDir)) return c.status();
     legacy_ = true;
-    return storage::ReadLegacyCatalog(dir_ + "/" + kLegacyCatalogDir);
+    return storage::MigrateLegacyCatalog(dir_ + "/" + kLegacyCatalogDir);
   }
 
   // Deletes what interrupted writes left in tables/: temporaries, and table
@@ -577,7 +589,18 @@ class StoreImpl final : public Store {
       const CatalogTable* existing = c->Find(name);
       if (existing != nullptr && !existing->status.ok()) return UnreadableError(*existing);
       if (existing != nullptr && !spec.replace) return AlreadyExistsError(*existing);
+      if (spec.expected_version &&
+          (existing == nullptr || existing->versions[0].version != *spec.expected_version)) {
+        return Status::IOError(
+            "table '" + name + "' changed while this write was prepared: it was version " +
+            std::to_string(*spec.expected_version) + ", it is now " +
+            (existing == nullptr ? std::string("dropped")
+                                 : "version " + std::to_string(existing->versions[0].version)) +
+            "; nothing was published");
+      }
       uint64_t version = c->NextVersion(name);
+      if (version == 0)
+        return Status::InvalidArgument("table '" + name + "' has used every version number");
       // A file of that name can only be a leftover an unreadable entry may
       // name (others were collected): never write over it.
       while (::access((tables_dir_ + "/" + name + ".v" + std::to_string(version) + ".emb").c_str(),
@@ -642,6 +665,22 @@ class StoreImpl final : public Store {
   std::map<std::string, std::shared_ptr<const TableSnapshot::Mapping>> open_;
 };
 
+// Table files without a catalog: the catalog was lost, or this is not a
+// store. Corruption, never an empty store (whose next write would collect
+// the files as leftovers).
+Status RefuseOrphanTables(const std::string& dir) {
+  DIR* d = ::opendir((dir + "/tables").c_str());
+  if (d == nullptr) return Status::OK();
+  std::string found;
+  while (dirent* e = ::readdir(d)) {
+    if (IsOurTableFile(e->d_name)) found = e->d_name;
+  }
+  ::closedir(d);
+  if (found.empty()) return Status::OK();
+  return Status::Corruption("'" + dir + "/tables' holds table files ('" + found +
+                            "') but there is no catalog; refusing to treat it as an empty store");
+}
+
 // Creates an empty store in `dir` under the writer lock (another process
 // may be creating it at the same moment).
 Result<Catalog> CreateStore(const std::string& dir, const StoreOptions& options) {
@@ -649,20 +688,7 @@ Result<Catalog> CreateStore(const std::string& dir, const StoreOptions& options)
   EMBSTORE_ASSIGN_OR_RETURN(auto lock, storage::WriterLock::Acquire(dir, options.writer_wait));
   auto existing = storage::ReadCatalog(dir);
   if (existing.ok() || existing.status().code() != Status::Code::kNotFound) return existing;
-  // Table files without a catalog: the catalog was lost, or this is not a
-  // store. An empty catalog would make them leftovers of the next write.
-  if (DIR* d = ::opendir((dir + "/tables").c_str())) {
-    std::string found;
-    while (dirent* e = ::readdir(d)) {
-      if (IsOurTableFile(e->d_name)) found = e->d_name;
-    }
-    ::closedir(d);
-    if (!found.empty()) {
-      return Status::Corruption("'" + dir + "/tables' holds table files ('" + found +
-                                "') but there is no catalog; refusing to create an empty "
-                                "catalog over them");
-    }
-  }
+  EMBSTORE_RETURN_IF_ERROR(RefuseOrphanTables(dir));
   EMBSTORE_RETURN_IF_ERROR(MakeDir(dir + "/tables"));
   const std::string guard = dir + "/" + kLegacyCatalogDir;
   if (!IsDir(guard)) {
@@ -673,7 +699,8 @@ Result<Catalog> CreateStore(const std::string& dir, const StoreOptions& options)
   }
   Catalog c;
   c.generation = 1;
-  EMBSTORE_RETURN_IF_ERROR(storage::WriteCatalog(dir, c));
+  bool published = false;
+  EMBSTORE_RETURN_IF_ERROR(storage::WriteCatalog(dir, c, &published));
   return c;
 }
 
@@ -685,6 +712,8 @@ Result<std::unique_ptr<Store>> OpenStore(const std::string& dir, const StoreOpti
     if (IsDir(dir + "/" + kLegacyCatalogDir)) {
       legacy = true;
       c = storage::ReadLegacyCatalog(dir + "/" + kLegacyCatalogDir);
+    } else if (Status orphans = RefuseOrphanTables(dir); !orphans.ok()) {
+      c = orphans;
     } else if (!options.create_if_missing) {
       return Status::NotFound("no embstore store at '" + dir +
                               "' (create one with `embstore init --db " + dir +

@@ -531,6 +531,26 @@ TEST(StoreCatalogTest, DamagedCatalogIsCorruptionNotAnEmptyStore) {
 
 // ---- No exception crosses the API -------------------------------------------------------
 
+// A write derived from a snapshot (renorm) names the version it started
+// from; a version published meanwhile makes it fail instead of being replaced.
+TEST(StoreTest, ExpectedVersionRefusesAWriteOverANewerVersion) {
+  TempDir tmp;
+  auto store = OpenOrDie(tmp / "db");
+  TableSpec spec{10, 4, DType::kF32, "", true, {}};
+  ASSERT_TRUE(store->WriteTable("t", spec, Pattern(4, 0)).ok());
+  ASSERT_TRUE(store->WriteTable("t", spec, Pattern(4, 1)).ok());
+  spec.expected_version = 1;
+  auto r = store->WriteTable("t", spec, Pattern(4, 2));
+  EXPECT_EQ(r.status().code(), Status::Code::kIOError);
+  EXPECT_NE(r.status().message().find("it is now version 2"), std::string::npos)
+      << r.status().message();
+  EXPECT_EQ(store->GetInfo("t")->version, 2u);
+  EXPECT_EQ(CountFiles(tmp / "db/tables"), 2);
+  spec.expected_version = 2;
+  ASSERT_TRUE(store->WriteTable("t", spec, Pattern(4, 2)).ok());
+  EXPECT_EQ(store->GetInfo("t")->version, 3u);
+}
+
 TEST(StoreTest, HugeChunkRowsAndRowCountsAreStatuses) {
   TempDir tmp;
   auto store = OpenOrDie(tmp / "db");
@@ -759,6 +779,15 @@ TEST(StoreLegacyTest, Format1StoreIsReadThenMigratedByTheFirstWrite) {
   }
   legacy::MakeFormat1(tmp / "db", "f8e4m3", "4");
   {
+    // A writer that marked the catalog and died before CATALOG: still read.
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::Options(), tmp / "db/catalog", &raw).ok());
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    ASSERT_TRUE(raw->Put(wo, "meta/format", "2").ok());
+    delete raw;
+  }
+  {
     auto store = OpenOrDie(tmp / "db");
     auto entries = store->ListEntries();
     ASSERT_TRUE(entries.ok());
@@ -815,6 +844,9 @@ TEST(StoreCatalogTest, TableFilesWithoutACatalogAreNotAnEmptyStore) {
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().code(), Status::Code::kCorruption);
   EXPECT_NE(s.status().message().find("a.v1.emb"), std::string::npos) << s.status().message();
+  StoreOptions read_only;
+  read_only.create_if_missing = false;
+  EXPECT_EQ(Store::Open(tmp / "db", read_only).status().code(), Status::Code::kCorruption);
   EXPECT_TRUE(std::filesystem::exists(tmp / "db/tables/a.v1.emb"));
 }
 

@@ -262,11 +262,6 @@ std::string RealPath(const std::string& p) {
   return out;
 }
 
-bool Inside(const std::string& path, const std::string& dir) {
-  return path == dir || (path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 &&
-                         path[dir.size()] == '/');
-}
-
 }  // namespace
 
 Status CheckOutputOutsideStore(const std::string& db, const std::string& out) {
@@ -285,7 +280,21 @@ Status CheckOutputOutsideStore(const std::string& db, const std::string& out) {
     if (dir.empty()) return Status::OK();  // the write reports the missing directory
     resolved = dir + "/" + out.substr(slash == std::string::npos ? 0 : slash + 1);
   }
-  if (Inside(resolved, store)) return Status::InvalidArgument(refuse);
+  // Inside: the store directory is the path or one of its ancestors, compared
+  // by device and inode (a bind mount or another spelling of it counts).
+  struct stat store_st {};
+  if (::stat(store.c_str(), &store_st) == 0) {
+    for (std::string p = resolved;;) {
+      struct stat st {};
+      if (::stat(p.c_str(), &st) == 0 && st.st_dev == store_st.st_dev &&
+          st.st_ino == store_st.st_ino) {
+        return Status::InvalidArgument(refuse);
+      }
+      const size_t slash = p.find_last_of('/');
+      if (slash == std::string::npos || p == "/") break;
+      p = slash == 0 ? "/" : p.substr(0, slash);
+    }
+  }
   // A hard link elsewhere to one of the store's files.
   struct stat st {};
   if (::stat(out.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink > 1) {
@@ -314,7 +323,8 @@ Status CheckOutputOutsideStore(const std::string& db, const std::string& out) {
 
 std::string DisplayKey(const std::string& key) {
   bool plain = !key.empty() && key.front() != '"';
-  for (unsigned char c : key) plain &= c >= 0x20 && c != 0x7f && c != '\\';
+  // '=' is quoted too: --tensor KEY=TABLE splits at the last '='.
+  for (unsigned char c : key) plain &= c >= 0x20 && c != 0x7f && c != '\\' && c != '=';
   if (plain) return key;
   std::string out = "\"";
   for (unsigned char c : key) {

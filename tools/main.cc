@@ -801,6 +801,9 @@ int CmdRenorm(int argc, char** argv) {
                 ", norm_type=" + (*r)["norm-type"].as<std::string>() + ") from " +
                 snap->info().source;
   spec.progress = [&bar](int64_t d, int64_t t) { bar.Update(d, t); };
+  // Renormalized from this snapshot's version: refused if another process
+  // publishes a version first, rather than replacing it unseen.
+  spec.expected_version = snap->info().version;
   auto info = (*store)->WriteTable(table, spec, [&](int64_t first, int64_t count, float* out) {
     for (int64_t i = 0; i < count; ++i) {
       float* row = out + i * v.dim;

@@ -120,6 +120,12 @@ struct TableSpec {
   // Rows per fill call; 0 picks about 32 MiB of float32 per chunk. Larger
   // values are capped at the table's rows; a chunk must fit in 1 GiB.
   int64_t chunk_rows = 0;
+  // Publish only if the table's current version is still this one when the
+  // write takes the writer lock (a new version derived from a snapshot, such
+  // as a renorm, must not silently replace a version published meanwhile by
+  // another process). Otherwise IOError naming both versions, and nothing is
+  // written.
+  std::optional<uint64_t> expected_version;
 };
 
 // An immutable, shared view of one version of a table. Copies are cheap and

@@ -125,7 +125,7 @@ struct TableSpec {
   // as a renorm, must not silently replace a version published meanwhile by
   // another process). Otherwise IOError naming both versions, and nothing is
   // written.
-  std::optional<uint64_t> expected_version;
+  std::optional<uint64_t> expected_version = std::nullopt;
 };
 
 // An immutable, shared view of one version of a table. Copies are cheap and

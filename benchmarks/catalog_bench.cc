@@ -59,7 +59,7 @@ std::unique_ptr<Store> MakeStore(const std::string& dir, int tables, StoreOption
     const embstore::storage::CatalogTable first = c->tables[0];
     for (int i = 1; i < tables; ++i) {
       embstore::storage::CatalogTable t = first;
-      t.name = "t" + std::to_string(i);
+      t.name = std::string("t").append(std::to_string(i));
       t.versions[0].name = t.name;
       t.raw.clear();
       c->Put(std::move(t));

@@ -8,6 +8,8 @@
 #include <string>
 #include <utility>
 
+#include "storage/table_file.h"
+
 namespace embstore::engine {
 namespace {
 
@@ -140,6 +142,14 @@ Status CheckBagCount(int64_t bags, int64_t dim) {
       __builtin_mul_overflow(bags, per_bag, &total)) {
     return Status::InvalidArgument(Str(bags) + " bags of dim " + Str(dim) +
                                    " need more memory than can be addressed");
+  }
+  // Memory the kernel would overcommit ends in the OOM killer, not in an
+  // error: a request that cannot fit is refused before anything is allocated.
+  const uint64_t limit = storage::UsableMemoryBytes();
+  if (static_cast<uint64_t>(total) > limit) {
+    return Status::InvalidArgument(
+        "this request asks for " + Str(bags) + " bags of dim " + Str(dim) + ", which would need " +
+        Str(total) + " bytes; this process may use " + Str(static_cast<int64_t>(limit)));
   }
   return Status::OK();
 }

@@ -716,8 +716,7 @@ Result<std::unique_ptr<Store>> OpenStore(const std::string& dir, const StoreOpti
       c = orphans;
     } else if (!options.create_if_missing) {
       return Status::NotFound("no embstore store at '" + dir +
-                              "' (create one with `embstore init --db " + dir +
-                              "` or by importing a table)");
+                              "' (open it with StoreOptions::create_if_missing to create one)");
     } else {
       c = CreateStore(dir, options);
     }

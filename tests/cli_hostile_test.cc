@@ -217,7 +217,10 @@ TEST_F(HostileTest, FileSizeLimitIsAnErrorAndLeavesNoTemporary) {
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_TRUE(Contains(r.err, "File too large")) << r.err;
   std::string ids;
-  for (int i = 0; i < 64; ++i) ids += (i ? "," : "") + std::to_string(i);
+  for (int i = 0; i < 64; ++i) {
+    if (i > 0) ids += ',';
+    ids += std::to_string(i);
+  }
   r = RunCliWith({"query", "--db", db_, "--table", "items", "--indices", ids, "--offsets", ids,
                   "--out", tmp_ / "out/q.npy"},
                  s);  // 64 x 8 floats: 2 KiB

@@ -337,5 +337,12 @@ TEST_F(CliStoreTest, UnreadableCatalogEntryIsNamedAndKept) {
   EXPECT_TRUE(Contains(embstore::testing::ReadBytes(db_ + "/CATALOG"), "f8e4m3"));
 }
 
+// The version printed is the project's (CMake's `project(... VERSION ...)`).
+TEST_F(CliStoreTest, VersionComesFromTheBuild) {
+  auto r = RunCli({"--version"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.out, "embstore " EMBSTORE_PROJECT_VERSION "\n");
+}
+
 }  // namespace
 }  // namespace embstore

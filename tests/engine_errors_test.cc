@@ -227,6 +227,12 @@ TEST(Errors, BagCountsNoMemoryCanHoldAreRefused) {
   r.shape = {int64_t{1} << 62, 0};
   ExpectError(t.view(), r.Get(), {},
               "4611686018427387904 bags of dim 4 need more memory than can be addressed");
+  // [2^40, 0]: addressable, but 32 TiB of output and bookkeeping; refused
+  // by the library with the size, not left to the OOM killer.
+  r.shape = {int64_t{1} << 40, 0};
+  ExpectError(t.view(), r.Get(), {},
+              "this request asks for 1099511627776 bags of dim 4, which would need "
+              "35184372088832 bytes; this process may use");
   // A modest count of empty bags is fine: zeros, as torch.
   r.shape = {3, 0};
   auto ok = EmbeddingBag(t.view(), r.Get(), {});

@@ -106,7 +106,15 @@ Result<std::unique_ptr<Store>> OpenStore(const std::string& db, bool create,
                                          const StoreOptions& base = StoreOptions()) {
   StoreOptions o = base;
   o.create_if_missing = create;
-  return Store::Open(db, o);
+  auto store = Store::Open(db, o);
+  if (!store.ok() && store.status().code() == Status::Code::kNotFound &&
+      store.status().message().rfind("no embstore store", 0) == 0) {
+    // The library's message speaks of the library; this is the CLI's advice.
+    return Status::NotFound("no embstore store at '" + db +
+                            "' (create one with `embstore init --db " + db +
+                            "` or by importing a table)");
+  }
+  return store;
 }
 
 // The options of every command that writes a store: how long to wait for
@@ -1076,7 +1084,7 @@ int main(int argc, char** argv) {
     return kExitOk;
   }
   if (cmd == "--version") {
-    std::printf("embstore 0.1.0\n");
+    std::printf("embstore %s\n", EMBSTORE_VERSION);
     return kExitOk;
   }
   // A file-size limit (ulimit -f) makes writes fail with EFBIG, reported

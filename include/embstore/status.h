@@ -16,7 +16,7 @@
 
 namespace embstore {
 
-class Status {
+class [[nodiscard]] Status {
  public:
   // Persisted nowhere; used for exit codes and programmatic checks.
   enum class Code {
@@ -88,13 +88,11 @@ class Status {
 
 // Either a T or a non-OK Status. Accessing value() of an error is a bug (asserts).
 template <typename T>
-class Result {
+class [[nodiscard]] Result {
  public:
-  Result(T value) : value_(std::move(value)) {}         // NOLINT(google-explicit-constructor)
-  Result(Status status) : status_(std::move(status)) {  // NOLINT(google-explicit-constructor)
-    assert(!status_.ok());
-    if (status_.ok()) status_ = Status::Internal("Result constructed from an OK status");
-  }
+  Result(T value) : value_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  Result(Status status)
+      : status_(ErrorOnly(std::move(status))) {}  // NOLINT(google-explicit-constructor)
 
   bool ok() const { return status_.ok(); }
   const Status& status() const { return status_; }
@@ -116,6 +114,11 @@ class Result {
   const T& operator*() const& { return value(); }
 
  private:
+  static Status ErrorOnly(Status status) {
+    assert(!status.ok());
+    if (status.ok()) return Status::Internal("Result constructed from an OK status");
+    return status;
+  }
   Status status_;
   std::optional<T> value_;
 };

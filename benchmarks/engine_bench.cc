@@ -50,7 +50,7 @@ uint64_t SplitMix(uint64_t& state) {
 class BenchTable {
  public:
   explicit BenchTable(DType dtype) : dtype_(dtype) {
-    const size_t payload = engine::EngineRowPayloadBytes(dtype, kDim);
+    const size_t payload = RowPayloadBytes(dtype, kDim);
     stride_ = (payload + 63) / 64 * 64;
     bytes_.reset(static_cast<uint8_t*>(std::aligned_alloc(64, stride_ * kRows)));
     tbb::parallel_for(tbb::blocked_range<int64_t>(0, kRows), [&](const auto& r) {
@@ -104,7 +104,7 @@ class BenchTable {
     v.name = "bench";
     return v;
   }
-  size_t payload() const { return engine::EngineRowPayloadBytes(dtype_, kDim); }
+  size_t payload() const { return RowPayloadBytes(dtype_, kDim); }
 
  private:
   DType dtype_;

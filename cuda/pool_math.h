@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "codec/half.h"
 #include "cuda/slot_layout.h"
 #include "embstore/types.h"
 
@@ -147,37 +148,17 @@ EMBSTORE_HD float BitsToFloat(uint32_t u) {
 #if defined(__CUDA_ARCH__)
   return __uint_as_float(u);
 #else
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
+  return codec::BitsToFloat(u);
 #endif
 }
 EMBSTORE_HD bool IsNan(float x) { return x != x; }
 
-// Exact IEEE binary16 -> binary32.
+// Exact IEEE binary16 -> binary32 (the host side is the row codec's).
 EMBSTORE_HD float HalfBitsToFloat(uint32_t h) {
 #if defined(__CUDA_ARCH__)
   return __half2float(__ushort_as_half(static_cast<unsigned short>(h)));
 #else
-  const uint32_t sign = (h & 0x8000u) << 16;
-  const uint32_t exponent = (h >> 10) & 0x1fu;
-  uint32_t mantissa = h & 0x3ffu;
-  uint32_t bits;
-  if (exponent == 0x1f) {
-    bits = sign | 0x7f800000u | (mantissa << 13);
-  } else if (exponent != 0) {
-    bits = sign | ((exponent + (127 - 15)) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    bits = sign;
-  } else {
-    uint32_t e = 127 - 15 + 1;
-    while ((mantissa & 0x400u) == 0) {
-      mantissa <<= 1;
-      --e;
-    }
-    bits = sign | (e << 23) | ((mantissa & 0x3ffu) << 13);
-  }
-  return BitsToFloat(bits);
+  return codec::HalfToFloat(static_cast<uint16_t>(h));
 #endif
 }
 

@@ -2,7 +2,7 @@
 // -mavx2 -mfma -mf16c (engine/CMakeLists.txt) and called only when
 // pool.cc has checked the CPU supports them.
 //
-// Nothing here may include engine/dtype_convert.h or call an inline function
+// Nothing here may include codec/half.h or call an inline function
 // shared with other files: see the note in kernels_impl.h.
 #include <immintrin.h>
 

@@ -2,7 +2,7 @@
 // vector). Compiled with the AVX-512 flags of engine/CMakeLists.txt and
 // called only when pool.cc has checked the CPU supports them.
 //
-// Nothing here may include engine/dtype_convert.h or call an inline function
+// Nothing here may include codec/half.h or call an inline function
 // shared with other files: see the note in kernels_impl.h.
 // GCC 12 warns about _mm512_undefined_ps() inside _mm512_cvtph_ps (a
 // deliberate self-initialization in its header); the warning is spurious.

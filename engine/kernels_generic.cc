@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "engine/dtype_convert.h"
+#include "codec/half.h"
 #include "engine/kernels.h"
 
 namespace embstore::engine {
@@ -27,13 +27,14 @@ struct GenericTraits {
   static V LoadF16(const void* p) {
     uint16_t h[4];
     std::memcpy(h, p, sizeof(h));
-    return V{HalfToFloat(h[0]), HalfToFloat(h[1]), HalfToFloat(h[2]), HalfToFloat(h[3])};
+    return V{codec::HalfToFloat(h[0]), codec::HalfToFloat(h[1]), codec::HalfToFloat(h[2]),
+             codec::HalfToFloat(h[3])};
   }
   static V LoadBF16(const void* p) {
     uint16_t h[4];
     std::memcpy(h, p, sizeof(h));
-    return V{BFloat16ToFloat(h[0]), BFloat16ToFloat(h[1]), BFloat16ToFloat(h[2]),
-             BFloat16ToFloat(h[3])};
+    return V{codec::BF16ToFloat(h[0]), codec::BF16ToFloat(h[1]), codec::BF16ToFloat(h[2]),
+             codec::BF16ToFloat(h[3])};
   }
   static V LoadU8(const void* p) {
     const uint8_t* b = static_cast<const uint8_t*>(p);
@@ -77,7 +78,7 @@ struct GenericTraits {
   }
   static double DSum(const DAcc& a) { return (a.v[0] + a.v[1]) + (a.v[2] + a.v[3]); }
 
-  static float HalfToFloat(uint16_t h) { return engine::HalfToFloat(h); }
+  static float HalfToFloat(uint16_t h) { return codec::HalfToFloat(h); }
   static void Prefetch(const void* p) { EMBSTORE_PREFETCH_T0(p); }
 };
 

@@ -8,35 +8,12 @@
 #include <utility>
 #include <vector>
 
-#include "engine/dtype_convert.h"
+#include "codec/row_codec.h"
 
 namespace embstore::engine {
 
 void DequantizeRowRef(const TableView& table, int64_t r, float* out) {
-  const uint8_t* row = table.Row(r);
-  const int64_t dim = table.dim;
-  switch (table.dtype) {
-    case DType::kF32:
-      for (int64_t d = 0; d < dim; ++d) out[d] = LoadUnalignedFloat(row + 4 * d);
-      break;
-    case DType::kF16:
-    case DType::kBF16:
-      for (int64_t d = 0; d < dim; ++d) {
-        uint16_t h;
-        std::memcpy(&h, row + 2 * d, sizeof(h));
-        out[d] = table.dtype == DType::kF16 ? HalfToFloat(h) : BFloat16ToFloat(h);
-      }
-      break;
-    case DType::kInt8Rowwise: {
-      const float scale = LoadUnalignedFloat(row + dim);
-      const float bias = LoadUnalignedFloat(row + dim + sizeof(float));
-      for (int64_t d = 0; d < dim; ++d) {
-        const float scaled = static_cast<float>(row[d]) * scale;
-        out[d] = scaled + bias;
-      }
-      break;
-    }
-  }
+  codec::DecodeRow(table.Row(r), table.dim, table.dtype, out);
 }
 
 double RowNormRef(const float* row, int64_t n, double norm_type) {

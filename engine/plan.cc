@@ -32,17 +32,6 @@ std::string TableName(const TableView& table) {
   return table.name.empty() ? std::string("<unnamed>") : std::string(table.name);
 }
 
-bool KnownDType(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-    case DType::kF16:
-    case DType::kBF16:
-    case DType::kInt8Rowwise:
-      return true;
-  }
-  return false;
-}
-
 Status CheckArray(const IndexArray& array, const char* what) {
   if (array.size < 0) return Status::InvalidArgument(std::string(what) + " has a negative size");
   if (array.size > 0 && array.data == nullptr) {
@@ -248,23 +237,9 @@ std::vector<int64_t> BagPlan::OutputShape(int64_t dim) const {
   return shape;
 }
 
-size_t EngineRowPayloadBytes(DType dtype, int64_t dim) {
-  const size_t d = dim < 0 ? 0 : static_cast<size_t>(dim);
-  switch (dtype) {
-    case DType::kF32:
-      return 4 * d;
-    case DType::kF16:
-    case DType::kBF16:
-      return 2 * d;
-    case DType::kInt8Rowwise:
-      return d + 2 * sizeof(float);
-  }
-  return 0;
-}
-
 Status ValidateTable(const TableView& table) {
   const std::string name = TableName(table);
-  if (!KnownDType(table.dtype)) {
+  if (!IsKnownDType(static_cast<uint32_t>(table.dtype))) {
     return Status::InvalidArgument("table '" + name + "' has an unknown dtype (" +
                                    Str(static_cast<int64_t>(table.dtype)) + ")");
   }
@@ -272,7 +247,7 @@ Status ValidateTable(const TableView& table) {
     return Status::InvalidArgument("table '" + name + "' has a negative shape (" + Str(table.rows) +
                                    " x " + Str(table.dim) + ")");
   }
-  const size_t payload = EngineRowPayloadBytes(table.dtype, table.dim);
+  const size_t payload = RowPayloadBytes(table.dtype, table.dim);
   if (table.rows > 0 && table.row_stride < payload) {
     return Status::InvalidArgument("table '" + name + "' has row_stride " +
                                    std::to_string(table.row_stride) + " bytes, less than a row (" +

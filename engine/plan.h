@@ -88,10 +88,6 @@ Status ValidatePoolOptions(const QueryOptions& options);
 Status ValidatePoolInputs(const TableView& table, const BagPlan& plan, const QueryOptions& options,
                           size_t out_size);
 
-// Bytes of one stored row of `dim` elements (same as types.h's
-// RowPayloadBytes; kept here so the engine does not depend on storage).
-size_t EngineRowPayloadBytes(DType dtype, int64_t dim);
-
 }  // namespace embstore::engine
 
 #endif  // EMBSTORE_ENGINE_PLAN_H_

@@ -180,7 +180,7 @@ Status PoolPlanWithIsa(Isa isa, const TableView& table, const BagPlan& plan,
   params.rows = table.rows;
   params.dim = table.dim;
   params.row_stride = table.row_stride;
-  params.payload_bytes = EngineRowPayloadBytes(table.dtype, table.dim);
+  params.payload_bytes = RowPayloadBytes(table.dtype, table.dim);
   params.indices = plan.indices.data;
   params.indices_are_64bit = plan.indices.type == IndexType::kInt64;
   params.num_positions = plan.indices.size;

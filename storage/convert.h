@@ -1,4 +1,5 @@
-// Internal: encoding float32 rows into a storage dtype and decoding them back.
+// Internal: encoding float32 rows into a storage dtype, in parallel (one row at a time
+// by the row codec, codec/row_codec.h).
 #ifndef EMBSTORE_STORAGE_CONVERT_H_
 #define EMBSTORE_STORAGE_CONVERT_H_
 
@@ -15,9 +16,6 @@ namespace embstore::storage {
 // quantized and gives InvalidArgument naming the row (first_row + i).
 Status EncodeRows(const float* src, int64_t count, int64_t dim, DType dtype, size_t stride,
                   uint8_t* dst, int64_t first_row);
-
-// Decodes one stored row to float32.
-void DecodeRow(const uint8_t* row, int64_t dim, DType dtype, float* out);
 
 }  // namespace embstore::storage
 

@@ -6,42 +6,20 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "codec/half.h"
+#include "codec/row_codec.h"
 #include "embstore/query.h"
 #include "embstore/types.h"
-#include "engine/dtype_convert.h"
 #include "engine/plan.h"
 
 namespace embstore::test {
-
-// binary32 -> binary16, round to nearest even (overflow -> inf).
-inline uint16_t FloatToHalf(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, sizeof(x));
-  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
-  const uint32_t abs = x & 0x7fffffffu;
-  if (abs >= 0x7f800000u) return sign | (abs > 0x7f800000u ? 0x7e00u : 0x7c00u);
-  if (abs >= 0x477ff000u) return sign | 0x7c00u;  // rounds to >= 65520: inf
-  if (abs < 0x38800000u) {                        // below the smallest normal half
-    const float a = std::fabs(f);
-    // Subnormal halves are multiples of 2^-24; nearbyint rounds to even.
-    return sign | static_cast<uint16_t>(std::nearbyint(a * 16777216.0f));
-  }
-  const uint32_t rounded = abs + 0xfffu + ((abs >> 13) & 1u);
-  return sign | static_cast<uint16_t>((rounded - 0x38000000u) >> 13);
-}
-
-// binary32 -> bfloat16, round to nearest even.
-inline uint16_t FloatToBf16(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, sizeof(x));
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);
-  return static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
-}
 
 // A table held in memory in the engine's storage format. values() holds the
 // dequantized rows: exactly what a kernel is meant to see.
@@ -54,7 +32,7 @@ class TestTable {
   TestTable(const std::vector<float>& values, int64_t rows, int64_t dim, DType dtype,
             bool aligned_stride = true, std::string name = "items")
       : name_(std::move(name)), rows_(rows), dim_(dim), dtype_(dtype) {
-    const size_t payload = engine::EngineRowPayloadBytes(dtype, dim);
+    const size_t payload = RowPayloadBytes(dtype, dim);
     stride_ = aligned_stride ? (payload + 63) / 64 * 64 : payload;
     if (stride_ == 0) stride_ = aligned_stride ? 64 : 1;
     bytes_.assign(stride_ * static_cast<size_t>(rows) + 128, 0xAB);
@@ -64,48 +42,16 @@ class TestTable {
     values_.resize(static_cast<size_t>(rows * dim));
     for (int64_t r = 0; r < rows; ++r) {
       uint8_t* row = bytes_.data() + offset_ + r * stride_;
-      const float* src = values.data() + r * dim;
-      float* deq = values_.data() + r * dim;
-      switch (dtype) {
-        case DType::kF32:
-          if (dim > 0) {
-            std::memcpy(row, src, 4 * dim);
-            std::memcpy(deq, src, 4 * dim);
-          }
-          break;
-        case DType::kF16:
-          for (int64_t d = 0; d < dim; ++d) {
-            const uint16_t h = FloatToHalf(src[d]);
-            std::memcpy(row + 2 * d, &h, 2);
-            deq[d] = engine::HalfToFloat(h);
-          }
-          break;
-        case DType::kBF16:
-          for (int64_t d = 0; d < dim; ++d) {
-            const uint16_t h = FloatToBf16(src[d]);
-            std::memcpy(row + 2 * d, &h, 2);
-            deq[d] = engine::BFloat16ToFloat(h);
-          }
-          break;
-        case DType::kInt8Rowwise: {
-          float lo = 0, hi = 0;
-          if (dim > 0) {
-            lo = *std::min_element(src, src + dim);
-            hi = *std::max_element(src, src + dim);
-          }
-          const float scale = hi > lo ? (hi - lo) / 255.0f : 1.0f;
-          const float bias = lo;
-          for (int64_t d = 0; d < dim; ++d) {
-            const float q = std::nearbyint((src[d] - bias) / scale);
-            row[d] = static_cast<uint8_t>(std::clamp(q, 0.0f, 255.0f));
-            const float scaled = static_cast<float>(row[d]) * scale;
-            deq[d] = scaled + bias;
-          }
-          std::memcpy(row + dim, &scale, 4);
-          std::memcpy(row + dim + 4, &bias, 4);
-          break;
-        }
+      // The stored row is what storage would write (its padding is left as
+      // 0xAB, which no kernel may read); values() is its decoding.
+      const codec::EncodeProblem problem =
+          codec::EncodeRow(values.data() + r * dim, dim, dtype, payload, row);
+      if (problem != codec::EncodeProblem::kNone) {
+        std::fprintf(stderr, "TestTable: row %lld cannot be stored as %s\n",
+                     static_cast<long long>(r), DTypeName(dtype));
+        std::abort();
       }
+      codec::DecodeRow(row, dim, dtype, values_.data() + r * dim);
     }
   }
 

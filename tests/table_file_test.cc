@@ -5,6 +5,7 @@
 
 #include <cstring>
 
+#include "codec/row_codec.h"
 #include "storage/convert.h"
 #include "test_util.h"
 
@@ -42,7 +43,7 @@ TEST(TableFileTest, RoundTripEveryDType) {
     EXPECT_EQ(reinterpret_cast<uintptr_t>((*m)->data()) % 64, 0u);
     std::vector<float> row(dim);
     for (int64_t r = 0; r < rows; ++r) {
-      DecodeRow((*m)->data() + r * h->row_stride, dim, dt, row.data());
+      codec::DecodeRow((*m)->data() + r * h->row_stride, dim, dt, row.data());
       for (int64_t j = 0; j < dim; ++j) {
         const float want = values[r * dim + j];
         float tol = 0;

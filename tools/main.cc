@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "codec/row_codec.h"
 #include "cuda/cache_policy.h"
 #include "cuda/device_probe.h"
 #include "cuda/gpu_engine.h"
@@ -24,7 +25,6 @@
 #include "embstore/query.h"
 #include "embstore/store.h"
 #include "storage/checkpoint_internal.h"
-#include "storage/convert.h"
 #include "storage/npy.h"
 #include "storage/table_file.h"
 #include "storage/tensor_reader.h"
@@ -405,7 +405,7 @@ int CmdExport(int argc, char** argv) {
       if (raw_f16 || v.dtype == DType::kF32) {
         std::memcpy(dst, v.Row(first + i), static_cast<size_t>(v.dim) * out_item);
       } else {
-        storage::DecodeRow(v.Row(first + i), v.dim, v.dtype, reinterpret_cast<float*>(dst));
+        codec::DecodeRow(v.Row(first + i), v.dim, v.dtype, reinterpret_cast<float*>(dst));
       }
     }
     st = w.Append(buf);
@@ -815,7 +815,7 @@ int CmdRenorm(int argc, char** argv) {
   auto info = (*store)->WriteTable(table, spec, [&](int64_t first, int64_t count, float* out) {
     for (int64_t i = 0; i < count; ++i) {
       float* row = out + i * v.dim;
-      storage::DecodeRow(v.Row(first + i), v.dim, v.dtype, row);
+      codec::DecodeRow(v.Row(first + i), v.dim, v.dtype, row);
       const double norm = RowNorm({row, static_cast<size_t>(v.dim)}, pt);
       if (norm > mn) {
         const float scale = static_cast<float>(mn / (norm + 1e-7));

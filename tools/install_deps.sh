@@ -5,7 +5,8 @@ set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config
       libboost-dev libtbb-dev librocksdb-dev libcxxopts-dev
       libgtest-dev libgmock-dev libbenchmark-dev
-      libxxhash-dev nlohmann-json3-dev libzip-dev zlib1g-dev)
+      libxxhash-dev nlohmann-json3-dev libzip-dev zlib1g-dev
+      clang)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

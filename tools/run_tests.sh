@@ -6,8 +6,10 @@
 #      including the fuzz-corpus replays,
 #   4. builds the multi-threaded suites with ThreadSanitizer and runs them
 #      (tools/tsan.supp says what TSan cannot see and is therefore left out).
+#   5. builds the library and the CLI with clang's -Wthread-safety as an error,
+#      so every GUARDED_BY / EXCLUSIVE_LOCKS_REQUIRED contract is compiler-checked.
 # Set EMBSTORE_SKIP_SANITIZERS=1 to run only step 2, EMBSTORE_SKIP_TSAN=1 to
-# skip step 4.
+# skip step 4, EMBSTORE_SKIP_THREAD_SAFETY=1 to skip step 5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install_deps.sh
@@ -22,7 +24,7 @@ if [ "${EMBSTORE_SKIP_SANITIZERS:-0}" != "1" ]; then
         -DEMBSTORE_SANITIZE=address,undefined -DEMBSTORE_CUDA=OFF -DEMBSTORE_BUILD_BENCHMARKS=OFF >/dev/null
   cmake --build build/asan -j"$jobs"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    ctest --test-dir build/asan --output-on-failure -j"$jobs" -LE slow
+    ctest --test-dir build/asan --output-on-failure -j"$jobs"
 fi
 
 if [ "${EMBSTORE_SKIP_SANITIZERS:-0}" != "1" ] && [ "${EMBSTORE_SKIP_TSAN:-0}" != "1" ]; then
@@ -44,4 +46,13 @@ if [ "${EMBSTORE_SKIP_SANITIZERS:-0}" != "1" ] && [ "${EMBSTORE_SKIP_TSAN:-0}" !
     # and single-threaded.
     "build/tsan/tests/$t" --gtest_brief=1 --gtest_filter='-StoreTest.HugePageAdviceFollowsTheOption'
   done
+fi
+
+if [ "${EMBSTORE_SKIP_THREAD_SAFETY:-0}" != "1" ]; then
+  # No tests to run: the build is the check. -O0 keeps it quick; CUDA where
+  # nvcc exists, so the GPU engine's host code is analysed too.
+  echo "== clang -Wthread-safety build"
+  CC=clang CXX=clang++ cmake -S . -B build/thread-safety -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+        -DEMBSTORE_THREAD_SAFETY_ANALYSIS=ON -DEMBSTORE_BUILD_TESTS=OFF -DEMBSTORE_BUILD_BENCHMARKS=OFF >/dev/null
+  cmake --build build/thread-safety -j"$jobs" --target embstore
 fi

@@ -118,6 +118,10 @@ int Command::Usage(const std::string& message) const {
   return kExitUsage;
 }
 
+Status Command::CheckOutOption(const std::string& db) const {
+  return Has("out") ? CheckOutputOutsideStore(db, Str("out")) : Status::OK();
+}
+
 Result<std::unique_ptr<Store>> Command::OpenStore(const std::string& db, bool create) const {
   StoreOptions o = store_options_;
   o.create_if_missing = create;

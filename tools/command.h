@@ -88,6 +88,9 @@ class Command {
   // --help`)" and returns kExitUsage.
   int Usage(const std::string& message) const;
 
+  // OK when the command has no --out or it names a path outside the store
+  // `db` (see CheckOutputOutsideStore).
+  Status CheckOutOption(const std::string& db) const;
   // Opens the store at `db` with store_options(); the library's "no store"
   // message gets the CLI's advice (how to create one).
   Result<std::unique_ptr<Store>> OpenStore(const std::string& db, bool create) const;

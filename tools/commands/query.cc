@@ -85,10 +85,7 @@ class QueryCommand : public Command {
     if (!weights.ok()) return Fail(weights.status());
 
     // Open the store only after the inputs parse: a typo costs nothing.
-    if (Has("out")) {
-      const Status st = CheckOutputOutsideStore(db, Str("out"));
-      if (!st.ok()) return Fail(st);
-    }
+    if (const Status st = CheckOutOption(db); !st.ok()) return Fail(st);
     auto store = OpenStore(db, false);
     if (!store.ok()) return Fail(store.status());
     auto snap = (*store)->GetSnapshot(Str("table"));

@@ -140,10 +140,7 @@ class ScoreCommand : public Command {
 
   int Score(FmModel model, const FmRequest& req, const QueryOptions& qo) {
     const std::string db = Str("db");
-    if (Has("out")) {
-      const Status st = CheckOutputOutsideStore(db, Str("out"));
-      if (!st.ok()) return Fail(st);
-    }
+    if (const Status st = CheckOutOption(db); !st.ok()) return Fail(st);
     auto store = OpenStore(db, false);
     if (!store.ok()) return Fail(store.status());
     auto vs = (*store)->GetSnapshot(Str("vectors"));

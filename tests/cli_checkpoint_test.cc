@@ -155,6 +155,16 @@ TEST(CliCheckpointTest, AnUnknownKeyPointsToInspect) {
   EXPECT_THAT(r.err, HasSubstr("embstore inspect")) << r.err;
 }
 
+// Imports training.pt's model.emb.weight as `table` into the store `db`.
+embstore::testing::CommandResult ImportEmbWeight(const std::string& db, const std::string& table,
+                                                 const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> args = {
+      "import",          "--db", db, "--table", table, "--from", kDir + "/training.pt", "--tensor",
+      "model.emb.weight"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return RunCli(args);
+}
+
 // Several --tensor jobs: every tensor and name is checked before the first
 // table is published, so one bad job leaves the store as it was.
 TEST(CliCheckpointTest, SeveralTablesAreCheckedBeforeAnyIsPublished) {
@@ -164,8 +174,7 @@ TEST(CliCheckpointTest, SeveralTablesAreCheckedBeforeAnyIsPublished) {
                    "model.emb.weight=first", "--tensor", "no.such.key=second"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("no.such.key")) << r.err;
-  r = RunCli({"import", "--db", db, "--table", "taken", "--from", kDir + "/training.pt", "--tensor",
-              "model.emb.weight"});
+  r = ImportEmbWeight(db, "taken");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   r = RunCli({"import", "--db", db, "--from", kDir + "/training.pt", "--tensor",
               "model.emb.weight=first", "--tensor", "optimizer.state.0.exp_avg=taken"});
@@ -179,11 +188,9 @@ TEST(CliCheckpointTest, SeveralTablesAreCheckedBeforeAnyIsPublished) {
 TEST(CliCheckpointTest, ReplaceEqualsFalseIsNotReplace) {
   TempDir tmp;
   const std::string db = tmp / "db";
-  auto r = RunCli({"import", "--db", db, "--table", "taken", "--from", kDir + "/training.pt",
-                   "--tensor", "model.emb.weight"});
+  auto r = ImportEmbWeight(db, "taken");
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  r = RunCli({"import", "--db", db, "--table", "taken", "--from", kDir + "/training.pt", "--tensor",
-              "model.emb.weight", "--replace=false"});
+  r = ImportEmbWeight(db, "taken", {"--replace=false"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("pass --replace")) << r.err;
 }

@@ -1,6 +1,7 @@
 // Checkpoint import through the CLI: every committed torch.save / safetensors /
 // npz tensor imports and exports back equal to its source values, for every
 // storage dtype; hostile files are refused and the store keeps working.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -17,12 +18,10 @@ namespace {
 using embstore::testing::RunCli;
 using embstore::testing::TempDir;
 using nlohmann::json;
+using ::testing::HasSubstr;
+using ::testing::Not;
 
 const std::string kDir = std::string(EMBSTORE_SOURCE_DIR) + "/tests/data/checkpoints";
-
-bool Contains(const std::string& hay, const std::string& needle) {
-  return hay.find(needle) != std::string::npos;
-}
 
 json Manifest() {
   std::ifstream f(kDir + "/manifest.json");
@@ -72,7 +71,7 @@ TEST(CliCheckpointTest, EveryTensorExportsBackEqual) {
       // f64 becomes f32 by default; f16/bf16/f32 keep their dtype.
       const std::string dt = t["dtype"];
       const std::string stored = dt == "f64" ? "f32" : dt;
-      EXPECT_TRUE(Contains(r.out, " " + stored + ", version 1")) << r.out;
+      EXPECT_THAT(r.out, HasSubstr(" " + stored + ", version 1")) << r.out;
       r = RunCli({"export", "--db", db, "--table", table, "--out", tmp / "e.npy"});
       ASSERT_EQ(r.exit_code, 0) << r.err;
       std::vector<int64_t> shape;
@@ -103,7 +102,7 @@ TEST(CliCheckpointTest, RefusedTensorsSayWhy) {
       auto r = RunCli({"import", "--db", tmp / "db", "--table", "x", "--from", kDir + "/" + file,
                        "--tensor", t["key"].get<std::string>()});
       EXPECT_EQ(r.exit_code, 1) << file << ":" << t["key"];
-      EXPECT_TRUE(Contains(r.err, t["refused"].get<std::string>())) << r.err;
+      EXPECT_THAT(r.err, HasSubstr(t["refused"].get<std::string>())) << r.err;
       ++checked;
     }
   }
@@ -114,16 +113,19 @@ TEST(CliCheckpointTest, RefusedTensorsSayWhy) {
 TEST(CliCheckpointTest, InspectListsKeysDtypesShapes) {
   auto r = RunCli({"inspect", kDir + "/training.pt"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_TRUE(Contains(r.out, "model.emb.weight\tf32\t[12, 6]")) << r.out;
-  EXPECT_TRUE(Contains(r.out, "optimizer.state.0.exp_avg\tf32\t[12, 6]")) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("model.emb.weight\tf32\t[12, 6]")) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("optimizer.state.0.exp_avg\tf32\t[12, 6]")) << r.out;
   r = RunCli({"inspect", kDir + "/weights.safetensors"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_TRUE(Contains(r.out, "brain\tbf16")) << r.out;
-  EXPECT_TRUE(Contains(r.out, "ids\tint64")) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("brain\tbf16")) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("ids\tint64")) << r.out;
   r = RunCli({"inspect", kDir + "/compressed.npz"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_TRUE(Contains(r.out, "big\tf32")) << r.out;
-  r = RunCli({"inspect", kDir + "/nope.pt"});
+  EXPECT_THAT(r.out, HasSubstr("big\tf32")) << r.out;
+}
+
+TEST(CliCheckpointTest, InspectOfAMissingFileIsAnError) {
+  auto r = RunCli({"inspect", kDir + "/nope.pt"});
   EXPECT_EQ(r.exit_code, 1);
 }
 
@@ -133,16 +135,34 @@ TEST(CliCheckpointTest, SeveralTablesFromOneCheckpoint) {
                    "model.emb.weight=emb", "--tensor", "optimizer.state.0.exp_avg=avg"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   r = RunCli({"list", "--db", tmp / "db"});
-  EXPECT_TRUE(Contains(r.out, "emb\t12\t6\tf32")) << r.out;
-  EXPECT_TRUE(Contains(r.out, "avg\t12\t6\tf32")) << r.out;
-  // Several tensors and no key: refused, listing the keys.
-  r = RunCli({"import", "--db", tmp / "db", "--table", "x", "--from", kDir + "/training.pt"});
+  EXPECT_THAT(r.out, HasSubstr("emb\t12\t6\tf32")) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("avg\t12\t6\tf32")) << r.out;
+}
+
+// Several tensors and no key: refused, listing the keys.
+TEST(CliCheckpointTest, NoKeyForACheckpointOfSeveralTensorsListsTheKeys) {
+  TempDir tmp;
+  auto r = RunCli({"import", "--db", tmp / "db", "--table", "x", "--from", kDir + "/training.pt"});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_TRUE(Contains(r.err, "model.emb.weight")) << r.err;
-  r = RunCli({"import", "--db", tmp / "db", "--table", "x", "--from", kDir + "/training.pt",
-              "--tensor", "model.emb"});
+  EXPECT_THAT(r.err, HasSubstr("model.emb.weight")) << r.err;
+}
+
+TEST(CliCheckpointTest, AnUnknownKeyPointsToInspect) {
+  TempDir tmp;
+  auto r = RunCli({"import", "--db", tmp / "db", "--table", "x", "--from", kDir + "/training.pt",
+                   "--tensor", "model.emb"});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_TRUE(Contains(r.err, "embstore inspect")) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("embstore inspect")) << r.err;
+}
+
+// Imports training.pt's model.emb.weight as `table` into the store `db`.
+embstore::testing::CommandResult ImportEmbWeight(const std::string& db, const std::string& table,
+                                                 const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> args = {
+      "import",          "--db", db, "--table", table, "--from", kDir + "/training.pt", "--tensor",
+      "model.emb.weight"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return RunCli(args);
 }
 
 // Several --tensor jobs: every tensor and name is checked before the first
@@ -153,22 +173,26 @@ TEST(CliCheckpointTest, SeveralTablesAreCheckedBeforeAnyIsPublished) {
   auto r = RunCli({"import", "--db", db, "--from", kDir + "/training.pt", "--tensor",
                    "model.emb.weight=first", "--tensor", "no.such.key=second"});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_TRUE(Contains(r.err, "no.such.key")) << r.err;
-  r = RunCli({"import", "--db", db, "--table", "taken", "--from", kDir + "/training.pt", "--tensor",
-              "model.emb.weight"});
+  EXPECT_THAT(r.err, HasSubstr("no.such.key")) << r.err;
+  r = ImportEmbWeight(db, "taken");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   r = RunCli({"import", "--db", db, "--from", kDir + "/training.pt", "--tensor",
               "model.emb.weight=first", "--tensor", "optimizer.state.0.exp_avg=taken"});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_TRUE(Contains(r.err, "table 'taken' exists")) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("table 'taken' exists")) << r.err;
   r = RunCli({"list", "--db", db});
-  EXPECT_FALSE(Contains(r.out, "first")) << r.out;
-  EXPECT_FALSE(Contains(r.out, "second")) << r.out;
-  // --replace=false is not --replace.
-  r = RunCli({"import", "--db", db, "--table", "taken", "--from", kDir + "/training.pt", "--tensor",
-              "model.emb.weight", "--replace=false"});
+  EXPECT_THAT(r.out, Not(HasSubstr("first"))) << r.out;
+  EXPECT_THAT(r.out, Not(HasSubstr("second"))) << r.out;
+}
+
+TEST(CliCheckpointTest, ReplaceEqualsFalseIsNotReplace) {
+  TempDir tmp;
+  const std::string db = tmp / "db";
+  auto r = ImportEmbWeight(db, "taken");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = ImportEmbWeight(db, "taken", {"--replace=false"});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_TRUE(Contains(r.err, "pass --replace")) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("pass --replace")) << r.err;
 }
 
 // --dtype converts on import; export dequantizes; a query pools the stored
@@ -187,9 +211,9 @@ TEST(CliCheckpointTest, StorageDtypesConvertExportAndQuery) {
                      "model.emb.weight", "--dtype", dt});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     r = RunCli({"info", "--db", db, "--table", dt});
-    EXPECT_TRUE(Contains(r.out, "dtype:         " + dt)) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("dtype:         " + dt)) << r.out;
     const int bpr = dt == "f32" ? 4 * dim : dt == "int8" ? dim + 8 : 2 * dim;
-    EXPECT_TRUE(Contains(r.out, "bytes_per_row: " + std::to_string(bpr))) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("bytes_per_row: " + std::to_string(bpr))) << r.out;
     r = RunCli({"export", "--db", db, "--table", dt, "--out", tmp / "e.npy"});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     std::vector<int64_t> es;
@@ -233,8 +257,8 @@ TEST(CliCheckpointTest, HostileAndBrokenFilesAreRefusedAndStoreStillWorks) {
                      "emb.weight"});
     EXPECT_NE(r.exit_code, 0);
     EXPECT_LT(r.exit_code, 3);
-    EXPECT_TRUE(Contains(r.err, "embstore import: error:")) << r.err;
-    EXPECT_FALSE(Contains(r.err, "internal error")) << r.err;
+    EXPECT_THAT(r.err, HasSubstr("embstore import: error:")) << r.err;
+    EXPECT_THAT(r.err, Not(HasSubstr("internal error"))) << r.err;
     auto i = RunCli({"inspect", e.path().string()});
     EXPECT_LT(i.exit_code, 3);  // no crash (128 + signal)
     ++n;
@@ -242,7 +266,7 @@ TEST(CliCheckpointTest, HostileAndBrokenFilesAreRefusedAndStoreStillWorks) {
   EXPECT_GE(n, 15);
   auto r = RunCli({"import", "--db", db, "--table", "x", "--from", kDir + "/bad/os_system.pt"});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_TRUE(Contains(r.err, "os.system")) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("os.system")) << r.err;
   EXPECT_EQ(RunCli({"list", "--db", db}).out, "");
   // The store still works.
   r = RunCli({"import", "--db", db, "--table", "ok", "--from", kDir + "/state_dict.pt", "--tensor",

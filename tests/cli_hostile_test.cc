@@ -2,6 +2,7 @@
 // full and read-only disks, resource limits, damaged checkpoints, values
 // beyond float32, write errors on stdout, and the README's exit codes.
 #include <fcntl.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
@@ -29,12 +30,10 @@ using embstore::testing::RunCli;
 using embstore::testing::RunCliWith;
 using embstore::testing::TempDir;
 using embstore::testing::WriteBytes;
+using ::testing::HasSubstr;
+using ::testing::Not;
 
 const std::string kCheckpoints = std::string(EMBSTORE_SOURCE_DIR) + "/tests/data/checkpoints";
-
-bool Contains(const std::string& hay, const std::string& needle) {
-  return hay.find(needle) != std::string::npos;
-}
 
 std::set<std::string> Names(const std::string& dir) {
   std::set<std::string> out;
@@ -105,16 +104,19 @@ TEST_F(HostileTest, OutputIntoTheStoreIsRefused) {
   for (const std::string& out : spellings) {
     auto r = RunCli({"export", "--db", db_, "--table", "other", "--out", out});
     EXPECT_EQ(r.exit_code, 1) << out << "\n" << r.err;
-    EXPECT_TRUE(Contains(r.err, "store")) << r.err;
+    EXPECT_THAT(r.err, HasSubstr("store")) << r.err;
     r = RunCli({"query", "--db", db_, "--table", "other", "--indices", "1", "--offsets", "0",
                 "--out", out});
     EXPECT_EQ(r.exit_code, 1) << out << "\n" << r.err;
   }
   ExpectVerifies();
   EXPECT_FALSE(std::filesystem::exists(db_ + "/tables/new.npy"));
-  auto r = RunCli({"export", "--db", db_, "--table", "other", "--out", ""});
+}
+
+TEST_F(HostileTest, EmptyOutputPathIsRefused) {
+  auto r = RunCli({"export", "--db", db_, "--table", "items", "--out", ""});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_TRUE(Contains(r.err, "--out must name a file")) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("--out must name a file")) << r.err;
 }
 
 // 4. Opening to read leaves the store as it found it: no file is created,
@@ -192,12 +194,12 @@ TEST_F(HostileTest, FullAndReadOnlyDisks) {
   auto w =
       RunCli({"import", "--db", db, "--table", "items", "--from", tmp_ / "w.npy", "--replace"});
   EXPECT_EQ(w.exit_code, 2) << w.err;
-  EXPECT_TRUE(Contains(w.err, "No space left on device")) << w.err;
+  EXPECT_THAT(w.err, HasSubstr("No space left on device")) << w.err;
   w = RunCli({"import", "--db", db, "--table", "fresh", "--from", tmp_ / "w.npy"});
   EXPECT_EQ(w.exit_code, 2) << w.err;
   EXPECT_EQ(RunCli({"list", "--db", db, "--versions"}).out, list_before);
-  for (const std::string& n : Names(db + "/tables")) EXPECT_FALSE(Contains(n, ".tmp-")) << n;
-  for (const std::string& n : Names(db)) EXPECT_FALSE(Contains(n, ".tmp-")) << n;
+  for (const std::string& n : Names(db + "/tables")) EXPECT_THAT(n, Not(HasSubstr(".tmp-"))) << n;
+  for (const std::string& n : Names(db)) EXPECT_THAT(n, Not(HasSubstr(".tmp-"))) << n;
   // Read-only.
   std::filesystem::remove(mnt + "/filler");
   ASSERT_EQ(::mount("tmpfs", mnt.c_str(), "tmpfs", MS_REMOUNT | MS_RDONLY, "size=4m"), 0)
@@ -205,7 +207,7 @@ TEST_F(HostileTest, FullAndReadOnlyDisks) {
   reads("read-only mount: ");
   w = RunCli({"drop", "--db", db, "--table", "items"});
   EXPECT_EQ(w.exit_code, 2) << w.err;
-  EXPECT_TRUE(Contains(w.err, "Read-only file system")) << w.err;
+  EXPECT_THAT(w.err, HasSubstr("Read-only file system")) << w.err;
   EXPECT_EQ(RunCli({"list", "--db", db, "--versions"}).out, list_before);
 }
 
@@ -215,7 +217,7 @@ TEST_F(HostileTest, FileSizeLimitIsAnErrorAndLeavesNoTemporary) {
   s.file_size_limit = 1024;  // the export is 2 KiB + header
   auto r = RunCliWith({"export", "--db", db_, "--table", "items", "--out", tmp_ / "out/x.npy"}, s);
   EXPECT_EQ(r.exit_code, 2) << r.err;
-  EXPECT_TRUE(Contains(r.err, "File too large")) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("File too large")) << r.err;
   std::string ids;
   for (int i = 0; i < 64; ++i) {
     if (i > 0) ids += ',';
@@ -260,8 +262,8 @@ TEST_F(HostileTest, DamagedCheckpointsAreRefused) {
   auto r = RunCli(
       {"import", "--db", db_, "--table", "f", "--from", tmp_ / "flipped.npz", "--tensor", "a"});
   EXPECT_EQ(r.exit_code, 2) << r.err;
-  EXPECT_TRUE(Contains(r.err, "CRC-32")) << r.err;
-  EXPECT_FALSE(Contains(RunCli({"list", "--db", db_}).out, "f\t"));
+  EXPECT_THAT(r.err, HasSubstr("CRC-32")) << r.err;
+  EXPECT_THAT(RunCli({"list", "--db", db_}).out, Not(HasSubstr("f\t")));
   ASSERT_EQ(RunCli({"import", "--db", db_, "--table", "a", "--from", kCheckpoints + "/stored.npz",
                     "--tensor", "a"})
                 .exit_code,
@@ -279,7 +281,7 @@ TEST_F(HostileTest, DamagedCheckpointsAreRefused) {
                          16));
   r = RunCli({"inspect", tmp_ / "dup.safetensors"});
   EXPECT_EQ(r.exit_code, 2) << r.out;
-  EXPECT_TRUE(Contains(r.err, "'w' is named twice")) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("'w' is named twice")) << r.err;
   WriteBytes(tmp_ / "overlap.safetensors",
              safetensors("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
                          "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
@@ -287,7 +289,7 @@ TEST_F(HostileTest, DamagedCheckpointsAreRefused) {
   r = RunCli({"import", "--db", db_, "--table", "o", "--from", tmp_ / "overlap.safetensors",
               "--tensor", "a"});
   EXPECT_EQ(r.exit_code, 2) << r.err;
-  EXPECT_TRUE(Contains(r.err, "overlap")) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("overlap")) << r.err;
 }
 
 // 7. Values beyond float32 are refused, never stored as inf or NaN.
@@ -297,7 +299,7 @@ TEST_F(HostileTest, ValuesBeyondFloat32AreRefused) {
   auto r = RunCli(
       {"import", "--db", db_, "--table", "q", "--from", tmp_ / "wide.npy", "--dtype", "int8"});
   EXPECT_EQ(r.exit_code, 1) << r.err;
-  EXPECT_TRUE(Contains(r.err, "row 0 spans a range")) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("row 0 spans a range")) << r.err;
   // The same values as f32 are finite and fine.
   ASSERT_EQ(RunCli({"import", "--db", db_, "--table", "q", "--from", tmp_ / "wide.npy"}).exit_code,
             0);
@@ -308,8 +310,8 @@ TEST_F(HostileTest, ValuesBeyondFloat32AreRefused) {
                   .ok());
   r = RunCli({"import", "--db", db_, "--table", "d", "--from", tmp_ / "big64.npy"});
   EXPECT_EQ(r.exit_code, 1) << r.err;
-  EXPECT_TRUE(Contains(r.err, "beyond the float32 range")) << r.err;
-  EXPECT_FALSE(Contains(RunCli({"list", "--db", db_}).out, "d\t"));
+  EXPECT_THAT(r.err, HasSubstr("beyond the float32 range")) << r.err;
+  EXPECT_THAT(RunCli({"list", "--db", db_}).out, Not(HasSubstr("d\t")));
 }
 
 // 8. Output that cannot be written is an error.
@@ -318,7 +320,7 @@ TEST_F(HostileTest, StdoutWriteErrorsExitTwo) {
   full.stdout_path = "/dev/full";
   auto r = RunCliWith({"list", "--db", db_}, full);
   EXPECT_EQ(r.exit_code, 2) << r.err;
-  EXPECT_TRUE(Contains(r.err, "cannot write the output")) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("cannot write the output")) << r.err;
   r = RunCliWith({"query", "--db", db_, "--table", "items", "--indices", "1,2", "--offsets", "0"},
                  full);
   EXPECT_EQ(r.exit_code, 2) << r.err;
@@ -327,20 +329,26 @@ TEST_F(HostileTest, StdoutWriteErrorsExitTwo) {
 }
 
 // 9. Messages say what is wrong.
-TEST_F(HostileTest, MessagesNameTheProblem) {
+TEST_F(HostileTest, APipeIsNamedAsOne) {
   ASSERT_EQ(::mkfifo((tmp_ / "fifo").c_str(), 0644), 0);
   auto r = RunCli({"import", "--db", db_, "--table", "p", "--from", tmp_ / "fifo"});
   EXPECT_EQ(r.exit_code, 1) << r.err;
-  EXPECT_TRUE(Contains(r.err, "is a pipe or a device, not a regular file")) << r.err;
-  r = RunCli({"inspect"});
+  EXPECT_THAT(r.err, HasSubstr("is a pipe or a device, not a regular file")) << r.err;
+}
+
+TEST_F(HostileTest, InspectWithoutAFileSaysSoInItsOwnWords) {
+  auto r = RunCli({"inspect"});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_TRUE(Contains(r.err, "a checkpoint FILE is required")) << r.err;
-  EXPECT_FALSE(Contains(r.err, "--file")) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("a checkpoint FILE is required")) << r.err;
+  EXPECT_THAT(r.err, Not(HasSubstr("--file"))) << r.err;
+}
+
+TEST_F(HostileTest, ALoopOfSymbolicLinksIsNamed) {
   std::filesystem::create_symlink(tmp_ / "out/loop1", tmp_ / "out/loop2");
   std::filesystem::create_symlink(tmp_ / "out/loop2", tmp_ / "out/loop1");
-  r = RunCli({"export", "--db", db_, "--table", "items", "--out", tmp_ / "out/loop1"});
+  auto r = RunCli({"export", "--db", db_, "--table", "items", "--out", tmp_ / "out/loop1"});
   EXPECT_EQ(r.exit_code, 1) << r.err;
-  EXPECT_TRUE(Contains(r.err, "loop of symbolic links")) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("loop of symbolic links")) << r.err;
 }
 
 // Keys with NUL, tab, newline or nothing at all are printed unambiguously by
@@ -358,9 +366,9 @@ TEST_F(HostileTest, OddKeysAreShownAndNamedUnambiguously) {
   WriteBytes(tmp_ / "odd.safetensors", file);
   auto r = RunCli({"inspect", tmp_ / "odd.safetensors"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_TRUE(Contains(r.out, "\"a\\tb\"\tf32\t[1, 2]\n")) << r.out;
-  EXPECT_TRUE(Contains(r.out, "\"\"\tf32\t[1, 2]\n")) << r.out;
-  EXPECT_TRUE(Contains(r.out, "\"n\\x00l\\n\"\tf32\t[1, 2]\n")) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("\"a\\tb\"\tf32\t[1, 2]\n")) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("\"\"\tf32\t[1, 2]\n")) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("\"n\\x00l\\n\"\tf32\t[1, 2]\n")) << r.out;
   r = RunCli({"import", "--db", db_, "--from", tmp_ / "odd.safetensors", "--tensor", "\"a\\tb\"=t1",
               "--tensor", "\"n\\x00l\\n\"=t3"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -405,7 +413,7 @@ TEST_F(HostileTest, ExitCodesAreTheReadmes) {
   std::filesystem::remove(db_ + "/tables/items.v1.emb");
   auto r = RunCli({"query", "--db", db_, "--table", "items", "--indices", "1", "--offsets", "0"});
   EXPECT_EQ(r.exit_code, 2) << r.err;
-  EXPECT_TRUE(Contains(r.err, "missing")) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("missing")) << r.err;
   WriteBytes(db_ + "/CATALOG", "embstore-catalog 2 generation 1\n{}\nxxh64 0\n");
   EXPECT_EQ(RunCli({"list", "--db", db_}).exit_code, 2);  // unreadable store
 }

@@ -2,6 +2,7 @@
 // through the library and through `embstore score`, plus shape errors.
 #include "embstore/fm.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -16,12 +17,9 @@ namespace {
 using embstore::testing::RunCli;
 using embstore::testing::TempDir;
 using nlohmann::json;
+using ::testing::HasSubstr;
 
 const std::string kGoldenDir = std::string(EMBSTORE_SOURCE_DIR) + "/tests/golden";
-
-bool Contains(const std::string& hay, const std::string& needle) {
-  return hay.find(needle) != std::string::npos;
-}
 
 class FmTest : public ::testing::Test {
  protected:
@@ -168,9 +166,9 @@ TEST_F(FmTest, GoldensThroughCli) {
   }
 }
 
-TEST_F(FmTest, BadShapesGetClearErrors) {
-  TempDir work;
-  const std::string db = work / "db";
+// A store at `db` with the FM tables v (3 fields of 4), b (biases) and v5
+// (2 fields of 5).
+void ImportFmTables(const std::string& db) {
   ASSERT_EQ(RunCli({"import", "--db", db, "--table", "v", "--from",
                     kGoldenDir + "/tables/fm_vectors_f3k4.npy"})
                 .exit_code,
@@ -183,6 +181,12 @@ TEST_F(FmTest, BadShapesGetClearErrors) {
                     kGoldenDir + "/tables/fm_vectors_f2k5.npy"})
                 .exit_code,
             0);
+}
+
+TEST_F(FmTest, BadShapesGetClearErrors) {
+  TempDir work;
+  const std::string db = work / "db";
+  ASSERT_NO_FATAL_FAILURE(ImportFmTables(db));
   const std::vector<std::string> base = {"score",   "--db",      db,       "--indices",
                                          "1,2,3,4", "--weights", "1,1,1,1"};
   struct Case {
@@ -211,17 +215,23 @@ TEST_F(FmTest, BadShapesGetClearErrors) {
     args.insert(args.end(), {"--out", work / "y.npy"});
     auto r = RunCli(args);
     EXPECT_EQ(r.exit_code, 1) << c.expect;
-    EXPECT_TRUE(Contains(r.err, c.expect)) << "want '" << c.expect << "' in: " << r.err;
+    EXPECT_THAT(r.err, HasSubstr(c.expect)) << "want '" << c.expect << "' in: " << r.err;
     EXPECT_FALSE(std::filesystem::exists(work / "y.npy"));
   }
-  // A 128-byte file asking for 2^62 samples of 0 bags: refused before
-  // anything is allocated, with what it would need.
+}
+
+// A 128-byte file asking for 2^62 samples of 0 bags: refused before anything
+// is allocated, with what it would need.
+TEST_F(FmTest, AHugeBatchOfEmptySamplesIsRefusedBeforeAllocating) {
+  TempDir work;
+  const std::string db = work / "db";
+  ASSERT_NO_FATAL_FAILURE(ImportFmTables(db));
   ASSERT_TRUE(storage::WriteNpy(work / "huge.npy", "<i8", {int64_t{1} << 62, 0}, {}).ok());
   auto r = RunCli({"score", "--db", db, "--model", "fm", "--vectors", "v", "--biases", "b",
                    "--indices", "@" + (work / "huge.npy"), "--bag-ends", "@" + (work / "huge.npy"),
                    "--threads", "10000000", "--out", work / "y.npy"});
   EXPECT_EQ(r.exit_code, 1) << r.err;
-  EXPECT_TRUE(Contains(r.err, "this request asks for 4611686018427387904 samples")) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("this request asks for 4611686018427387904 samples")) << r.err;
   EXPECT_FALSE(std::filesystem::exists(work / "y.npy"));
 }
 

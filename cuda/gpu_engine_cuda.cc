@@ -33,6 +33,49 @@ Status CheckDeviceOut(const float* device_out, size_t count, int device) {
   return Status::OK();
 }
 
+// The CPU engine's planner for either kind of request, so that the GPU
+// engine validates (and words its errors) exactly as the CPU engine does.
+Result<engine::BagPlan> PlanFor(const TableView& table, const BagRequest& request,
+                                const QueryOptions& options) {
+  return engine::PlanBags(table, request, options);
+}
+Result<engine::BagPlan> PlanFor(const TableView& table, const BatchedBagRequest& request,
+                                const QueryOptions& options) {
+  return engine::PlanBatchedBags(table, request, options);
+}
+
+// Plans and validates `request`, then pools it into the `count` floats at
+// `out` (device memory of the engine's device when out_on_device). A template
+// over the engine's Impl, whose name is private to GpuEngine.
+template <class Impl, class Request>
+Status Pool(Impl& impl, const TableView& table, const Request& request, const QueryOptions& options,
+            float* out, size_t count, bool out_on_device) {
+  return Guarded<Status>([&]() -> Status {
+    EMBSTORE_ASSIGN_OR_RETURN(const engine::BagPlan plan, PlanFor(table, request, options));
+    EMBSTORE_RETURN_IF_ERROR(engine::ValidatePoolInputs(table, plan, options, count));
+    if (out_on_device) {
+      EMBSTORE_RETURN_IF_ERROR(CheckDeviceOut(out, count, impl.device().ordinal));
+    }
+    return impl.Run(table, plan, options, out, out_on_device);
+  });
+}
+
+// The same into a new host result of the plan's output shape.
+template <class Impl, class Request>
+Result<PooledOutput> PoolToNew(Impl& impl, const TableView& table, const Request& request,
+                               const QueryOptions& options) {
+  return Guarded<Result<PooledOutput>>([&]() -> Result<PooledOutput> {
+    EMBSTORE_ASSIGN_OR_RETURN(const engine::BagPlan plan, PlanFor(table, request, options));
+    PooledOutput result;
+    result.shape = plan.OutputShape(table.dim);
+    result.values.resize(static_cast<size_t>(plan.num_bags()) * static_cast<size_t>(table.dim));
+    EMBSTORE_RETURN_IF_ERROR(
+        engine::ValidatePoolInputs(table, plan, options, result.values.size()));
+    EMBSTORE_RETURN_IF_ERROR(impl.Run(table, plan, options, result.values.data(), false));
+    return result;
+  });
+}
+
 }  // namespace
 
 GpuEngine::GpuEngine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -70,78 +113,32 @@ Result<std::unique_ptr<GpuEngine>> GpuEngine::Create(const GpuEngineOptions& opt
 
 Status GpuEngine::EmbeddingBag(const TableView& table, const BagRequest& request,
                                const QueryOptions& options, std::span<float> host_out) {
-  return Guarded<Status>([&]() -> Status {
-    EMBSTORE_ASSIGN_OR_RETURN(const engine::BagPlan plan,
-                              engine::PlanBags(table, request, options));
-    EMBSTORE_RETURN_IF_ERROR(engine::ValidatePoolInputs(table, plan, options, host_out.size()));
-    return impl_->Run(table, plan, options, host_out.data(), /*out_on_device=*/false);
-  });
+  return Pool(*impl_, table, request, options, host_out.data(), host_out.size(), false);
 }
-
 Result<PooledOutput> GpuEngine::EmbeddingBag(const TableView& table, const BagRequest& request,
                                              const QueryOptions& options) {
-  return Guarded<Result<PooledOutput>>([&]() -> Result<PooledOutput> {
-    EMBSTORE_ASSIGN_OR_RETURN(const engine::BagPlan plan,
-                              engine::PlanBags(table, request, options));
-    PooledOutput result;
-    result.shape = plan.OutputShape(table.dim);
-    result.values.resize(static_cast<size_t>(plan.num_bags()) * static_cast<size_t>(table.dim));
-    EMBSTORE_RETURN_IF_ERROR(
-        engine::ValidatePoolInputs(table, plan, options, result.values.size()));
-    EMBSTORE_RETURN_IF_ERROR(impl_->Run(table, plan, options, result.values.data(), false));
-    return result;
-  });
+  return PoolToNew(*impl_, table, request, options);
 }
-
 Status GpuEngine::EmbeddingBagToDevice(const TableView& table, const BagRequest& request,
                                        const QueryOptions& options, float* device_out,
                                        size_t count) {
-  return Guarded<Status>([&]() -> Status {
-    EMBSTORE_ASSIGN_OR_RETURN(const engine::BagPlan plan,
-                              engine::PlanBags(table, request, options));
-    EMBSTORE_RETURN_IF_ERROR(engine::ValidatePoolInputs(table, plan, options, count));
-    EMBSTORE_RETURN_IF_ERROR(CheckDeviceOut(device_out, count, impl_->device().ordinal));
-    return impl_->Run(table, plan, options, device_out, /*out_on_device=*/true);
-  });
+  return Pool(*impl_, table, request, options, device_out, count, /*out_on_device=*/true);
 }
 
 Status GpuEngine::BatchedEmbeddingBag(const TableView& table, const BatchedBagRequest& request,
                                       const QueryOptions& options, std::span<float> host_out) {
-  return Guarded<Status>([&]() -> Status {
-    EMBSTORE_ASSIGN_OR_RETURN(const engine::BagPlan plan,
-                              engine::PlanBatchedBags(table, request, options));
-    EMBSTORE_RETURN_IF_ERROR(engine::ValidatePoolInputs(table, plan, options, host_out.size()));
-    return impl_->Run(table, plan, options, host_out.data(), false);
-  });
+  return Pool(*impl_, table, request, options, host_out.data(), host_out.size(), false);
 }
-
 Result<PooledOutput> GpuEngine::BatchedEmbeddingBag(const TableView& table,
                                                     const BatchedBagRequest& request,
                                                     const QueryOptions& options) {
-  return Guarded<Result<PooledOutput>>([&]() -> Result<PooledOutput> {
-    EMBSTORE_ASSIGN_OR_RETURN(const engine::BagPlan plan,
-                              engine::PlanBatchedBags(table, request, options));
-    PooledOutput result;
-    result.shape = plan.OutputShape(table.dim);
-    result.values.resize(static_cast<size_t>(plan.num_bags()) * static_cast<size_t>(table.dim));
-    EMBSTORE_RETURN_IF_ERROR(
-        engine::ValidatePoolInputs(table, plan, options, result.values.size()));
-    EMBSTORE_RETURN_IF_ERROR(impl_->Run(table, plan, options, result.values.data(), false));
-    return result;
-  });
+  return PoolToNew(*impl_, table, request, options);
 }
-
 Status GpuEngine::BatchedEmbeddingBagToDevice(const TableView& table,
                                               const BatchedBagRequest& request,
                                               const QueryOptions& options, float* device_out,
                                               size_t count) {
-  return Guarded<Status>([&]() -> Status {
-    EMBSTORE_ASSIGN_OR_RETURN(const engine::BagPlan plan,
-                              engine::PlanBatchedBags(table, request, options));
-    EMBSTORE_RETURN_IF_ERROR(engine::ValidatePoolInputs(table, plan, options, count));
-    EMBSTORE_RETURN_IF_ERROR(CheckDeviceOut(device_out, count, impl_->device().ordinal));
-    return impl_->Run(table, plan, options, device_out, true);
-  });
+  return Pool(*impl_, table, request, options, device_out, count, /*out_on_device=*/true);
 }
 
 Status GpuEngine::Prefetch(const TableView& table, IndexArray ids) {

@@ -33,6 +33,9 @@ struct SlotLayout {
   // Device bytes one slot costs: the padded row, the int8 scale and bias, and
   // the max_norm scale.
   int64_t slot_bytes() const { return row_bytes + (quantized ? 8 : 0) + 4; }
+  // Bytes copied to the device per row filled: the padded row and the int8
+  // scale and bias (CacheStats::bytes_copied counts these).
+  int64_t transfer_bytes() const { return row_bytes + (quantized ? 8 : 0); }
   // Bytes of the stored elements of one row (no scale/bias, no padding).
   int64_t element_bytes() const { return dim * elem_bytes; }
 

@@ -1,16 +1,30 @@
 # CUDA module test suites (included by tests/CMakeLists.txt).
 #
-# cuda_cache_policy_test and cuda_pool_math_test are plain C++ and run in
-# every build, GPU or not (CI has none): the cache bookkeeping, and the whole
-# batch pipeline with the kernels' arithmetic run on the CPU.
-# cuda_engine_test drives the real GpuEngine; where no GPU is present (or the
-# build has no CUDA) every test in it is skipped (GTEST_SKIP), never failed.
+# cuda_cache_policy_test, cuda_cache_policy_model_test, cuda_pool_math_test
+# and cuda_batch_prep_test are plain C++ and run in every build, GPU or not (CI
+# has none): the cache bookkeeping, and the whole batch pipeline with the
+# engine's own kernel arguments and the kernels' arithmetic run on the CPU.
+# cuda_engine_test, cuda_engine_cache_test and cuda_golden_test drive the
+# real GpuEngine; where no GPU is present (or the build has no CUDA) every
+# test in them is skipped (GTEST_SKIP), never failed.
 embstore_test(cuda_cache_policy_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cuda_cache_policy_test.cc
+  LIBS embstore_cuda)
+embstore_test(cuda_cache_policy_model_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cuda_cache_policy_model_test.cc
   LIBS embstore_cuda)
 embstore_test(cuda_pool_math_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cuda_pool_math_test.cc
   LIBS embstore_cuda embstore_engine TBB::tbb)
+embstore_test(cuda_batch_prep_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cuda_batch_prep_test.cc
+  LIBS embstore_cuda embstore_engine TBB::tbb)
 embstore_test(cuda_engine_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cuda_engine_test.cc
+  LIBS embstore_cuda embstore_engine TBB::tbb)
+embstore_test(cuda_engine_cache_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cuda_engine_cache_test.cc
+  LIBS embstore_cuda embstore_engine TBB::tbb)
+embstore_test(cuda_golden_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cuda_golden_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/golden_cases.cc
   LIBS embstore_cuda embstore_engine embstore_storage TBB::tbb nlohmann_json::nlohmann_json)

@@ -4,6 +4,7 @@
 // std::condition_variable_any; no behaviour of their own.
 #pragma once
 
+#include <cassert>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -49,6 +50,14 @@ class CondVar {
  public:
   explicit CondVar(Mutex* mu) : mu_(mu) {}
   void Wait() EXCLUSIVE_LOCKS_REQUIRED(mu_) { cv_.wait(*mu_); }
+  // The same, naming the mutex: clang cannot tell that this CondVar's mu_ is
+  // the caller's mutex, so a caller whose mutex is GUARDED_BY-checked waits
+  // with Wait(&mu), which the analysis checks. REQUIRES: mu is the mutex
+  // this CondVar was made with.
+  void Wait(Mutex* mu) EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    assert(mu == mu_);
+    cv_.wait(*mu);
+  }
   // Returns false on timeout.
   template <class Rep, class Period>
   bool WaitFor(std::chrono::duration<Rep, Period> d) EXCLUSIVE_LOCKS_REQUIRED(mu_) {

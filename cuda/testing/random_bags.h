@@ -36,6 +36,29 @@ inline const char* LayoutName(Layout l) {
   return "?";
 }
 
+// What the parity suites sweep: every stored dtype, pooling mode and request
+// layout, and no max_norm or max_norm with these norm types.
+inline constexpr DType kDTypes[] = {DType::kF32, DType::kF16, DType::kBF16, DType::kInt8Rowwise};
+inline constexpr PoolingMode kModes[] = {PoolingMode::kSum, PoolingMode::kMean, PoolingMode::kMax};
+inline constexpr Layout kLayouts[] = {Layout::kOffsets, Layout::kLastOffset, Layout::k2D,
+                                      Layout::kBatched};
+inline constexpr std::optional<double> kNormTypes[] = {std::nullopt,
+                                                       2.0,
+                                                       1.0,
+                                                       std::numeric_limits<double>::infinity(),
+                                                       -std::numeric_limits<double>::infinity(),
+                                                       3.0,
+                                                       0.5,
+                                                       0.0};
+
+// ids and offsets as one BagRequest (the vectors must outlive it).
+inline BagRequest Bags(std::span<const int64_t> ids, std::span<const int64_t> offsets) {
+  BagRequest r;
+  r.indices = ids;
+  r.offsets = offsets;
+  return r;
+}
+
 // Owns the arrays a request points into.
 struct RandomRequest {
   std::vector<int64_t> ids64, offs64, ends64;

@@ -45,25 +45,12 @@ struct SlotLayout {
   bool operator!=(const SlotLayout& o) const { return !(*this == o); }
 };
 
-inline int StoredElementBytes(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return 4;
-    case DType::kF16:
-    case DType::kBF16:
-      return 2;
-    case DType::kInt8Rowwise:
-      return 1;
-  }
-  return 4;
-}
-
 // REQUIRES: dim >= 0 and a known dtype.
 inline SlotLayout MakeSlotLayout(DType dtype, int64_t dim) {
   SlotLayout l;
   l.dtype = dtype;
   l.dim = dim;
-  l.elem_bytes = StoredElementBytes(dtype);
+  l.elem_bytes = static_cast<int>(FindDType(dtype)->element_bytes);
   l.vec_elems = kVectorBytes / l.elem_bytes;
   l.vecs_per_row = (dim + l.vec_elems - 1) / l.vec_elems;
   l.row_bytes = l.vecs_per_row * kVectorBytes;

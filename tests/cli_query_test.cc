@@ -7,9 +7,9 @@
 #include <cmath>
 #include <fstream>
 #include <limits>
-#include <nlohmann/json.hpp>
 #include <span>
 
+#include "golden_cases.h"
 #include "test_util.h"
 
 namespace embstore {
@@ -18,59 +18,53 @@ namespace {
 using embstore::testing::CommandResult;
 using embstore::testing::RunCli;
 using embstore::testing::TempDir;
-using nlohmann::json;
 using ::testing::HasSubstr;
 
-const std::string kGoldenDir = std::string(EMBSTORE_SOURCE_DIR) + "/tests/golden";
+using embstore::testing::GoldenCase;
+using embstore::testing::GoldenFile;
+using embstore::testing::kExtensionGoldenCases;
+using embstore::testing::kTorchGoldenCases;
+using embstore::testing::TypedIds;
 
-json LoadGoldens() {
-  std::ifstream f(kGoldenDir + "/embedding_bag.json");
-  EXPECT_TRUE(f.good()) << "missing " << kGoldenDir << "/embedding_bag.json";
-  return json::parse(f);
+const std::string kGoldenDir = embstore::testing::GoldenDir();
+
+// Writes ids as the .npy the CLI reads, with the index dtype of the case.
+void WriteIds(const std::string& path, const TypedIds& ids, const std::vector<int64_t>& shape) {
+  const Status st =
+      ids.is32 ? storage::WriteNpy(
+                     path, "<i4", shape,
+                     {reinterpret_cast<const uint8_t*>(ids.i32.data()), ids.i32.size() * 4})
+               : storage::WriteNpy(
+                     path, "<i8", shape,
+                     {reinterpret_cast<const uint8_t*>(ids.i64.data()), ids.i64.size() * 8});
+  ASSERT_TRUE(st.ok()) << st.ToString();
 }
 
-void WriteInts(const std::string& path, const json& values, const json& shape,
-               const std::string& dtype) {
-  std::vector<int64_t> shp = shape.get<std::vector<int64_t>>();
-  if (dtype == "int32") {
-    std::vector<int32_t> v;
-    for (const auto& x : values) v.push_back(x.get<int32_t>());
-    ASSERT_TRUE(
-        storage::WriteNpy(path, "<i4", shp, {reinterpret_cast<uint8_t*>(v.data()), v.size() * 4})
-            .ok());
-  } else {
-    std::vector<int64_t> v;
-    for (const auto& x : values) v.push_back(x.get<int64_t>());
-    ASSERT_TRUE(
-        storage::WriteNpy(path, "<i8", shp, {reinterpret_cast<uint8_t*>(v.data()), v.size() * 8})
-            .ok());
-  }
+void WriteFloats(const std::string& path, const std::vector<float>& v,
+                 const std::vector<int64_t>& shape) {
+  const Status st = storage::WriteNpy(path, "<f4", shape,
+                                      {reinterpret_cast<const uint8_t*>(v.data()), v.size() * 4});
+  ASSERT_TRUE(st.ok()) << st.ToString();
 }
 
-void WriteFloats(const std::string& path, const json& values, const json& shape) {
-  std::vector<float> v;
-  for (const auto& x : values) v.push_back(x.get<float>());
-  ASSERT_TRUE(storage::WriteNpy(path, "<f4", shape.get<std::vector<int64_t>>(),
-                                {reinterpret_cast<uint8_t*>(v.data()), v.size() * 4})
-                  .ok());
-}
-
-std::string NormText(const json& n) {
-  if (n.is_string()) return n.get<std::string>();
+// A norm as the CLI reads it: shortest round-tripping decimal, or inf/-inf.
+std::string NormText(double n) {
+  if (std::isinf(n)) return n > 0 ? "inf" : "-inf";
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%.17g", n.get<double>());
+  std::snprintf(buf, sizeof buf, "%.17g", n);
   return buf;
 }
 
 class CliGoldenTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    goldens_ = new json(LoadGoldens());
+    auto loaded = embstore::testing::LoadGoldenFile(kGoldenDir);
+    ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+    goldens_ = new GoldenFile(std::move(loaded).value());
     tmp_ = new TempDir();
     db_ = new std::string(*tmp_ / "db");
-    for (auto& [name, t] : (*goldens_)["tables"].items()) {
-      auto r = RunCli({"import", "--db", *db_, "--table", name, "--from",
-                       kGoldenDir + "/" + t["file"].get<std::string>()});
+    for (const auto& [name, t] : goldens_->tables) {
+      auto r = RunCli({"import", "--db", *db_, "--table", name, "--from", t.file});
       ASSERT_EQ(r.exit_code, 0) << r.err;
     }
   }
@@ -80,47 +74,35 @@ class CliGoldenTest : public ::testing::Test {
     delete tmp_;
   }
 
-  // Runs one case through the CLI and compares with "expected".
-  void RunCase(const json& c) {
-    SCOPED_TRACE(c["name"].get<std::string>());
+  // Runs one case through the CLI against `db` and compares with torch's result.
+  void RunCase(const GoldenCase& c, const std::string& db) {
+    SCOPED_TRACE(c.name);
     const std::string dir = *tmp_ / "case";
     std::filesystem::create_directories(dir);
-    std::vector<std::string> args = {"query",
-                                     "--db",
-                                     *db_,
-                                     "--table",
-                                     c["table"].get<std::string>(),
-                                     "--mode",
-                                     c["mode"].get<std::string>()};
-    WriteInts(dir + "/i.npy", c["indices"], c["indices_shape"],
-              c["index_dtype"].get<std::string>());
+    const QueryOptions& o = c.options;
+    std::vector<std::string> args = {
+        "query", "--db", db, "--table", c.table, "--mode", PoolingModeName(o.mode)};
+    WriteIds(dir + "/i.npy", c.indices, c.indices_shape);
     args.insert(args.end(), {"--indices", "@" + dir + "/i.npy"});
-    if (c.contains("ends")) {
-      WriteInts(dir + "/e.npy", c["ends"], c["ends_shape"], c["ends_dtype"].get<std::string>());
+    if (c.batched) {
+      WriteIds(dir + "/e.npy", c.ends, c.ends_shape);
       args.insert(args.end(), {"--bag-ends", "@" + dir + "/e.npy"});
-      if (c.contains("weights") && !c["weights"].is_null()) {
-        WriteFloats(dir + "/w.npy", c["weights"], c["indices_shape"]);
-        args.insert(args.end(), {"--weights", "@" + dir + "/w.npy"});
-      }
-    } else {
-      if (!c["offsets"].is_null()) {
-        WriteInts(dir + "/o.npy", c["offsets"], json::array({c["offsets"].size()}),
-                  c["offsets_dtype"].get<std::string>());
-        args.insert(args.end(), {"--offsets", "@" + dir + "/o.npy"});
-      }
-      if (!c["per_sample_weights"].is_null()) {
-        WriteFloats(dir + "/w.npy", c["per_sample_weights"], c["indices_shape"]);
-        args.insert(args.end(), {"--weights", "@" + dir + "/w.npy"});
-      }
-      if (c["include_last_offset"].get<bool>()) args.push_back("--include-last-offset");
+    } else if (c.offsets) {
+      WriteIds(dir + "/o.npy", *c.offsets, {static_cast<int64_t>(c.offsets->i64.size())});
+      args.insert(args.end(), {"--offsets", "@" + dir + "/o.npy"});
     }
-    if (!c["padding_idx"].is_null()) {
+    if (c.weights) {
+      WriteFloats(dir + "/w.npy", *c.weights, c.indices_shape);
+      args.insert(args.end(), {"--weights", "@" + dir + "/w.npy"});
+    }
+    if (o.include_last_offset) args.push_back("--include-last-offset");
+    if (o.padding_idx) {
       // As a separate word, negative values included.
-      args.insert(args.end(), {"--padding-idx", std::to_string(c["padding_idx"].get<int64_t>())});
+      args.insert(args.end(), {"--padding-idx", std::to_string(*o.padding_idx)});
     }
-    if (!c["max_norm"].is_null()) {
+    if (o.max_norm) {
       args.insert(args.end(),
-                  {"--max-norm", NormText(c["max_norm"]), "--norm-type", NormText(c["norm_type"])});
+                  {"--max-norm", NormText(*o.max_norm), "--norm-type", NormText(o.norm_type)});
     }
     const std::string out = dir + "/out.npy";
     std::filesystem::remove(out);
@@ -129,41 +111,34 @@ class CliGoldenTest : public ::testing::Test {
     ASSERT_EQ(r.exit_code, 0) << r.err;
     std::vector<int64_t> shape;
     std::vector<float> got = embstore::testing::ReadF32Npy(out, &shape);
-    ASSERT_EQ(shape, c["expected_shape"].get<std::vector<int64_t>>());
-    const auto& exp = c["expected"];
-    ASSERT_EQ(got.size(), exp.size());
-    const bool renorm = !c["max_norm"].is_null();
-    for (size_t i = 0; i < got.size(); ++i) {
-      const float e = exp[i].get<float>();
-      const float tol = (renorm ? 1e-4f : 1e-5f) * (1.0f + std::abs(e));
-      ASSERT_NEAR(got[i], e, tol) << "element " << i;
-    }
+    ASSERT_EQ(shape, c.expected_shape);
+    EXPECT_TRUE(c.MatchesTorch(got));
   }
 
-  static json* goldens_;
+  static GoldenFile* goldens_;
   static TempDir* tmp_;
   static std::string* db_;
 };
-json* CliGoldenTest::goldens_ = nullptr;
+GoldenFile* CliGoldenTest::goldens_ = nullptr;
 TempDir* CliGoldenTest::tmp_ = nullptr;
 std::string* CliGoldenTest::db_ = nullptr;
 
 TEST_F(CliGoldenTest, TorchGoldens) {
   int n = 0;
-  for (const auto& c : (*goldens_)["cases"]) {
-    RunCase(c);
+  for (const GoldenCase& c : goldens_->cases) {
+    RunCase(c, *db_);
     ++n;
   }
-  EXPECT_GE(n, 200);
+  EXPECT_EQ(n, kTorchGoldenCases);
 }
 
 TEST_F(CliGoldenTest, ExtensionGoldens) {
   int n = 0;
-  for (const auto& c : (*goldens_)["extension_cases"]) {
-    RunCase(c);
+  for (const GoldenCase& c : goldens_->extension_cases) {
+    RunCase(c, *db_);
     ++n;
   }
-  EXPECT_GE(n, 50);
+  EXPECT_EQ(n, kExtensionGoldenCases);
 }
 
 TEST_F(CliGoldenTest, InlineBatchedBagsPrintOneBagPerLine) {
@@ -215,29 +190,26 @@ TEST_F(CliGoldenTest, DefaultModeIsMean) {
 // max_norm goldens, and the original version is left as it was.
 TEST_F(CliGoldenTest, RenormMatchesTorchMaxNormGoldens) {
   int n = 0;
-  for (const auto& c : (*goldens_)["cases"]) {
-    if (c["max_norm"].is_null() || c["source"] != "torch" || n >= 24) continue;
-    SCOPED_TRACE(c["name"].get<std::string>());
+  for (const GoldenCase& c : goldens_->cases) {
+    if (!c.options.max_norm || c.source != "torch" || n >= 24) continue;
+    SCOPED_TRACE(c.name);
     TempDir work;
     const std::string db = work / "db";
-    const std::string table = c["table"];
-    const std::string file =
-        kGoldenDir + "/" + (*goldens_)["tables"][table]["file"].get<std::string>();
-    ASSERT_EQ(RunCli({"import", "--db", db, "--table", table, "--from", file}).exit_code, 0);
-    auto r = RunCli({"renorm", "--db", db, "--table", table, "--max-norm", NormText(c["max_norm"]),
-                     "--norm-type", NormText(c["norm_type"])});
+    ASSERT_EQ(RunCli({"import", "--db", db, "--table", c.table, "--from",
+                      goldens_->tables.at(c.table).file})
+                  .exit_code,
+              0);
+    auto r = RunCli({"renorm", "--db", db, "--table", c.table, "--max-norm",
+                     NormText(*c.options.max_norm), "--norm-type", NormText(c.options.norm_type)});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_THAT(r.out, HasSubstr("version 2")) << r.out;
-    json plain = c;
-    plain["max_norm"] = nullptr;
-    std::string* saved = db_;
-    std::string local_db = db;
-    db_ = &local_db;
-    RunCase(plain);
-    db_ = saved;
+    GoldenCase plain = c;
+    plain.options.max_norm.reset();
+    RunCase(plain, db);
     ++n;
   }
-  EXPECT_GE(n, 10);
+  // The first 24 torch max_norm cases (the file has more).
+  EXPECT_EQ(n, 24);
 }
 
 TEST_F(CliGoldenTest, RenormRefusesABadMaxNormAndAnUnknownTable) {

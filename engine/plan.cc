@@ -143,7 +143,7 @@ Status CheckBagCount(int64_t bags, int64_t dim) {
   return Status::OK();
 }
 
-Status CheckLayout1D(const BagRequest& request, const QueryOptions& options, int64_t n,
+Status CheckLayout1D(const BagRequest& request, const QueryOptions& options, int64_t n, int64_t dim,
                      BagPlan* plan) {
   if (!request.offsets.has_value()) {
     return Status::InvalidArgument(
@@ -171,6 +171,9 @@ Status CheckLayout1D(const BagRequest& request, const QueryOptions& options, int
     }
   }
   const int64_t bags = options.include_last_offset ? offsets.size - 1 : offsets.size;
+  // Few offsets each cost a few bytes, but every bag a row of output: many
+  // offsets over a wide table can ask for more than fits.
+  EMBSTORE_RETURN_IF_ERROR(CheckBagCount(bags, dim));
   plan->bag_begin.resize(bags);
   plan->bag_end.resize(bags);
   for (int64_t b = 0; b < bags; ++b) {
@@ -355,7 +358,7 @@ Result<BagPlan> PlanBags(const TableView& table, const BagRequest& request,
   if (shape.size() == 2) {
     EMBSTORE_RETURN_IF_ERROR(CheckLayout2D(request, options, shape[0], shape[1], table.dim, &plan));
   } else {
-    EMBSTORE_RETURN_IF_ERROR(CheckLayout1D(request, options, n, &plan));
+    EMBSTORE_RETURN_IF_ERROR(CheckLayout1D(request, options, n, table.dim, &plan));
   }
   EMBSTORE_RETURN_IF_ERROR(CheckPlanIds(table, &plan));
   return plan;

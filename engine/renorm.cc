@@ -58,11 +58,11 @@ Result<RenormResult> RenormTableUnguarded(Store& store, const std::string& table
 
 Status CheckRenormOptions(const RenormOptions& options) {
   if (!(options.max_norm > 0) || std::isinf(options.max_norm)) {
-    return Status::InvalidArgument("--max-norm must be a finite number > 0");
+    return Status::InvalidArgument("max_norm must be a finite number > 0");
   }
   const double p = options.norm_type;
   if (std::isnan(p) || (p < 0 && !std::isinf(p))) {
-    return Status::InvalidArgument("--norm-type must be >= 0, inf or -inf (as torch's norm)");
+    return Status::InvalidArgument("norm_type must be >= 0, inf or -inf (as torch's norm)");
   }
   return Status::OK();
 }

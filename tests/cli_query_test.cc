@@ -215,7 +215,7 @@ TEST_F(CliGoldenTest, RenormMatchesTorchMaxNormGoldens) {
 TEST_F(CliGoldenTest, RenormRefusesABadMaxNormAndAnUnknownTable) {
   auto r = RunCli({"renorm", "--db", *db_, "--table", "t_d8", "--max-norm", "0"});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_THAT(r.err, HasSubstr("--max-norm")) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("max_norm must be a finite number > 0")) << r.err;
   r = RunCli({"renorm", "--db", *db_, "--table", "nope", "--max-norm", "1"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("unknown table")) << r.err;

@@ -240,6 +240,26 @@ TEST(Errors, BagCountsNoMemoryCanHoldAreRefused) {
   EXPECT_EQ(ok->values, std::vector<float>(12, 0.0f));
 }
 
+TEST(Errors, ManyOffsetsOverAWideTableAreRefusedWithTheSize) {
+  // 1-D indices: 100 offsets cost 800 bytes, but each bag is a row of output,
+  // and rows of 2^28 floats make 100 GiB. Refused before anything is
+  // allocated (the planner never reads a row, so one 64-byte row backs the
+  // view).
+  std::vector<uint8_t> row(64, 0);
+  TableView wide;
+  wide.data = row.data();
+  wide.rows = 1;
+  wide.dim = int64_t{1} << 28;
+  wide.row_stride = RowStrideBytes(DType::kF32, wide.dim);
+  wide.dtype = DType::kF32;
+  wide.name = "wide";
+  Req r;
+  r.offsets = std::vector<int64_t>(100, 0);
+  ExpectError(
+      wide, r.Get(), {},
+      "this request asks for 100 bags of dim 268435456, which would need 107374184000 bytes");
+}
+
 TEST(Errors, BatchedBagsWithNoBagsPerSampleReturnAtOnce) {
   // K = 0 with a batch nothing backs (2^62 x 0 indices, 2^62 x 0 ends): no
   // bags, an empty result -- not a loop over the batch (which never ended).

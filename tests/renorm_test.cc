@@ -138,7 +138,7 @@ TEST_F(RenormTest, RefusesMaxNormThatIsNotFiniteAndPositive) {
     auto r = RenormTable(*store_, "t", o);
     ASSERT_FALSE(r.ok()) << m;
     EXPECT_EQ(r.status().code(), Status::Code::kInvalidArgument) << m;
-    EXPECT_EQ(r.status().message(), "--max-norm must be a finite number > 0") << m;
+    EXPECT_EQ(r.status().message(), "max_norm must be a finite number > 0") << m;
     EXPECT_EQ(CheckRenormOptions(o).message(), r.status().message());
   }
   EXPECT_EQ(store_->GetInfo("t")->version, 1u);
@@ -152,7 +152,7 @@ TEST_F(RenormTest, RefusesNegativeOrNanNormType) {
     auto r = RenormTable(*store_, "t", o);
     ASSERT_FALSE(r.ok()) << p;
     EXPECT_EQ(r.status().code(), Status::Code::kInvalidArgument) << p;
-    EXPECT_EQ(r.status().message(), "--norm-type must be >= 0, inf or -inf (as torch's norm)");
+    EXPECT_EQ(r.status().message(), "norm_type must be >= 0, inf or -inf (as torch's norm)");
   }
   EXPECT_EQ(store_->GetInfo("t")->version, 1u);
 }

@@ -23,12 +23,12 @@
 namespace embstore::cuda {
 namespace {
 
-using test::TestTable;
+using testing::TestTable;
 using namespace embstore::cuda::cudatest;  // NOLINT(google-build-using-namespace)
 
 TEST(PipelineSplit, BagLargerThanCacheIsRefused) {
   std::mt19937_64 rng(6);
-  const TestTable table = test::RandomTable(40, 4, DType::kF32, rng);
+  const TestTable table = testing::RandomTable(40, 4, DType::kF32, rng);
   std::vector<int64_t> ids;
   for (int64_t i = 0; i < 10; ++i) ids.push_back(i);
   const std::vector<int64_t> offsets = {0, 3, 4};  // bag 1 has 6 distinct rows
@@ -74,7 +74,7 @@ TEST(PipelineDedup, DropsPaddingAndNumbersRowsInFirstUseOrder) {
   const std::vector<int64_t> offsets = {0, 3, 3};
   const std::vector<float> w = {1, 2, 3, 4, 5, 6};
   std::mt19937_64 rng(1);
-  const TestTable table = test::RandomTable(10, 3, DType::kF32, rng);
+  const TestTable table = testing::RandomTable(10, 3, DType::kF32, rng);
   BagRequest r;
   r.indices = std::span<const int32_t>(ids);
   r.offsets = std::span<const int64_t>(offsets);
@@ -96,7 +96,7 @@ TEST(PipelineDedup, DropsPaddingAndNumbersRowsInFirstUseOrder) {
 // describe the same batch as the serial one.
 TEST(PipelineDedup, PartitionedMatchesSerial) {
   std::mt19937_64 rng(21);
-  const TestTable table = test::RandomTable(5000, 2, DType::kF32, rng);
+  const TestTable table = testing::RandomTable(5000, 2, DType::kF32, rng);
   for (int round = 0; round < 6; ++round) {
     const bool padding = round % 2 == 1;
     const auto req =
@@ -142,7 +142,7 @@ TEST(PipelineDedup, PartitionedMatchesSerial) {
 
 TEST(PipelineStaging, GatherLaysRowsOutForSlots) {
   std::mt19937_64 rng(2);
-  const TestTable table = test::RandomTable(6, 5, DType::kInt8Rowwise, rng, /*aligned=*/false);
+  const TestTable table = testing::RandomTable(6, 5, DType::kInt8Rowwise, rng, /*aligned=*/false);
   const SlotLayout l = MakeSlotLayout(DType::kInt8Rowwise, 5);
   const std::vector<int64_t> rows = {4, 1};
   const std::vector<int32_t> slots = {7, 3};

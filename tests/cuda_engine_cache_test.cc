@@ -28,7 +28,7 @@ namespace embstore::cuda {
 namespace {
 
 using namespace embstore::cuda::cudatest;  // NOLINT(google-build-using-namespace)
-using test::TestTable;
+using testing::TestTable;
 
 // ---- Stats and prefetch ------------------------------------------------------------------
 
@@ -36,7 +36,7 @@ TEST(GpuStats, HitsMissesEvictionsBytes) {
   EMBSTORE_GPU_OR_SKIP(gpu, Rows(1000));
   std::mt19937_64 rng(9);
   // More rows than the cache: the cache works as a cache (no resident mode).
-  const TestTable table = test::RandomTable(2000, 16, DType::kF32, rng);
+  const TestTable table = testing::RandomTable(2000, 16, DType::kF32, rng);
   const std::vector<int64_t> ids = {1, 2, 3, 2, 1};
   const std::vector<int64_t> offsets = {0, 2};
   BagRequest r = Bags(ids, offsets);
@@ -85,7 +85,7 @@ TEST(GpuStats, HitsMissesEvictionsBytes) {
 TEST(GpuPrefetch, WarmsTheCacheForTheNextBatch) {
   EMBSTORE_GPU_OR_SKIP(gpu, Rows(100));
   std::mt19937_64 rng(10);
-  const TestTable table = test::RandomTable(500, 24, DType::kInt8Rowwise, rng);
+  const TestTable table = testing::RandomTable(500, 24, DType::kInt8Rowwise, rng);
   const TableView view = table.view();
   const std::vector<int32_t> next = {5, 6, 7, 5};
   ASSERT_TRUE(gpu->Prefetch(view, std::span<const int32_t>(next)).ok());
@@ -119,7 +119,7 @@ TEST(GpuPrefetch, OverlappedServingLoop) {
   // The intended pattern: prefetch batch i + 1, then pool batch i.
   EMBSTORE_GPU_OR_SKIP(gpu, Rows(600));
   std::mt19937_64 rng(11);
-  const TestTable table = test::RandomTable(2000, 64, DType::kF16, rng);
+  const TestTable table = testing::RandomTable(2000, 64, DType::kF16, rng);
   const TableView view = table.view();
   std::vector<std::unique_ptr<RandomRequest>> batches;
   for (int i = 0; i < 40; ++i) {
@@ -151,9 +151,9 @@ TEST(GpuPrefetch, OverlappedServingLoop) {
 TEST(GpuTables, ResidentModeSharedLayoutRelayoutAndForget) {
   EMBSTORE_GPU_OR_SKIP(gpu, Rows(64));
   std::mt19937_64 rng(12);
-  const TestTable a = test::RandomTable(30, 8, DType::kF32, rng);
-  const TestTable b = test::RandomTable(30, 8, DType::kF32, rng);  // same layout, other rows
-  const TestTable c = test::RandomTable(30, 8, DType::kF16, rng);  // other layout
+  const TestTable a = testing::RandomTable(30, 8, DType::kF32, rng);
+  const TestTable b = testing::RandomTable(30, 8, DType::kF32, rng);  // same layout, other rows
+  const TestTable c = testing::RandomTable(30, 8, DType::kF16, rng);  // other layout
   const std::vector<int64_t> ids = {0, 1, 2, 3};
   const std::vector<int64_t> offsets = {0, 2};
   BagRequest r = Bags(ids, offsets);
@@ -197,7 +197,7 @@ TEST(GpuTables, ResidentModeSharedLayoutRelayoutAndForget) {
 TEST(GpuThreads, ConcurrentCallersGetTheirOwnResults) {
   EMBSTORE_GPU_OR_SKIP(gpu, Rows(200));
   std::mt19937_64 rng(13);
-  const TestTable table = test::RandomTable(500, 33, DType::kF32, rng);
+  const TestTable table = testing::RandomTable(500, 33, DType::kF32, rng);
   const TableView view = table.view();
   std::atomic<int> failures{0};
   std::vector<std::thread> threads;
@@ -232,7 +232,7 @@ TEST(GpuScale, LargeBatchSkewedIdsSmallCache) {
   EMBSTORE_GPU_OR_SKIP(gpu, Rows(10000));
   std::mt19937_64 rng(14);
   const int64_t rows = 50000, dim = 96;
-  const TestTable table = test::RandomTable(rows, dim, DType::kF16, rng);
+  const TestTable table = testing::RandomTable(rows, dim, DType::kF16, rng);
   const TableView view = table.view();
   std::vector<int64_t> ids, offsets;
   std::vector<float> weights;

@@ -36,7 +36,7 @@ namespace embstore::cuda {
 namespace {
 
 using namespace embstore::cuda::cudatest;  // NOLINT(google-build-using-namespace)
-using test::TestTable;
+using testing::TestTable;
 
 // ---- No GPU ----------------------------------------------------------------------------
 
@@ -114,14 +114,14 @@ TEST_P(GpuParity, EveryDtypeModeOptionAndLayout) {
   // One engine throughout: each new dtype/dim re-lays the cache out.
   for (int64_t dim : {1, 7, 37, 64, 130, 300}) {
     for (DType dtype : kDTypes) {
-      const TestTable table = test::RandomTable(48, dim, dtype, rng, /*aligned_stride=*/rng() % 2);
+      const TestTable table = testing::RandomTable(48, dim, dtype, rng, /*aligned_stride=*/rng() % 2);
       const TableView view = table.view();
       for (PoolingMode mode : kModes) {
         for (bool weighted : {false, true}) {
           for (bool padding : {false, true}) {
             for (const std::optional<double>& norm : kGpuNormTypes) {
               for (Layout layout : kLayouts) {
-                SCOPED_TRACE(std::string(test::DTypeLabel(dtype)) + " dim " + std::to_string(dim) +
+                SCOPED_TRACE(std::string(testing::DTypeLabel(dtype)) + " dim " + std::to_string(dim) +
                              " " + PoolingModeName(mode) + (weighted ? " weighted" : "") +
                              (padding ? " padding" : "") + " max_norm p=" +
                              (norm ? std::to_string(*norm) : "none") + " " + LayoutName(layout));
@@ -140,7 +140,7 @@ TEST_P(GpuParity, EveryDtypeModeOptionAndLayout) {
                       norm ? NearFloat(g, ref->values[i]) : SameFloat(g, ref->values[i]);
                   ASSERT_TRUE(same)
                       << "element " << i << ": GPU " << g << ", reference " << ref->values[i];
-                  ASSERT_TRUE(test::Close(g, cpu->values[i], 1e-5))
+                  ASSERT_TRUE(testing::Close(g, cpu->values[i], 1e-5))
                       << "element " << i << ": GPU " << g << ", CPU " << cpu->values[i];
                 }
                 ++cases;
@@ -175,7 +175,7 @@ INSTANTIATE_TEST_SUITE_P(Caches, GpuParity,
 TEST(GpuErrors, SameStatusAndMessageAsCpu) {
   EMBSTORE_GPU_OR_SKIP(gpu, Rows(64));
   std::mt19937_64 rng(3);
-  const TestTable table = test::RandomTable(10, 4, DType::kF32, rng);
+  const TestTable table = testing::RandomTable(10, 4, DType::kF32, rng);
   const TableView view = table.view();
   const std::vector<int64_t> ids = {1, 2, 10, 3};
   const std::vector<int64_t> neg = {1, -1};
@@ -258,7 +258,7 @@ TEST(GpuErrors, SameStatusAndMessageAsCpu) {
 TEST(GpuErrors, BagLargerThanCache) {
   EMBSTORE_GPU_OR_SKIP(gpu, Rows(5));
   std::mt19937_64 rng(4);
-  const TestTable table = test::RandomTable(40, 4, DType::kF32, rng);
+  const TestTable table = testing::RandomTable(40, 4, DType::kF32, rng);
   std::vector<int64_t> ids;
   for (int64_t i = 0; i < 10; ++i) ids.push_back(i);
   const std::vector<int64_t> offsets = {0, 3, 4};
@@ -278,7 +278,7 @@ TEST(GpuOutput, ToDeviceMemory) {
 #else
   EMBSTORE_GPU_OR_SKIP(gpu, Rows(256));
   std::mt19937_64 rng(8);
-  const TestTable table = test::RandomTable(100, 37, DType::kBF16, rng);
+  const TestTable table = testing::RandomTable(100, 37, DType::kBF16, rng);
   const TableView view = table.view();
   for (Layout layout : {Layout::kOffsets, Layout::kBatched}) {
     const auto req = MakeRequest(rng, 100, layout, PoolingMode::kSum, true, false, 2.0, 8);

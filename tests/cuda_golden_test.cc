@@ -52,7 +52,7 @@ TEST(GpuGolden, TorchAndExtensionCases) {
       ASSERT_TRUE(c.MatchesTorch(got->values));
       for (size_t i = 0; i < got->values.size(); ++i) {
         ASSERT_TRUE(SameFloat(got->values[i], cpu->values[i]) ||
-                    test::Close(got->values[i], cpu->values[i], 1e-5))
+                    testing::Close(got->values[i], cpu->values[i], 1e-5))
             << "element " << i << ": GPU " << got->values[i] << ", CPU " << cpu->values[i];
       }
       ++checked;

@@ -29,7 +29,7 @@
 namespace embstore::cuda {
 namespace {
 
-using test::TestTable;
+using testing::TestTable;
 using namespace embstore::cuda::cudatest;  // NOLINT(google-build-using-namespace)
 
 struct Totals {
@@ -46,8 +46,8 @@ void RunMatrix(int64_t dim, int64_t cache_rows, CachePolicy policy, uint64_t see
   std::mt19937_64 rng(seed);
   const int64_t rows = 48;
   for (DType dtype : kDTypes) {
-    const TestTable table = test::RandomTable(rows, dim, dtype, rng, /*aligned_stride=*/rng() % 2);
-    const TestTable other = test::RandomTable(rows, dim, dtype, rng, /*aligned_stride=*/rng() % 2);
+    const TestTable table = testing::RandomTable(rows, dim, dtype, rng, /*aligned_stride=*/rng() % 2);
+    const TestTable other = testing::RandomTable(rows, dim, dtype, rng, /*aligned_stride=*/rng() % 2);
     EmulatedGpu gpu(policy, cache_rows);
     int64_t n = 0;
     for (PoolingMode mode : kModes) {
@@ -55,7 +55,7 @@ void RunMatrix(int64_t dim, int64_t cache_rows, CachePolicy policy, uint64_t see
         for (bool padding : {false, true}) {
           for (const std::optional<double>& norm : kNormTypes) {
             for (Layout layout : kLayouts) {
-              SCOPED_TRACE(std::string(test::DTypeLabel(dtype)) + " dim " + std::to_string(dim) +
+              SCOPED_TRACE(std::string(testing::DTypeLabel(dtype)) + " dim " + std::to_string(dim) +
                            " " + PoolingModeName(mode) + (weighted ? " weighted" : "") +
                            (padding ? " padding" : "") +
                            " max_norm p=" + (norm ? std::to_string(*norm) : "none") + " " +
@@ -80,7 +80,7 @@ void RunMatrix(int64_t dim, int64_t cache_rows, CachePolicy policy, uint64_t see
               auto cpu = CpuEngine(view, *req);
               ASSERT_TRUE(cpu.ok());
               for (size_t i = 0; i < got.size(); ++i) {
-                ASSERT_TRUE(test::Close(got[i], cpu->values[i], 1e-5))
+                ASSERT_TRUE(testing::Close(got[i], cpu->values[i], 1e-5))
                     << "element " << i << ": " << got[i] << " vs CPU " << cpu->values[i];
               }
               ++totals->cases;
@@ -170,7 +170,7 @@ TEST(PipelineSemantics, MaxTiesNanAndSignedZero) {
 
 TEST(PipelineSemantics, AllPaddingAndEmptyBagsAreZero) {
   std::mt19937_64 rng(5);
-  const TestTable table = test::RandomTable(10, 7, DType::kInt8Rowwise, rng);
+  const TestTable table = testing::RandomTable(10, 7, DType::kInt8Rowwise, rng);
   const std::vector<int64_t> ids = {3, 3, 3};
   const std::vector<int64_t> offsets = {0, 0, 3, 3};
   BagRequest r = Bags(ids, offsets);

@@ -20,7 +20,7 @@ namespace {
 void RunEightThreads(int inner_threads) {
   std::mt19937_64 rng(21);
   for (DType dtype : {DType::kF32, DType::kInt8Rowwise}) {
-    const test::TestTable table = test::RandomTable(20000, 96, dtype, rng);
+    const testing::TestTable table = testing::RandomTable(20000, 96, dtype, rng);
     const TableView view = table.view();
     // Four different requests, so threads do not all do the same thing.
     struct Work {
@@ -81,7 +81,7 @@ void RunEightThreads(int inner_threads) {
     }
     for (std::thread& th : threads) th.join();
     EXPECT_EQ(failures.load(), 0);
-    EXPECT_EQ(mismatches.load(), 0) << test::DTypeLabel(dtype);
+    EXPECT_EQ(mismatches.load(), 0) << testing::DTypeLabel(dtype);
   }
 }
 

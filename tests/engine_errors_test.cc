@@ -17,7 +17,7 @@
 namespace embstore {
 namespace {
 
-using test::TestTable;
+using testing::TestTable;
 
 TestTable Items() {
   std::vector<float> v(1000 * 4);

@@ -25,7 +25,7 @@ namespace {
 
 using engine::BagPlan;
 using engine::Isa;
-using test::TestTable;
+using testing::TestTable;
 
 enum class Layout { kOffsets, kOffsetsIncludeLast, k2D, kBatched };
 const char* LayoutName(Layout l) {
@@ -104,7 +104,7 @@ TEST_P(KernelParityTest, FastMatchesReference) {
   const auto [dtype, mode, norm_type, layout] = GetParam();
   const std::vector<int64_t> dims = {1, 3, 8, 16, 32, 37, 64, 128, 129, 256};
   const std::vector<Isa> isas = engine::SupportedIsas();
-  std::mt19937_64 rng(std::hash<std::string>()(test::DTypeLabel(dtype)) ^
+  std::mt19937_64 rng(std::hash<std::string>()(testing::DTypeLabel(dtype)) ^
                       (static_cast<uint64_t>(mode) << 8) ^ static_cast<uint64_t>(layout) << 16);
   int variant = 0;
   for (int64_t dim : dims) {
@@ -113,7 +113,7 @@ TEST_P(KernelParityTest, FastMatchesReference) {
         ++variant;
         const int64_t rows = 40;
         const bool aligned = variant % 2 == 0;
-        const TestTable table = test::RandomTable(rows, dim, dtype, rng, aligned);
+        const TestTable table = testing::RandomTable(rows, dim, dtype, rng, aligned);
         QueryOptions options;
         options.mode = mode;
         if (padding_kind == 1) options.padding_idx = 3;
@@ -201,7 +201,7 @@ TEST_P(KernelParityTest, FastMatchesReference) {
         const double tol = dtype == DType::kInt8Rowwise ? 5e-5 : 1e-5;
         auto check = [&](const std::vector<float>& got, const std::string& who) {
           for (size_t i = 0; i < out_size; ++i) {
-            ASSERT_TRUE(test::Close(got[i], expected[i], tol))
+            ASSERT_TRUE(testing::Close(got[i], expected[i], tol))
                 << who << ": element " << i << " (bag " << i / dim << ", d " << i % dim << "): got "
                 << got[i] << ", reference " << expected[i];
           }
@@ -233,7 +233,7 @@ TEST_P(KernelParityTest, FastMatchesReference) {
 std::string ParamName(
     const ::testing::TestParamInfo<std::tuple<DType, PoolingMode, double, Layout>>& info) {
   const auto [dtype, mode, p, layout] = info.param;
-  return std::string(test::DTypeLabel(dtype)) + "_" + PoolingModeName(mode) + "_" + NormLabel(p) +
+  return std::string(testing::DTypeLabel(dtype)) + "_" + PoolingModeName(mode) + "_" + NormLabel(p) +
          "_" + LayoutName(layout);
 }
 
@@ -276,8 +276,8 @@ TEST(KernelParity, UnusualNormTypes) {
           std::vector<float> got(want->values.size());
           ASSERT_TRUE(engine::PoolPlanWithIsa(isa, table.view(), *plan, options, got).ok());
           for (size_t i = 0; i < got.size(); ++i) {
-            ASSERT_TRUE(test::Close(got[i], want->values[i], 1e-5))
-                << "p=" << p << " " << test::DTypeLabel(dtype) << " dim=" << dim << " "
+            ASSERT_TRUE(testing::Close(got[i], want->values[i], 1e-5))
+                << "p=" << p << " " << testing::DTypeLabel(dtype) << " dim=" << dim << " "
                 << engine::IsaName(isa) << " i=" << i << ": got " << got[i] << ", reference "
                 << want->values[i];
           }
@@ -291,7 +291,7 @@ TEST(KernelParity, UnusualNormTypes) {
 // equal to the reference within rounding.
 TEST(KernelParity, ThreadCountsAgree) {
   std::mt19937_64 rng(11);
-  const TestTable table = test::RandomTable(5000, 64, DType::kF32, rng);
+  const TestTable table = testing::RandomTable(5000, 64, DType::kF32, rng);
   std::vector<int64_t> ids, offsets;
   std::uniform_int_distribution<int64_t> id(0, 4999), size(0, 60);
   for (int b = 0; b < 3000; ++b) {
@@ -320,7 +320,7 @@ TEST(KernelParity, ThreadCountsAgree) {
       if (first.empty()) first = got->values;
       EXPECT_EQ(got->values, first) << "max_threads=" << threads;
       for (size_t i = 0; i < first.size(); ++i) {
-        ASSERT_TRUE(test::Close(got->values[i], want->values[i], 1e-4)) << i;
+        ASSERT_TRUE(testing::Close(got->values[i], want->values[i], 1e-4)) << i;
       }
     }
   }

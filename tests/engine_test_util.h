@@ -19,7 +19,7 @@
 #include "embstore/types.h"
 #include "engine/plan.h"
 
-namespace embstore::test {
+namespace embstore::testing {
 
 // A table held in memory in the engine's storage format. values() holds the
 // dequantized rows: exactly what a kernel is meant to see.
@@ -100,6 +100,6 @@ inline bool Close(float a, float b, double tol) {
   return std::fabs(static_cast<double>(a) - b) <= tol * std::max(1.0, std::fabs(double{b}));
 }
 
-}  // namespace embstore::test
+}  // namespace embstore::testing
 
 #endif  // EMBSTORE_TESTS_ENGINE_TEST_UTIL_H_

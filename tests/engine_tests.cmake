@@ -5,6 +5,9 @@ embstore_test(engine_kernels_test
 embstore_test(engine_semantics_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/engine_semantics_test.cc
   LIBS embstore_engine TBB::tbb nlohmann_json::nlohmann_json)
+embstore_test(engine_norm_semantics_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/engine_norm_semantics_test.cc
+  LIBS embstore_engine TBB::tbb nlohmann_json::nlohmann_json)
 embstore_test(engine_errors_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/engine_errors_test.cc
   LIBS embstore_engine TBB::tbb)

@@ -6,9 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
-#include <fstream>
 #include <limits>
-#include <nlohmann/json.hpp>
 #include <span>
 #include <vector>
 

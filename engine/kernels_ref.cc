@@ -103,6 +103,20 @@ Status PoolPlanRef(const TableView& table, const BagPlan& plan, const QueryOptio
   return Status::OK();
 }
 
+namespace {
+
+// The plan's pooled output in a new buffer of its shape.
+Result<PooledOutput> PoolPlanToNewRef(const TableView& table, const BagPlan& plan,
+                                      const QueryOptions& options) {
+  PooledOutput result;
+  result.shape = plan.OutputShape(table.dim);
+  result.values.resize(static_cast<size_t>(plan.num_bags() * table.dim));
+  EMBSTORE_RETURN_IF_ERROR(PoolPlanRef(table, plan, options, result.values));
+  return result;
+}
+
+}  // namespace
+
 Status EmbeddingBagRef(const TableView& table, const BagRequest& request,
                        const QueryOptions& options, std::span<float> out) {
   EMBSTORE_ASSIGN_OR_RETURN(const BagPlan plan, PlanBags(table, request, options));
@@ -112,11 +126,7 @@ Status EmbeddingBagRef(const TableView& table, const BagRequest& request,
 Result<PooledOutput> EmbeddingBagRef(const TableView& table, const BagRequest& request,
                                      const QueryOptions& options) {
   EMBSTORE_ASSIGN_OR_RETURN(const BagPlan plan, PlanBags(table, request, options));
-  PooledOutput result;
-  result.shape = plan.OutputShape(table.dim);
-  result.values.resize(static_cast<size_t>(plan.num_bags() * table.dim));
-  EMBSTORE_RETURN_IF_ERROR(PoolPlanRef(table, plan, options, result.values));
-  return result;
+  return PoolPlanToNewRef(table, plan, options);
 }
 
 Status BatchedEmbeddingBagRef(const TableView& table, const BatchedBagRequest& request,
@@ -129,11 +139,7 @@ Result<PooledOutput> BatchedEmbeddingBagRef(const TableView& table,
                                             const BatchedBagRequest& request,
                                             const QueryOptions& options) {
   EMBSTORE_ASSIGN_OR_RETURN(const BagPlan plan, PlanBatchedBags(table, request, options));
-  PooledOutput result;
-  result.shape = plan.OutputShape(table.dim);
-  result.values.resize(static_cast<size_t>(plan.num_bags() * table.dim));
-  EMBSTORE_RETURN_IF_ERROR(PoolPlanRef(table, plan, options, result.values));
-  return result;
+  return PoolPlanToNewRef(table, plan, options);
 }
 
 }  // namespace embstore::engine

@@ -21,11 +21,7 @@
 namespace embstore {
 namespace {
 
-using testing::Arange43;
-using testing::ExpectPooled;
-using testing::kNaN;
-using testing::Query1D;
-using testing::TestTable;
+using namespace testing;  // NOLINT(google-build-using-namespace): the suites' shared helpers
 
 // Numbers printed by torch 1.13:
 //   W = arange(12).reshape(4, 3); F.embedding_bag([1, 2, 0], W, [0, 2],

@@ -20,11 +20,7 @@
 namespace embstore {
 namespace {
 
-using testing::Arange43;
-using testing::ExpectPooled;
-using testing::kNaN;
-using testing::Query1D;
-using testing::TestTable;
+using namespace testing;  // NOLINT(google-build-using-namespace): the suites' shared helpers
 
 TEST(Semantics, ModesWithOffsets) {
   const TestTable t = Arange43();

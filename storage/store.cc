@@ -24,13 +24,14 @@
 #include <set>
 #include <vector>
 
+#include "checkpoint/tensor_reader.h"
 #include "storage/catalog.h"
 #include "storage/convert.h"
 #include "storage/guarded.h"
-#include "storage/io_util.h"
 #include "storage/table_file.h"
-#include "storage/tensor_reader.h"
 #include "storage/writer_lock.h"
+#include "util/io_util.h"
+#include "util/memory.h"
 
 namespace embstore {
 
@@ -107,7 +108,7 @@ bool IsDir(const std::string& p) {
 
 Status MakeDir(const std::string& p) {
   if (::mkdir(p.c_str(), 0755) != 0 && errno != EEXIST) {
-    return storage::ErrnoStatus("cannot create directory", p, errno);
+    return ErrnoStatus("cannot create directory", p, errno);
   }
   return Status::OK();
 }
@@ -451,7 +452,7 @@ class StoreImpl final : public Store {
     const std::string path = tables_dir_ + "/" + info.file;
     bool huge = options_.huge_pages == StoreOptions::HugePages::kOn;
     if (options_.huge_pages == StoreOptions::HugePages::kAuto) {
-      huge = info.file_bytes <= storage::UsableMemoryBytes() / 4;
+      huge = info.file_bytes <= UsableMemoryBytes() / 4;
     }
     EMBSTORE_ASSIGN_OR_RETURN(auto file,
                               storage::MappedTableFile::Open(path, options_.advise_random, huge));
@@ -502,7 +503,7 @@ class StoreImpl final : public Store {
         unlinked |= ::unlink((tables_dir_ + "/" + f).c_str()) == 0;
       }
     }
-    if (unlinked) (void)storage::FsyncDir(tables_dir_);
+    if (unlinked) (void)FsyncDir(tables_dir_);
     return Status::OK();
   }
 
@@ -545,7 +546,7 @@ class StoreImpl final : public Store {
       ::closedir(top);
       for (const std::string& n : stale) ::unlink((dir_ + "/" + n).c_str());
     }
-    if (!doomed.empty()) (void)storage::FsyncDir(tables_dir_);
+    if (!doomed.empty()) (void)FsyncDir(tables_dir_);
   }
 
   // Makes `info` the current version of its table in `c`, keeping the
@@ -692,9 +693,9 @@ Result<Catalog> CreateStore(const std::string& dir, const StoreOptions& options)
   EMBSTORE_RETURN_IF_ERROR(MakeDir(dir + "/tables"));
   const std::string guard = dir + "/" + kLegacyCatalogDir;
   if (!IsDir(guard)) {
-    storage::ScopedFd fd(::open(guard.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644));
+    ScopedFd fd(::open(guard.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644));
     if (fd.get() >= 0) {
-      (void)storage::WriteFull(fd.get(), kLegacyGuardText, sizeof(kLegacyGuardText) - 1, guard);
+      (void)WriteFull(fd.get(), kLegacyGuardText, sizeof(kLegacyGuardText) - 1, guard);
     }
   }
   Catalog c;

@@ -18,11 +18,11 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/checkpoint_internal.h"
+#include "checkpoint/pickle.h"
+#include "checkpoint/tensor_reader.h"
 #include "embstore/checkpoint.h"
-#include "storage/checkpoint_internal.h"
 #include "storage/half.h"
-#include "storage/pickle.h"
-#include "storage/tensor_reader.h"
 
 namespace embstore::storage {
 namespace {

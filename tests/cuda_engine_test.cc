@@ -29,13 +29,13 @@
 #include <cuda_runtime_api.h>
 #endif
 
+#include "checkpoint/npy.h"
 #include "cuda/device_probe.h"
 #include "cuda/gpu_engine.h"
 #include "cuda/testing/random_bags.h"
 #include "embstore/query.h"
 #include "engine_test_util.h"
 #include "golden_case_util.h"
-#include "storage/npy.h"
 
 namespace embstore::cuda {
 namespace {

@@ -1,13 +1,13 @@
 // .npy reading and writing, including hostile files.
-#include "storage/npy.h"
+#include "checkpoint/npy.h"
 
 #include <gtest/gtest.h>
 
 #include <cstring>
 
-#include "storage/checkpoint_internal.h"
+#include "checkpoint/checkpoint_internal.h"
+#include "checkpoint/tensor_reader.h"
 #include "storage/half.h"
-#include "storage/tensor_reader.h"
 #include "test_util.h"
 
 namespace embstore::storage {

@@ -19,6 +19,7 @@
 #include "storage/catalog.h"
 #include "storage/table_file.h"
 #include "test_util.h"
+#include "util/memory.h"
 
 namespace embstore {
 namespace {
@@ -118,7 +119,7 @@ TEST(StoreTest, HugePageAdviceFollowsTheOption) {
         << "mode " << static_cast<int>(mode) << ": " << flags;
     EXPECT_EQ(At(*snap, 4095, 255), 4095 * 1000 + 255 + 0.5f);
   }
-  EXPECT_GT(storage::UsableMemoryBytes(), uint64_t{64} << 20);
+  EXPECT_GT(UsableMemoryBytes(), uint64_t{64} << 20);
 }
 
 TEST(StoreTest, ImportNpyListInfoSnapshot) {

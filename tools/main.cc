@@ -16,6 +16,9 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/checkpoint_internal.h"
+#include "checkpoint/npy.h"
+#include "checkpoint/tensor_reader.h"
 #include "cuda/cache_policy.h"
 #include "cuda/device_probe.h"
 #include "cuda/gpu_engine.h"
@@ -23,12 +26,10 @@
 #include "embstore/fm.h"
 #include "embstore/query.h"
 #include "embstore/store.h"
-#include "storage/checkpoint_internal.h"
 #include "storage/convert.h"
-#include "storage/npy.h"
 #include "storage/table_file.h"
-#include "storage/tensor_reader.h"
 #include "tools/cli_util.h"
+#include "util/memory.h"
 
 namespace embstore::cli {
 namespace {
@@ -175,7 +176,7 @@ int CmdInit(int argc, char** argv) {
 Status CheckResultFits(int64_t bags, int64_t bytes_per_bag, const std::string& what) {
   int64_t total = 0;
   const bool addressable = bags >= 0 && !__builtin_mul_overflow(bags, bytes_per_bag, &total);
-  const uint64_t limit = storage::UsableMemoryBytes();
+  const uint64_t limit = UsableMemoryBytes();
   if (addressable && static_cast<uint64_t>(total) <= limit) return Status::OK();
   return Status::InvalidArgument("this request asks for " + std::to_string(bags) + " " + what +
                                  ", which would need " +
@@ -511,11 +512,11 @@ int CmdInspect(int argc, char** argv) {
 // ---- query ---------------------------------------------------------------------------------
 // The pooled result of `query`: the engine's own output (GPU, batched) or,
 // for the CPU with offsets / 2-D indices, a PageBuffer the engine pooled into
-// directly (no zeroing pass, huge pages: see storage::PageBuffer).
+// directly (no zeroing pass, huge pages: see PageBuffer).
 struct QueryOutput {
   std::vector<int64_t> shape;
   PooledOutput owned;
-  storage::PageBuffer buffer;
+  PageBuffer buffer;
   std::span<const float> values() const {
     if (buffer.empty()) return owned.values;
     return {reinterpret_cast<const float*>(buffer.data()), buffer.size() / sizeof(float)};
@@ -730,7 +731,7 @@ int CmdQuery(int argc, char** argv) {
       Result<int64_t> bags = CountBags(view, req, qo);
       if (!bags.ok()) return Fail(cmd, bags.status());
       const int64_t dim = view.dim;
-      auto buffer = storage::PageBuffer::Allocate(static_cast<size_t>(*bags) *
+      auto buffer = PageBuffer::Allocate(static_cast<size_t>(*bags) *
                                                   static_cast<size_t>(dim) * sizeof(float));
       if (!buffer.ok()) return Fail(cmd, buffer.status());
       out.buffer = std::move(buffer).value();

@@ -9,8 +9,8 @@
 // input size, so hostile bytes yield an error, never a crash or a huge allocation.
 //
 // Thread-safety: free function; no shared state.
-#ifndef EMBSTORE_STORAGE_PICKLE_H_
-#define EMBSTORE_STORAGE_PICKLE_H_
+#ifndef EMBSTORE_CHECKPOINT_PICKLE_H_
+#define EMBSTORE_CHECKPOINT_PICKLE_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -74,4 +74,4 @@ Result<Contents> ParseTorchPickle(std::string_view data, const Limits& limits = 
 
 }  // namespace embstore::storage::pickle
 
-#endif  // EMBSTORE_STORAGE_PICKLE_H_
+#endif  // EMBSTORE_CHECKPOINT_PICKLE_H_

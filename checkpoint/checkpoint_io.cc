@@ -13,7 +13,7 @@
 #include <filesystem>
 #include <limits>
 
-#include "storage/checkpoint_internal.h"
+#include "checkpoint/checkpoint_internal.h"
 #include "storage/half.h"
 
 namespace embstore::storage::ckpt {

@@ -4,8 +4,8 @@
 // Every reader treats its input as untrusted: sizes, offsets and strides read
 // from a file are validated against the file before any allocation or read,
 // and memory stays bounded by a small window whatever the tensor size.
-#ifndef EMBSTORE_STORAGE_CHECKPOINT_INTERNAL_H_
-#define EMBSTORE_STORAGE_CHECKPOINT_INTERNAL_H_
+#ifndef EMBSTORE_CHECKPOINT_CHECKPOINT_INTERNAL_H_
+#define EMBSTORE_CHECKPOINT_CHECKPOINT_INTERNAL_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -15,9 +15,9 @@
 #include <string_view>
 #include <vector>
 
+#include "checkpoint/tensor_reader.h"
 #include "embstore/checkpoint.h"
 #include "embstore/status.h"
-#include "storage/tensor_reader.h"
 
 namespace embstore::storage::ckpt {
 
@@ -204,4 +204,4 @@ Status ParseNpyHeader(std::string_view prefix, NpyHeader* header, size_t* needed
 
 }  // namespace embstore::storage::ckpt
 
-#endif  // EMBSTORE_STORAGE_CHECKPOINT_INTERNAL_H_
+#endif  // EMBSTORE_CHECKPOINT_CHECKPOINT_INTERNAL_H_

@@ -1,4 +1,4 @@
-#include "storage/io_util.h"
+#include "util/io_util.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -14,7 +14,7 @@
 #include <random>
 #include <utility>
 
-namespace embstore::storage {
+namespace embstore {
 
 Status ErrnoStatus(const std::string& what, const std::string& path, int err) {
   std::string msg = what + " '" + path + "': " + std::strerror(err);
@@ -178,4 +178,4 @@ PageBuffer& PageBuffer::operator=(PageBuffer&& other) noexcept {
   return *this;
 }
 
-}  // namespace embstore::storage
+}  // namespace embstore

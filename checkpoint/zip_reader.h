@@ -8,8 +8,8 @@
 // Thread-safety: a ZipArchive may be used from several threads (its directory
 // is immutable after Open; small member reads share one libzip handle under a
 // mutex); each source it hands out has its own handle and is thread-compatible.
-#ifndef EMBSTORE_STORAGE_ZIP_READER_H_
-#define EMBSTORE_STORAGE_ZIP_READER_H_
+#ifndef EMBSTORE_CHECKPOINT_ZIP_READER_H_
+#define EMBSTORE_CHECKPOINT_ZIP_READER_H_
 
 #include <cstdint>
 #include <memory>
@@ -19,8 +19,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "checkpoint/checkpoint_internal.h"
 #include "embstore/status.h"
-#include "storage/checkpoint_internal.h"
 
 struct zip;  // libzip's zip_t
 
@@ -83,4 +83,4 @@ class ZipArchive {
 
 }  // namespace embstore::storage::ckpt
 
-#endif  // EMBSTORE_STORAGE_ZIP_READER_H_
+#endif  // EMBSTORE_CHECKPOINT_ZIP_READER_H_

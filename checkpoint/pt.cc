@@ -5,9 +5,9 @@
 // The prefix directory varies ("archive", the file's stem, ...).
 #include <algorithm>
 
-#include "storage/checkpoint_internal.h"
-#include "storage/pickle.h"
-#include "storage/zip_reader.h"
+#include "checkpoint/checkpoint_internal.h"
+#include "checkpoint/pickle.h"
+#include "checkpoint/zip_reader.h"
 
 namespace embstore::storage::ckpt {
 namespace {

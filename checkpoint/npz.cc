@@ -2,9 +2,9 @@
 // Stored members are pread in place; deflated ones are decompressed as a stream.
 #include <string>
 
-#include "storage/checkpoint_internal.h"
-#include "storage/npy.h"
-#include "storage/zip_reader.h"
+#include "checkpoint/checkpoint_internal.h"
+#include "checkpoint/npy.h"
+#include "checkpoint/zip_reader.h"
 
 namespace embstore::storage::ckpt {
 

@@ -1,6 +1,7 @@
-// Internal: small POSIX file helpers that turn errno into Status messages.
-#ifndef EMBSTORE_STORAGE_IO_UTIL_H_
-#define EMBSTORE_STORAGE_IO_UTIL_H_
+// Internal: small POSIX file helpers that turn errno into Status messages,
+// and PageBuffer, an owned byte buffer backed by pages.
+#ifndef EMBSTORE_UTIL_IO_UTIL_H_
+#define EMBSTORE_UTIL_IO_UTIL_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -9,7 +10,7 @@
 
 #include "embstore/status.h"
 
-namespace embstore::storage {
+namespace embstore {
 
 // "<what> '<path>': <strerror(errno)>" as an IOError (NotFound for ENOENT).
 Status ErrnoStatus(const std::string& what, const std::string& path, int err);
@@ -84,6 +85,6 @@ class PageBuffer {
   size_t mapped_bytes_ = 0;  // > 0: data_ is a mapping of this length
 };
 
-}  // namespace embstore::storage
+}  // namespace embstore
 
-#endif  // EMBSTORE_STORAGE_IO_UTIL_H_
+#endif  // EMBSTORE_UTIL_IO_UTIL_H_

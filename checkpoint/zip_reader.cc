@@ -1,4 +1,4 @@
-#include "storage/zip_reader.h"
+#include "checkpoint/zip_reader.h"
 
 #include <zip.h>
 #include <zlib.h>

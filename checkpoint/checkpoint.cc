@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <cstring>
 
-#include "storage/checkpoint_internal.h"
-#include "storage/tensor_reader.h"
-#include "storage/zip_reader.h"
+#include "checkpoint/checkpoint_internal.h"
+#include "checkpoint/tensor_reader.h"
+#include "checkpoint/zip_reader.h"
 
 namespace embstore {
 namespace storage {

@@ -1,6 +1,6 @@
 // Internal: NumPy .npy reading and writing (format versions 1.0, 2.0, 3.0).
-#ifndef EMBSTORE_STORAGE_NPY_H_
-#define EMBSTORE_STORAGE_NPY_H_
+#ifndef EMBSTORE_CHECKPOINT_NPY_H_
+#define EMBSTORE_CHECKPOINT_NPY_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -10,15 +10,18 @@
 #include <vector>
 
 #include "embstore/status.h"
-#include "storage/io_util.h"
+#include "util/io_util.h"
 
 namespace embstore::storage {
+
+// The six bytes every .npy file starts with.
+inline constexpr uint8_t kNpyMagic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
 
 // ---- The header grammar, shared by every .npy reader ---------------------------
 //
 // Two kinds of callers parse .npy headers: the strict readers below (query
 // inputs, import of a plain .npy) refuse anything they cannot read, while the
-// checkpoint readers (storage/npz.cc) list every member, whatever its dtype, and
+// checkpoint readers (checkpoint/npz.cc) list every member, whatever its dtype, and
 // refuse only when asked for its data. Both use ParseNpyHeaderPrefix.
 
 // A decoded NumPy type string ("<f4", "|b1", ">i8", "|O", "<U5").
@@ -126,4 +129,4 @@ class NpyWriter {
 
 }  // namespace embstore::storage
 
-#endif  // EMBSTORE_STORAGE_NPY_H_
+#endif  // EMBSTORE_CHECKPOINT_NPY_H_

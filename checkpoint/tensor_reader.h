@@ -1,7 +1,7 @@
 // Internal: the interface import uses to stream a 2-D float tensor out of a
 // checkpoint file, whatever its format, in row chunks with bounded memory.
-#ifndef EMBSTORE_STORAGE_TENSOR_READER_H_
-#define EMBSTORE_STORAGE_TENSOR_READER_H_
+#ifndef EMBSTORE_CHECKPOINT_TENSOR_READER_H_
+#define EMBSTORE_CHECKPOINT_TENSOR_READER_H_
 
 #include <cstdint>
 #include <memory>
@@ -43,4 +43,4 @@ Result<std::unique_ptr<TensorReader>> OpenNpy(const std::string& path);
 
 }  // namespace embstore::storage
 
-#endif  // EMBSTORE_STORAGE_TENSOR_READER_H_
+#endif  // EMBSTORE_CHECKPOINT_TENSOR_READER_H_

@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "storage/checkpoint_internal.h"
+#include "checkpoint/checkpoint_internal.h"
 
 namespace embstore::storage::ckpt {
 namespace {

@@ -385,7 +385,7 @@ Result<std::string> ZipArchive::ReadMemberPrefix(const ZipMember& m, uint64_t ma
   if (m.flags & 0x1)
     return Status::NotSupported("'" + file_->path() + "' member '" + m.name + "' is encrypted");
   EMBSTORE_RETURN_IF_ERROR(DataOffset(m).status());
-  std::lock_guard<std::mutex> lock(shared_libzip_mu_);
+  MutexLock lock(&shared_libzip_mu_);
   if (shared_libzip_ == nullptr) {
     EMBSTORE_ASSIGN_OR_RETURN(shared_libzip_, OpenLibzip(file_->path()));
   }

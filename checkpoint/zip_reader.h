@@ -13,7 +13,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -21,6 +20,8 @@
 
 #include "checkpoint/checkpoint_internal.h"
 #include "embstore/status.h"
+#include "util/mutex.h"
+#include "util/thread_annotations.h"
 
 struct zip;  // libzip's zip_t
 
@@ -77,8 +78,8 @@ class ZipArchive {
   std::vector<ZipMember> members_;
   std::unordered_map<std::string, size_t> by_name_;
   // libzip handle shared by ReadMemberPrefix calls, opened on first use.
-  mutable std::mutex shared_libzip_mu_;
-  mutable ::zip* shared_libzip_ = nullptr;
+  mutable Mutex shared_libzip_mu_;
+  mutable ::zip* shared_libzip_ GUARDED_BY(shared_libzip_mu_) = nullptr;
 };
 
 }  // namespace embstore::storage::ckpt

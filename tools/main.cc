@@ -731,8 +731,8 @@ int CmdQuery(int argc, char** argv) {
       Result<int64_t> bags = CountBags(view, req, qo);
       if (!bags.ok()) return Fail(cmd, bags.status());
       const int64_t dim = view.dim;
-      auto buffer = PageBuffer::Allocate(static_cast<size_t>(*bags) *
-                                                  static_cast<size_t>(dim) * sizeof(float));
+      auto buffer = PageBuffer::Allocate(static_cast<size_t>(*bags) * static_cast<size_t>(dim) *
+                                         sizeof(float));
       if (!buffer.ok()) return Fail(cmd, buffer.status());
       out.buffer = std::move(buffer).value();
       std::span<float> dest(reinterpret_cast<float*>(out.buffer.data()),  // NOLINT

@@ -195,7 +195,7 @@ struct NpyHeader {
 };
 
 // Parses the magic, version and header dict of a .npy from its first bytes
-// `prefix` (with storage/npy.h's ParseNpyHeaderPrefix). When `prefix` is too
+// `prefix` (with checkpoint/npy.h's ParseNpyHeaderPrefix). When `prefix` is too
 // short to hold the whole header, returns OK with *needed set to the byte count
 // required and *header untouched; else sets *needed = 0 and fills *header.
 // Lenient: members of any dtype (object, structured, big-endian) are described,

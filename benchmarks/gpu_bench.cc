@@ -42,12 +42,12 @@
 #include <cuda_runtime_api.h>
 #endif
 
+#include "checkpoint/npy.h"
 #include "cuda/device_probe.h"
 #include "cuda/gpu_engine.h"
 #include "embstore/query.h"
 #include "embstore/types.h"
 #include "storage/convert.h"
-#include "storage/npy.h"
 
 namespace embstore {
 namespace {

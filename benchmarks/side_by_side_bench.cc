@@ -59,9 +59,9 @@
 #include <thread>
 #include <vector>
 
+#include "checkpoint/npy.h"
 #include "embstore/query.h"
 #include "embstore/store.h"
-#include "storage/npy.h"
 
 namespace embstore {
 namespace {

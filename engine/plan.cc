@@ -8,7 +8,7 @@
 #include <string>
 #include <utility>
 
-#include "storage/table_file.h"
+#include "util/memory.h"
 
 namespace embstore::engine {
 namespace {
@@ -134,7 +134,7 @@ Status CheckBagCount(int64_t bags, int64_t dim) {
   }
   // Memory the kernel would overcommit ends in the OOM killer, not in an
   // error: a request that cannot fit is refused before anything is allocated.
-  const uint64_t limit = storage::UsableMemoryBytes();
+  const uint64_t limit = UsableMemoryBytes();
   if (static_cast<uint64_t>(total) > limit) {
     return Status::InvalidArgument(
         "this request asks for " + Str(bags) + " bags of dim " + Str(dim) + ", which would need " +

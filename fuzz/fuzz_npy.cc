@@ -4,9 +4,9 @@
 #include <cstdlib>
 #include <string_view>
 
+#include "checkpoint/checkpoint_internal.h"
+#include "checkpoint/npy.h"
 #include "fuzz/fuzz_util.h"
-#include "storage/checkpoint_internal.h"
-#include "storage/npy.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static embstore::fuzz::InputFile file;

@@ -3,7 +3,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "storage/pickle.h"
+#include "checkpoint/pickle.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   embstore::storage::pickle::Limits limits;

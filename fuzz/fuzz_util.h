@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/tensor_reader.h"
 #include "embstore/checkpoint.h"
-#include "storage/tensor_reader.h"
 
 namespace embstore::fuzz {
 

@@ -16,8 +16,8 @@
 #include "rocksdb/db.h"
 #include "rocksdb/env.h"
 #include "rocksdb/options.h"
-#include "storage/io_util.h"
 #include "storage/table_file.h"
+#include "util/io_util.h"
 
 namespace embstore::storage {
 

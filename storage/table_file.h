@@ -93,10 +93,6 @@ class MappedTableFile {
   bool huge_pages_ = false;
 };
 
-// The bytes of memory this process may fill: physical memory, or the limit
-// of its memory cgroup (v2 memory.max, v1 memory.limit_in_bytes) when lower.
-uint64_t UsableMemoryBytes();
-
 // Reads the header and recomputes the data checksum of the file at `path`,
 // streaming (bounded memory). Corruption names what differs.
 Result<TableHeader> VerifyTableFile(const std::string& path);

@@ -9,7 +9,7 @@
 #include <string>
 #include <thread>
 
-#include "storage/io_util.h"
+#include "util/io_util.h"
 
 namespace embstore::storage {
 

@@ -9,7 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "storage/half.h"
+#include "codec/half.h"
 #include "test_util.h"
 
 namespace embstore {
@@ -41,7 +41,7 @@ std::vector<float> ReadExport(const std::string& path, std::vector<int64_t>* sha
     for (size_t i = 0; i < a->data.size() / 2; ++i) {
       uint16_t h;
       std::memcpy(&h, a->data.data() + 2 * i, 2);
-      v.push_back(storage::HalfToFloat(h));
+      v.push_back(codec::HalfToFloat(h));
     }
   } else {
     v.resize(a->data.size() / 4);

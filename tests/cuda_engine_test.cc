@@ -25,6 +25,7 @@
 #include <cuda_runtime_api.h>
 #endif
 
+#include "checkpoint/npy.h"
 #include "cuda/device_probe.h"
 #include "cuda/gpu_engine.h"
 #include "cuda/testing/gpu_engine_testing.h"

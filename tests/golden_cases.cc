@@ -8,7 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
-#include "storage/npy.h"
+#include "checkpoint/npy.h"
 
 namespace embstore::testing {
 namespace {

@@ -1,6 +1,10 @@
+embstore_test(codec_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/codec_test.cc LIBS embstore_codec)
 embstore_test(table_file_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/table_file_test.cc LIBS embstore_storage)
-embstore_test(npy_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/npy_test.cc LIBS embstore_storage)
-embstore_test(store_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/store_test.cc LIBS embstore_storage RocksDB::rocksdb)
+embstore_test(npy_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/npy_test.cc LIBS embstore_checkpoint)
+embstore_test(store_test
+              SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/store_test.cc
+                      ${CMAKE_CURRENT_SOURCE_DIR}/store_catalog_test.cc
+              LIBS embstore_storage RocksDB::rocksdb)
 # A process that holds a Store open, driven by the multi-process tests.
 add_executable(embstore_test_reader ${CMAKE_CURRENT_SOURCE_DIR}/store_reader_main.cc)
 target_include_directories(embstore_test_reader PRIVATE ${PROJECT_SOURCE_DIR})

@@ -19,7 +19,7 @@
 #include <utility>
 #include <vector>
 
-#include "storage/npy.h"
+#include "checkpoint/npy.h"
 
 namespace embstore::testing {
 

@@ -2,7 +2,7 @@
 
 #include <string>
 
-#include "storage/checkpoint_internal.h"
+#include "checkpoint/checkpoint_internal.h"
 
 namespace embstore::cli {
 

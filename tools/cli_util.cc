@@ -12,7 +12,7 @@
 #include <cstring>
 #include <limits>
 
-#include "storage/npy.h"
+#include "checkpoint/npy.h"
 
 namespace embstore::cli {
 

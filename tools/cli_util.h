@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/npy.h"
 #include "embstore/query.h"
 #include "embstore/status.h"
-#include "storage/npy.h"
 
 namespace embstore::cli {
 

@@ -5,7 +5,7 @@
 #include <cstring>
 
 #include "codec/row_codec.h"
-#include "storage/npy.h"
+#include "checkpoint/npy.h"
 #include "tools/commands/commands.h"
 
 namespace embstore::cli {

@@ -5,7 +5,7 @@
 #include <utility>
 
 #include "embstore/checkpoint.h"
-#include "storage/tensor_reader.h"
+#include "checkpoint/tensor_reader.h"
 #include "tools/commands/commands.h"
 
 namespace embstore::cli {

@@ -8,7 +8,7 @@
 
 #include "cuda/cache_policy.h"
 #include "cuda/gpu_engine.h"
-#include "storage/npy.h"
+#include "checkpoint/npy.h"
 #include "tools/bag_args.h"
 #include "tools/commands/commands.h"
 
@@ -17,11 +17,11 @@ namespace {
 
 // The pooled result: the engine's own output (GPU, batched) or, for the CPU
 // with offsets / 2-D indices, a PageBuffer the engine pooled into directly
-// (no zeroing pass, huge pages: see storage::PageBuffer).
+// (no zeroing pass, huge pages: see PageBuffer).
 struct QueryOutput {
   std::vector<int64_t> shape;
   PooledOutput owned;
-  storage::PageBuffer buffer;
+  PageBuffer buffer;
   std::span<const float> values() const {
     if (buffer.empty()) return owned.values;
     return {reinterpret_cast<const float*>(buffer.data()), buffer.size() / sizeof(float)};
@@ -216,7 +216,7 @@ class QueryCommand : public Command {
     Result<int64_t> bags = CountBags(view, req, qo_);
     if (!bags.ok()) return Fail(bags.status());
     const int64_t dim = view.dim;
-    auto buffer = storage::PageBuffer::Allocate(static_cast<size_t>(*bags) *
+    auto buffer = PageBuffer::Allocate(static_cast<size_t>(*bags) *
                                                 static_cast<size_t>(dim) * sizeof(float));
     if (!buffer.ok()) return Fail(buffer.status());
     out->buffer = std::move(buffer).value();

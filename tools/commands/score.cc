@@ -5,8 +5,8 @@
 
 #include "embstore/checkpoint.h"
 #include "embstore/fm.h"
-#include "storage/npy.h"
-#include "storage/table_file.h"
+#include "checkpoint/npy.h"
+#include "util/memory.h"
 #include "tools/bag_args.h"
 #include "tools/commands/commands.h"
 
@@ -24,7 +24,7 @@ Status CheckSamplesFit(int64_t samples, int64_t bytes_per_sample) {
   int64_t total = 0;
   const bool addressable =
       samples >= 0 && !__builtin_mul_overflow(samples, bytes_per_sample, &total);
-  const uint64_t limit = storage::UsableMemoryBytes();
+  const uint64_t limit = UsableMemoryBytes();
   if (addressable && static_cast<uint64_t>(total) <= limit) return Status::OK();
   return Status::InvalidArgument("this request asks for " + std::to_string(samples) +
                                  " samples, which would need " +

@@ -150,4 +150,16 @@ Status FmScore(FmModel model, const TableView& vectors, const TableView& biases,
       [&] { return FmScoreUnguarded(model, vectors, biases, request, options, out); });
 }
 
+Result<std::vector<float>> FmScore(FmModel model, const TableView& vectors, const TableView& biases,
+                                   const FmRequest& request, const QueryOptions& options) {
+  return engine::Guarded<Result<std::vector<float>>>([&]() -> Result<std::vector<float>> {
+    const int64_t batch = request.bags.batch;
+    if (batch < 0) return Invalid("batch must be >= 0 (got " + std::to_string(batch) + ")");
+    EMBSTORE_RETURN_IF_ERROR(engine::CheckFitsInMemory(batch, int64_t{sizeof(float)}, "samples"));
+    std::vector<float> scores(static_cast<size_t>(batch));
+    EMBSTORE_RETURN_IF_ERROR(FmScoreUnguarded(model, vectors, biases, request, options, scores));
+    return scores;
+  });
+}
+
 }  // namespace embstore

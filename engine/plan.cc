@@ -121,15 +121,12 @@ Status CheckPlanIds(const TableView& table, BagPlan* plan) {
   return Status::OK();
 }
 
-// The plan keeps two int64 per bag and the output dim floats per bag. 2-D
-// indices with 0 columns can ask for any number of bags with no data behind
-// them: a count whose bytes cannot even be addressed is refused here.
-Status CheckBagCount(int64_t bags, int64_t dim) {
-  int64_t per_bag = 0, total = 0;
-  if (__builtin_mul_overflow(std::max<int64_t>(dim, 1), int64_t{sizeof(float)}, &per_bag) ||
-      __builtin_add_overflow(per_bag, int64_t{2 * sizeof(int64_t)}, &per_bag) ||
-      __builtin_mul_overflow(bags, per_bag, &total)) {
-    return Status::InvalidArgument(Str(bags) + " bags of dim " + Str(dim) +
+}  // namespace
+
+Status CheckFitsInMemory(int64_t count, int64_t bytes_each, const std::string& what) {
+  int64_t total = 0;
+  if (count < 0 || bytes_each < 0 || __builtin_mul_overflow(count, bytes_each, &total)) {
+    return Status::InvalidArgument(Str(count) + " " + what +
                                    " need more memory than can be addressed");
   }
   // Memory the kernel would overcommit ends in the OOM killer, not in an
@@ -137,10 +134,24 @@ Status CheckBagCount(int64_t bags, int64_t dim) {
   const uint64_t limit = UsableMemoryBytes();
   if (static_cast<uint64_t>(total) > limit) {
     return Status::InvalidArgument(
-        "this request asks for " + Str(bags) + " bags of dim " + Str(dim) + ", which would need " +
-        Str(total) + " bytes; this process may use " + Str(static_cast<int64_t>(limit)));
+        "this request asks for " + Str(count) + " " + what + ", which would need " + Str(total) +
+        " bytes; this process may use " + Str(static_cast<int64_t>(limit)));
   }
   return Status::OK();
+}
+
+namespace {
+
+// The plan keeps two int64 per bag and the output dim floats per bag. 2-D
+// indices with 0 columns can ask for any number of bags with no data behind
+// them.
+Status CheckBagCount(int64_t bags, int64_t dim) {
+  int64_t per_bag = 0;
+  if (__builtin_mul_overflow(std::max<int64_t>(dim, 1), int64_t{sizeof(float)}, &per_bag) ||
+      __builtin_add_overflow(per_bag, int64_t{2 * sizeof(int64_t)}, &per_bag)) {
+    per_bag = -1;  // not addressable
+  }
+  return CheckFitsInMemory(bags, per_bag, "bags of dim " + Str(dim));
 }
 
 Status CheckLayout1D(const BagRequest& request, const QueryOptions& options, int64_t n, int64_t dim,

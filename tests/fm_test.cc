@@ -90,6 +90,10 @@ TEST_F(FmTest, GoldensThroughLibrary) {
     qo.mode = PoolingMode::kSum;
     Status st = FmScore(ffm ? FmModel::kFfm : FmModel::kFm, vs->view(), bs->view(), req, qo, out);
     ASSERT_TRUE(st.ok()) << st.ToString();
+    // The allocating overload gives the same scores.
+    auto fresh = FmScore(ffm ? FmModel::kFfm : FmModel::kFm, vs->view(), bs->view(), req, qo);
+    ASSERT_TRUE(fresh.ok()) << fresh.status().ToString();
+    EXPECT_EQ(*fresh, out);
     for (size_t b = 0; b < out.size(); ++b) {
       const float e = c["expected"][b].get<float>();
       EXPECT_NEAR(out[b], e, 1e-4 * (1 + std::abs(e))) << "sample " << b;
@@ -231,8 +235,33 @@ TEST_F(FmTest, AHugeBatchOfEmptySamplesIsRefusedBeforeAllocating) {
                    "--indices", "@" + (work / "huge.npy"), "--bag-ends", "@" + (work / "huge.npy"),
                    "--threads", "10000000", "--out", work / "y.npy"});
   EXPECT_EQ(r.exit_code, 1) << r.err;
-  EXPECT_THAT(r.err, HasSubstr("this request asks for 4611686018427387904 samples")) << r.err;
+  EXPECT_THAT(r.err,
+              HasSubstr("4611686018427387904 samples need more memory than can be addressed"))
+      << r.err;
   EXPECT_FALSE(std::filesystem::exists(work / "y.npy"));
+}
+
+// The library refuses it too (FmScore's allocating overload), naming the
+// size: [2^40, 0] is addressable but 4 TiB of scores.
+TEST_F(FmTest, LibraryRefusesAHugeBatchWithTheSize) {
+  const json& c = (*goldens_)["cases"][0];
+  auto vs = store_->GetSnapshot(c["vectors"]);
+  auto bs = store_->GetSnapshot(c["biases"]);
+  ASSERT_TRUE(vs.ok() && bs.ok());
+  FmRequest req;
+  req.bags.indices = std::span<const int64_t>();
+  req.bags.ends = std::span<const int64_t>();
+  req.bags.batch = int64_t{1} << 40;
+  req.bags.items = 0;
+  req.bags.bags_per_sample = 0;
+  QueryOptions qo;
+  qo.mode = PoolingMode::kSum;
+  auto r = FmScore(FmModel::kFm, vs->view(), bs->view(), req, qo);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Status::Code::kInvalidArgument);
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("this request asks for 1099511627776 samples, which would need "
+                        "4398046511104 bytes; this process may use"));
 }
 
 }  // namespace

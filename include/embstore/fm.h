@@ -14,6 +14,7 @@
 
 #include <optional>
 #include <span>
+#include <vector>
 
 #include "embstore/query.h"
 
@@ -40,6 +41,12 @@ struct FmRequest {
 // padding_idx/max_norm apply to both tables' pooling as in a query.
 Status FmScore(FmModel model, const TableView& vectors, const TableView& biases,
                const FmRequest& request, const QueryOptions& options, std::span<float> out);
+
+// The same, into a new vector of B scores. A batch whose scores cannot fit in
+// the memory this process may use is refused, naming the size, before
+// anything is allocated (2-D inputs with K = 0 can name any B).
+Result<std::vector<float>> FmScore(FmModel model, const TableView& vectors, const TableView& biases,
+                                   const FmRequest& request, const QueryOptions& options);
 
 }  // namespace embstore
 

@@ -3,35 +3,14 @@
 #include <limits>
 #include <optional>
 
+#include "checkpoint/npy.h"
 #include "embstore/checkpoint.h"
 #include "embstore/fm.h"
-#include "checkpoint/npy.h"
-#include "util/memory.h"
 #include "tools/bag_args.h"
 #include "tools/commands/commands.h"
 
 namespace embstore::cli {
 namespace {
-
-// CLI-only memory preflight, for `score` alone: FmScore writes into a buffer
-// of B scores that its caller allocates, and its engine plan checks only the
-// B x K bags, so with K = 0 a few bytes of input ([2^62, 0] indices and
-// ends) ask for any number of samples and nothing in the library refuses
-// them. Refuses `samples` x `bytes_per_sample` beyond usable memory before
-// anything is allocated (memory the kernel overcommits would end in the OOM
-// killer rather than in an error). To go once FmScore checks B itself.
-Status CheckSamplesFit(int64_t samples, int64_t bytes_per_sample) {
-  int64_t total = 0;
-  const bool addressable =
-      samples >= 0 && !__builtin_mul_overflow(samples, bytes_per_sample, &total);
-  const uint64_t limit = UsableMemoryBytes();
-  if (addressable && static_cast<uint64_t>(total) <= limit) return Status::OK();
-  return Status::InvalidArgument("this request asks for " + std::to_string(samples) +
-                                 " samples, which would need " +
-                                 (addressable ? HumanBytes(static_cast<uint64_t>(total))
-                                              : std::string("more bytes than can be addressed")) +
-                                 "; this process may use " + HumanBytes(limit));
-}
 
 class ScoreCommand : public Command {
  public:
@@ -147,25 +126,16 @@ class ScoreCommand : public Command {
     if (!vs.ok()) return Fail(vs.status());
     auto bs = (*store)->GetSnapshot(Str("biases"));
     if (!bs.ok()) return Fail(bs.status());
-    const BatchedBagRequest& bags = req.bags;
-    // Per sample: its score, and K pooled vectors + K pooled biases + the
-    // plan's two int64 per bag.
-    int64_t per_sample = 0;
-    if (__builtin_mul_overflow(bags.bags_per_sample, vs->view().dim * 4 + 4 + 16, &per_sample) ||
-        __builtin_add_overflow(per_sample, 4, &per_sample)) {
-      per_sample = std::numeric_limits<int64_t>::max();
-    }
-    if (const Status fits = CheckSamplesFit(bags.batch, per_sample); !fits.ok()) return Fail(fits);
-    std::vector<float> scores(static_cast<size_t>(bags.batch));
-    Status st = FmScore(model, vs->view(), bs->view(), req, qo, scores);
-    if (!st.ok()) return Fail(st);
+    auto scores = FmScore(model, vs->view(), bs->view(), req, qo);
+    if (!scores.ok()) return Fail(scores.status());
+    const int64_t batch = req.bags.batch;
     if (Has("out")) {
-      st = storage::WriteNpy(
-          Str("out"), "<f4", {bags.batch},
-          {reinterpret_cast<const uint8_t*>(scores.data()), scores.size() * sizeof(float)});
+      const Status st = storage::WriteNpy(
+          Str("out"), "<f4", {batch},
+          {reinterpret_cast<const uint8_t*>(scores->data()), scores->size() * sizeof(float)});
       if (!st.ok()) return Fail(st);
     } else {
-      for (float y : scores) std::printf("%.8g\n", static_cast<double>(y));
+      for (float y : *scores) std::printf("%.8g\n", static_cast<double>(y));
     }
     return kExitOk;
   }

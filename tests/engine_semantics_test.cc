@@ -260,13 +260,7 @@ TEST(Semantics, BatchedBagsSeedExample) {
     const std::vector<float> weights = {0.2f, 0.1f, 0.9f, 0.8f, 0.5f, 0.2f,
                                         0.3f, 0.3f, 2.f,  -2.f, 0.3f, 0.6f};
     const std::vector<int32_t> ends = {0, 1, 3, 0, 2, 3, 1, 2, 3};
-    BatchedBagRequest r;
-    r.indices = std::span<const int32_t>(ids);
-    r.weights = std::span<const float>(weights);
-    r.ends = std::span<const int32_t>(ends);
-    r.batch = 3;
-    r.items = 4;
-    r.bags_per_sample = 3;
+    BatchedBagRequest r = WeightedBatch(ids, weights, ends, 3, 4, 3);
     QueryOptions o;
     o.mode = PoolingMode::kSum;
     auto got = BatchedEmbeddingBag(t.view(), r, o);
@@ -292,13 +286,7 @@ TEST(Semantics, BatchedBagsEndsRules) {
   const std::vector<int64_t> ids = {1, 2, 3, 0, /*sample 1*/ 2, 3, 77, -5};
   const std::vector<float> weights = {2, -2, 0.5f, 0.25f, 1, 1, 1, 1};
   const std::vector<int64_t> ends = {1, 2, 3, /*sample 1*/ -1, 1, 1};
-  BatchedBagRequest r;
-  r.indices = std::span<const int64_t>(ids);
-  r.weights = std::span<const float>(weights);
-  r.ends = std::span<const int64_t>(ends);
-  r.batch = 2;
-  r.items = 4;
-  r.bags_per_sample = 3;
+  BatchedBagRequest r = WeightedBatch(ids, weights, ends, 2, 4, 3);
   QueryOptions o;
   o.mode = PoolingMode::kSum;
   auto got = BatchedEmbeddingBag(t.view(), r, o);
@@ -412,13 +400,7 @@ TEST(Semantics, PlanPoolsAnotherTable) {
   const std::vector<int64_t> ids = {1, 2, 3, 0};
   const std::vector<float> weights = {1, 2, 3, 4};
   const std::vector<int64_t> ends = {0, 3};
-  BatchedBagRequest r;
-  r.indices = std::span<const int64_t>(ids);
-  r.weights = std::span<const float>(weights);
-  r.ends = std::span<const int64_t>(ends);
-  r.batch = 1;
-  r.items = 4;
-  r.bags_per_sample = 2;
+  BatchedBagRequest r = WeightedBatch(ids, weights, ends, 1, 4, 2);
   QueryOptions o;
   o.mode = PoolingMode::kSum;
   auto plan = engine::PlanBatchedBags(vectors.view(), r, o);

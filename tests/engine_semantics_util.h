@@ -70,6 +70,22 @@ inline void ExpectPooled(const TableView& table, const BagRequest& request,
   }
 }
 
+// A weighted batched-bag request over the caller's arrays (which must outlive
+// it): indices and weights [batch, items], ends [batch, bags_per_sample].
+template <class Int>
+BatchedBagRequest WeightedBatch(const std::vector<Int>& ids, const std::vector<float>& weights,
+                                const std::vector<Int>& ends, int64_t batch, int64_t items,
+                                int64_t bags_per_sample) {
+  BatchedBagRequest r;
+  r.indices = std::span<const Int>(ids);
+  r.weights = std::span<const float>(weights);
+  r.ends = std::span<const Int>(ends);
+  r.batch = batch;
+  r.items = items;
+  r.bags_per_sample = bags_per_sample;
+  return r;
+}
+
 }  // namespace embstore::testing
 
 #endif  // EMBSTORE_TESTS_ENGINE_SEMANTICS_UTIL_H_

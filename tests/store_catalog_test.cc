@@ -64,11 +64,7 @@ TEST(StoreCatalogTest, UnknownDtypeEntryKeepsItsFileAndFailsVerify) {
   using namespace catalog_cases;
   TempDir tmp;
   TableSpec spec{10, 4, DType::kF32, "", false, {}};
-  {
-    auto store = OpenOrDie(tmp / "db");
-    ASSERT_TRUE(store->WriteTable("a", spec, Pattern(4, 0)).ok());
-    ASSERT_TRUE(store->WriteTable("b", spec, Pattern(4, 1)).ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(WriteClosedStore(tmp / "db", {"a", "b"}));
   std::string body = Body(tmp);
   const size_t b_at = body.find("\"name\":\"b\"");
   ASSERT_NE(b_at, std::string::npos);
@@ -113,10 +109,7 @@ TEST(StoreCatalogTest, MalformedEntryStopsLeftoverCollection) {
   using namespace catalog_cases;
   TempDir tmp;
   TableSpec spec{10, 4, DType::kF32, "", false, {}};
-  {
-    auto store = OpenOrDie(tmp / "db");
-    ASSERT_TRUE(store->WriteTable("a", spec, Pattern(4, 0)).ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(WriteClosedStore(tmp / "db", {"a"}));
   std::string body = Body(tmp);
   Replace(&body, "\"tables\":[", "\"tables\":[\"what is this\",{\"name\":\"z\",\"versions\":7},");
   WriteBody(tmp, body);
@@ -151,11 +144,7 @@ TEST(StoreCatalogTest, NewerFormatIsRefusedNamingIt) {
 TEST(StoreCatalogTest, DamagedCatalogIsCorruptionNotAnEmptyStore) {
   using namespace catalog_cases;
   TempDir tmp;
-  TableSpec spec{10, 4, DType::kF32, "", false, {}};
-  {
-    auto store = OpenOrDie(tmp / "db");
-    ASSERT_TRUE(store->WriteTable("a", spec, Pattern(4, 0)).ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(WriteClosedStore(tmp / "db", {"a"}));
   std::string bytes = embstore::testing::ReadBytes(CatalogPath(tmp));
   bytes[bytes.find("\"rows\":10") + 8] = '2';  // one digit, the checksum now fails
   embstore::testing::WriteBytes(CatalogPath(tmp), bytes);
@@ -319,11 +308,7 @@ std::string LegacyFormat(const std::string& db) {
 TEST(StoreLegacyTest, Format1StoreIsReadThenMigratedByTheFirstWrite) {
   TempDir tmp;
   TableSpec spec{10, 4, DType::kF32, "", false, {}};
-  {
-    auto store = OpenOrDie(tmp / "db");
-    ASSERT_TRUE(store->WriteTable("a", spec, Pattern(4, 0)).ok());
-    ASSERT_TRUE(store->WriteTable("b", spec, Pattern(4, 1)).ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(WriteClosedStore(tmp / "db", {"a", "b"}));
   legacy::MakeFormat1(tmp / "db", "f8e4m3", "4");
   {
     // A writer that marked the catalog and died before CATALOG: still read.
@@ -364,11 +349,7 @@ TEST(StoreLegacyTest, Format1StoreIsReadThenMigratedByTheFirstWrite) {
 // A corrupt format-1 version counter is a named error, not an exception.
 TEST(StoreLegacyTest, CorruptVersionCounterIsAStatus) {
   TempDir tmp;
-  TableSpec spec{10, 4, DType::kF32, "", false, {}};
-  {
-    auto store = OpenOrDie(tmp / "db");
-    ASSERT_TRUE(store->WriteTable("a", spec, Pattern(4, 0)).ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(WriteClosedStore(tmp / "db", {"a"}));
   legacy::MakeFormat1(tmp / "db", "f32", "12x");
   auto s = Store::Open(tmp / "db", StoreOptions());
   ASSERT_FALSE(s.ok());

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <memory>
 #include <set>
 #include <string>
@@ -96,6 +97,19 @@ inline std::unique_ptr<Store> OpenWithT(const std::string& dir, const TableSpec&
   const auto written = store->WriteTable("t", spec, Pattern(4, 0));
   EXPECT_TRUE(written.ok()) << written.status().ToString();
   return written.ok() ? std::move(store) : nullptr;
+}
+
+// Creates a store at `dir` holding SmallSpec tables `names` (the i-th filled
+// with Pattern(4, i)) and closes it again, for tests that then edit its
+// files. A failed step is a test failure.
+inline void WriteClosedStore(const std::string& dir, std::initializer_list<const char*> names) {
+  auto store = OpenOrDie(dir);
+  ASSERT_NE(store, nullptr);
+  float tag = 0;
+  for (const char* name : names) {
+    const auto written = store->WriteTable(name, SmallSpec(false), Pattern(4, tag++));
+    ASSERT_TRUE(written.ok()) << name << ": " << written.status().ToString();
+  }
 }
 
 }  // namespace embstore

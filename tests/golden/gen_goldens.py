@@ -53,6 +53,7 @@ from golden_lib import (
     TABLE_DIR,
     bags_of,
     f32,
+    layout_arrays,
     make_tables,
     norm_json,
     norm_tag,
@@ -223,17 +224,9 @@ def ext_case(bld, kind, mode, table, layout, bags, *, idx_dtype="int64", off_dty
     rows = bld.rows(table)
     W = bld.W[table]
     pad_norm = None if padding_idx is None else padding_idx % rows
-    indices = [r for bag in bags for r in bag]
-    offsets, shape = None, [len(indices)]
+    indices, offsets, shape = layout_arrays(layout, bags)
     if layout == "2d":
-        shape = [len(bags), len(bags[0])]
         off_dtype = None
-    else:
-        starts, pos = [], 0
-        for bag in bags:
-            starts.append(pos)
-            pos += len(bag)
-        offsets = starts + ([pos] if layout == "ilo" else [])
     if weights is None:
         weights = bld.rand_weights(len(indices))
     if isinstance(max_norm, str):

@@ -166,6 +166,19 @@ def ref_pool(W, indices, weights, bags, mode, padding_idx, max_norm, norm_type):
     return out
 
 
+def layout_arrays(layout, bags):
+    """The request torch gets for `bags` in `layout` ("offsets", "ilo" or "2d"):
+    (indices, offsets or None, indices_shape)."""
+    indices = [r for bag in bags for r in bag]
+    if layout == "2d":
+        return indices, None, [len(bags), len(bags[0])]
+    starts, pos = [], 0
+    for bag in bags:
+        starts.append(pos)
+        pos += len(bag)
+    return indices, starts + ([pos] if layout == "ilo" else []), [len(indices)]
+
+
 def bags_of(layout, n, offsets, shape):
     """Positions of each bag for a torch-style query, as our spec defines them."""
     if layout == "2d":
@@ -344,18 +357,11 @@ class Builder:
         rows = self.rows(table)
         W = self.W[table]
         pad_norm = None if padding_idx is None else padding_idx % rows
-        indices = [r for bag in bags for r in bag]
-        offsets, shape = None, [len(indices)]
         if layout == "2d":
             assert len(set(len(b) for b in bags)) == 1 and len(bags[0]) > 0
-            shape = [len(bags), len(bags[0])]
             off_dtype = None
-        else:
-            starts, pos = [], 0
-            for bag in bags:
-                starts.append(pos)
-                pos += len(bag)
-            offsets = starts + ([pos] if layout == "ilo" else [])
+        indices, offsets, shape = layout_arrays(layout, bags)
+        if layout != "2d":
             if trailing:
                 assert layout == "ilo"
                 indices = indices + list(trailing)

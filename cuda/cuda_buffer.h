@@ -57,8 +57,9 @@ class CudaBuffer {
   // else GrownBytes (room for later growth). A no-op when it already does.
   Status Grow(size_t bytes, bool exact = false) {
     if (bytes <= bytes_) return Status::OK();
-    Free();
+    // Sized from the old capacity (x1.5), so it is read before Free() clears it.
     const size_t want = exact ? bytes : GrownBytes(bytes, bytes_);
+    Free();
     EMBSTORE_RETURN_IF_ERROR(Memory::Allocate(&ptr_, want));
     bytes_ = want;
     return Status::OK();

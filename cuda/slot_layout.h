@@ -13,6 +13,7 @@
 #ifndef EMBSTORE_CUDA_SLOT_LAYOUT_H_
 #define EMBSTORE_CUDA_SLOT_LAYOUT_H_
 
+#include <cassert>
 #include <cstdint>
 
 #include "embstore/types.h"
@@ -45,12 +46,15 @@ struct SlotLayout {
   bool operator!=(const SlotLayout& o) const { return !(*this == o); }
 };
 
-// REQUIRES: dim >= 0 and a known dtype.
+// REQUIRES: dim >= 0 and a known dtype (an unknown one is laid out as f32;
+// callers validate the table first).
 inline SlotLayout MakeSlotLayout(DType dtype, int64_t dim) {
   SlotLayout l;
   l.dtype = dtype;
   l.dim = dim;
-  l.elem_bytes = static_cast<int>(FindDType(dtype)->element_bytes);
+  const DTypeInfo* info = FindDType(dtype);
+  assert(info != nullptr);
+  l.elem_bytes = static_cast<int>(info != nullptr ? info->element_bytes : sizeof(float));
   l.vec_elems = kVectorBytes / l.elem_bytes;
   l.vecs_per_row = (dim + l.vec_elems - 1) / l.vec_elems;
   l.row_bytes = l.vecs_per_row * kVectorBytes;

@@ -4,6 +4,7 @@
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -83,6 +84,15 @@ Status FmScoreUnguarded(FmModel model, const TableView& vectors, const TableView
     return Invalid("FM: " + std::to_string(BK) + " bags of dim " + std::to_string(D) +
                    " are more values than any buffer can hold");
   }
+  // Pooled vectors and biases, beside the plan's bookkeeping: all of it must
+  // fit before any of it is allocated.
+  int64_t per_bag = 0;
+  if (__builtin_mul_overflow(std::max<int64_t>(D, 1), int64_t{sizeof(float)}, &per_bag) ||
+      __builtin_add_overflow(per_bag, int64_t{sizeof(float) + 2 * sizeof(int64_t)}, &per_bag)) {
+    per_bag = -1;  // not addressable
+  }
+  EMBSTORE_RETURN_IF_ERROR(
+      engine::CheckFitsInMemory(BK, per_bag, "FM bags of dim " + std::to_string(D)));
   std::vector<float> v(static_cast<size_t>(pooled_values));
   std::vector<float> beta(static_cast<size_t>(BK));
   EMBSTORE_RETURN_IF_ERROR(engine::PoolPlan(vectors, plan, options, v));

@@ -83,15 +83,15 @@ Status ValidateTable(const TableView& table);
 // max_threads (>= 0).
 Status ValidatePoolOptions(const QueryOptions& options);
 
-// Everything PoolPlan checks before writing: the table, the options, that
-// the plan fits the table (min_rows, padding row) and that `out_size` is
-// num_bags * dim.
 // Refuses, before anything is allocated, a request for `count` things of
 // `bytes_each` bytes that cannot be addressed or exceeds the memory this
 // process may use (UsableMemoryBytes), naming the count, `what` they are
 // ("bags of dim 8", "samples") and the bytes.
 Status CheckFitsInMemory(int64_t count, int64_t bytes_each, const std::string& what);
 
+// Everything PoolPlan checks before writing: the table, the options, that
+// the plan fits the table (min_rows, padding row) and that `out_size` is
+// num_bags * dim.
 Status ValidatePoolInputs(const TableView& table, const BagPlan& plan, const QueryOptions& options,
                           size_t out_size);
 

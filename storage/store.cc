@@ -243,7 +243,15 @@ void StoreImpl::MaybeRefresh() {
   if (now < next_check_ns_.load(std::memory_order_relaxed)) return;
   if (!refresh_mu_.TryLock()) return;
   next_check_ns_.store(now + refresh_ns_, std::memory_order_relaxed);
-  (void)RefreshLocked(/*force=*/false);
+  // Released on every way out: an exception (bad_alloc reading the catalog)
+  // is caught by the API's barrier above, and a mutex left locked would then
+  // block every later refresh for good.
+  try {
+    (void)RefreshLocked(/*force=*/false);
+  } catch (...) {
+    refresh_mu_.Unlock();
+    throw;
+  }
   refresh_mu_.Unlock();
 }
 

@@ -45,6 +45,8 @@ TEST(DTypeTable, NamesSizesAndCodes) {
   int known = 0;
   for (uint32_t code = 0; code < 64; ++code) known += IsKnownDType(code) ? 1 : 0;
   EXPECT_EQ(known, static_cast<int>(std::size(kDTypes)));
+  ASSERT_EQ(kAllDTypes.size(), std::size(kDTypes));
+  for (size_t i = 0; i < kAllDTypes.size(); ++i) EXPECT_EQ(kAllDTypes[i], kDTypes[i].dtype);
   for (const DTypeInfo& d : kDTypes) {
     EXPECT_TRUE(IsKnownDType(static_cast<uint32_t>(d.dtype)));
     EXPECT_EQ(ParseDType(d.name), d.dtype);

@@ -114,18 +114,20 @@ TEST_P(GpuParity, EveryDtypeModeOptionAndLayout) {
   int64_t cases = 0;
   // One engine throughout: each new dtype/dim re-lays the cache out.
   for (int64_t dim : {1, 7, 37, 64, 130, 300}) {
-    for (DType dtype : kDTypes) {
-      const TestTable table = testing::RandomTable(48, dim, dtype, rng, /*aligned_stride=*/rng() % 2);
+    for (DType dtype : kAllDTypes) {
+      const TestTable table =
+          testing::RandomTable(48, dim, dtype, rng, /*aligned_stride=*/rng() % 2);
       const TableView view = table.view();
       for (PoolingMode mode : kModes) {
         for (bool weighted : {false, true}) {
           for (bool padding : {false, true}) {
             for (const std::optional<double>& norm : kGpuNormTypes) {
               for (Layout layout : kLayouts) {
-                SCOPED_TRACE(std::string(testing::DTypeLabel(dtype)) + " dim " + std::to_string(dim) +
-                             " " + PoolingModeName(mode) + (weighted ? " weighted" : "") +
-                             (padding ? " padding" : "") + " max_norm p=" +
-                             (norm ? std::to_string(*norm) : "none") + " " + LayoutName(layout));
+                SCOPED_TRACE(std::string(testing::DTypeLabel(dtype)) + " dim " +
+                             std::to_string(dim) + " " + PoolingModeName(mode) +
+                             (weighted ? " weighted" : "") + (padding ? " padding" : "") +
+                             " max_norm p=" + (norm ? std::to_string(*norm) : "none") + " " +
+                             LayoutName(layout));
                 const auto req = MakeRequest(rng, 48, layout, mode, weighted, padding, norm, 8);
                 auto ref = Reference(view, *req);
                 ASSERT_TRUE(ref.ok()) << ref.status().ToString();

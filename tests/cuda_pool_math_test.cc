@@ -45,9 +45,11 @@ void RunMatrix(int64_t dim, int64_t cache_rows, CachePolicy policy, uint64_t see
                bool two_tables = false) {
   std::mt19937_64 rng(seed);
   const int64_t rows = 48;
-  for (DType dtype : kDTypes) {
-    const TestTable table = testing::RandomTable(rows, dim, dtype, rng, /*aligned_stride=*/rng() % 2);
-    const TestTable other = testing::RandomTable(rows, dim, dtype, rng, /*aligned_stride=*/rng() % 2);
+  for (DType dtype : kAllDTypes) {
+    const TestTable table =
+        testing::RandomTable(rows, dim, dtype, rng, /*aligned_stride=*/rng() % 2);
+    const TestTable other =
+        testing::RandomTable(rows, dim, dtype, rng, /*aligned_stride=*/rng() % 2);
     EmulatedGpu gpu(policy, cache_rows);
     int64_t n = 0;
     for (PoolingMode mode : kModes) {
@@ -101,7 +103,7 @@ class PipelineTest : public ::testing::TestWithParam<int64_t> {};
 TEST_P(PipelineTest, MatchesReferenceResident) {
   Totals t;
   RunMatrix(GetParam(), 1000, CachePolicy::kLru, 100 + GetParam(), &t);
-  EXPECT_EQ(t.resident, 4);  // every dtype's engine went resident
+  EXPECT_EQ(t.resident, static_cast<int>(kAllDTypes.size()));  // every dtype's engine went resident
   EXPECT_EQ(t.evictions, 0);
   std::printf("dim %lld: %lld cases, %lld passes, %lld rows copied\n",
               static_cast<long long>(GetParam()), static_cast<long long>(t.cases),

@@ -26,5 +26,5 @@ embstore_test(cuda_engine_cache_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cuda_engine_cache_test.cc
   LIBS embstore_cuda embstore_engine TBB::tbb)
 embstore_test(cuda_golden_test
-  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cuda_golden_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/golden_cases.cc
-  LIBS embstore_cuda embstore_engine embstore_storage TBB::tbb nlohmann_json::nlohmann_json)
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cuda_golden_test.cc
+  LIBS embstore_golden_cases embstore_cuda embstore_engine embstore_storage TBB::tbb nlohmann_json::nlohmann_json)

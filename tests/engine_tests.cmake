@@ -15,8 +15,8 @@ embstore_test(engine_concurrency_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/engine_concurrency_test.cc
   LIBS embstore_engine TBB::tbb)
 embstore_test(engine_golden_test
-  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/engine_golden_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/golden_cases.cc
-  LIBS embstore_engine embstore_storage TBB::tbb nlohmann_json::nlohmann_json)
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/engine_golden_test.cc
+  LIBS embstore_golden_cases embstore_engine embstore_storage TBB::tbb nlohmann_json::nlohmann_json)
 # The kernels' row prefetches survive compilation (x86 builds with objdump).
 if(CMAKE_OBJDUMP AND CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
   add_test(NAME engine_prefetch_emitted

@@ -20,6 +20,8 @@ using nlohmann::json;
 using ::testing::HasSubstr;
 
 const std::string kGoldenDir = std::string(EMBSTORE_SOURCE_DIR) + "/tests/golden";
+// The cases in fm.json (made by tests/golden/gen_fm_goldens.py).
+constexpr int kFmGoldenCases = 13;
 
 class FmTest : public ::testing::Test {
  protected:
@@ -100,7 +102,7 @@ TEST_F(FmTest, GoldensThroughLibrary) {
     }
     ++n;
   }
-  EXPECT_GE(n, 10);
+  EXPECT_EQ(n, kFmGoldenCases);
 }
 
 std::string WriteIntNpy(const std::string& path, const json& v, const json& shape) {
@@ -130,8 +132,10 @@ TEST_F(FmTest, GoldensThroughCli) {
                      kGoldenDir + "/" + t["file"].get<std::string>()});
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
+  int n = 0;
   for (const auto& c : (*goldens_)["cases"]) {
     SCOPED_TRACE(c["name"].get<std::string>());
+    ++n;
     char bias[64];
     std::snprintf(bias, sizeof bias, "%.17g", c["bias"].get<double>());
     std::vector<std::string> args = {
@@ -168,6 +172,7 @@ TEST_F(FmTest, GoldensThroughCli) {
       EXPECT_NEAR(y[b], e, 1e-4 * (1 + std::abs(e)));
     }
   }
+  EXPECT_EQ(n, kFmGoldenCases);
 }
 
 // A store at `db` with the FM tables v (3 fields of 4), b (biases) and v5

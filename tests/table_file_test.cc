@@ -29,7 +29,7 @@ TEST(TableFileTest, RoundTripEveryDType) {
   TempDir tmp;
   const int64_t rows = 17, dim = 37;
   auto values = embstore::testing::RandomFloats(rows * dim, 7);
-  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kInt8Rowwise}) {
+  for (DType dt : kAllDTypes) {
     const std::string name = std::string("t_") + DTypeName(dt);
     auto h = WriteTableFile(tmp.path(), name, dt, rows, dim, values);
     ASSERT_TRUE(h.ok()) << h.status().ToString();

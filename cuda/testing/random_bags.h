@@ -36,9 +36,8 @@ inline const char* LayoutName(Layout l) {
   return "?";
 }
 
-// What the parity suites sweep: every stored dtype, pooling mode and request
+// What the parity suites sweep: every stored dtype (kAllDTypes), pooling mode and request
 // layout, and no max_norm or max_norm with these norm types.
-inline constexpr DType kDTypes[] = {DType::kF32, DType::kF16, DType::kBF16, DType::kInt8Rowwise};
 inline constexpr PoolingMode kModes[] = {PoolingMode::kSum, PoolingMode::kMean, PoolingMode::kMax};
 inline constexpr Layout kLayouts[] = {Layout::kOffsets, Layout::kLastOffset, Layout::k2D,
                                       Layout::kBatched};

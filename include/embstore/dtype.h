@@ -7,8 +7,10 @@
 #ifndef EMBSTORE_DTYPE_H_
 #define EMBSTORE_DTYPE_H_
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <optional>
 #include <string_view>
 
@@ -43,6 +45,13 @@ inline constexpr DTypeInfo kDTypes[] = {
     {DType::kBF16, "bf16", "bfloat16", 2, 0},
     {DType::kInt8Rowwise, "int8", "int8-rowwise", 1, 2 * sizeof(float)},
 };
+
+// Every dtype, in table order: what "for every dtype" loops iterate.
+inline constexpr auto kAllDTypes = [] {
+  std::array<DType, std::size(kDTypes)> all{};
+  for (size_t i = 0; i < all.size(); ++i) all[i] = kDTypes[i].dtype;
+  return all;
+}();
 
 // The entry of `dtype`, or nullptr for a value no entry has (a corrupt or
 // newer file's code cast to DType).

@@ -32,8 +32,8 @@ struct RenormResult {
   int64_t rows_scaled = 0;  // rows whose norm exceeded max_norm
 };
 
-// OK, or InvalidArgument naming the bad option (in the CLI's spelling,
-// "--max-norm ...", "--norm-type ...": the messages are the CLI's).
+// OK, or InvalidArgument naming the bad option ("max_norm must be ...",
+// "norm_type must be ...").
 Status CheckRenormOptions(const RenormOptions& options);
 
 // Writes a new version of `table` computed from its current version: each row

@@ -20,8 +20,8 @@
 #include "checkpoint/pickle.h"
 #include "checkpoint/tensor_reader.h"
 #include "checkpoint_test_util.h"
-#include "embstore/checkpoint.h"
 #include "codec/half.h"
+#include "embstore/checkpoint.h"
 
 namespace embstore::storage {
 namespace {

@@ -233,8 +233,8 @@ TEST_P(KernelParityTest, FastMatchesReference) {
 std::string ParamName(
     const ::testing::TestParamInfo<std::tuple<DType, PoolingMode, double, Layout>>& info) {
   const auto [dtype, mode, p, layout] = info.param;
-  return std::string(testing::DTypeLabel(dtype)) + "_" + PoolingModeName(mode) + "_" + NormLabel(p) +
-         "_" + LayoutName(layout);
+  return std::string(testing::DTypeLabel(dtype)) + "_" + PoolingModeName(mode) + "_" +
+         NormLabel(p) + "_" + LayoutName(layout);
 }
 
 INSTANTIATE_TEST_SUITE_P(

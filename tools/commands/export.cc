@@ -4,8 +4,8 @@
 #include <cstdio>
 #include <cstring>
 
-#include "codec/row_codec.h"
 #include "checkpoint/npy.h"
+#include "codec/row_codec.h"
 #include "tools/commands/commands.h"
 
 namespace embstore::cli {

@@ -4,8 +4,8 @@
 #include <map>
 #include <utility>
 
-#include "embstore/checkpoint.h"
 #include "checkpoint/tensor_reader.h"
+#include "embstore/checkpoint.h"
 #include "tools/commands/commands.h"
 
 namespace embstore::cli {

@@ -6,9 +6,9 @@
 #include <optional>
 #include <span>
 
+#include "checkpoint/npy.h"
 #include "cuda/cache_policy.h"
 #include "cuda/gpu_engine.h"
-#include "checkpoint/npy.h"
 #include "tools/bag_args.h"
 #include "tools/commands/commands.h"
 
@@ -216,8 +216,8 @@ class QueryCommand : public Command {
     Result<int64_t> bags = CountBags(view, req, qo_);
     if (!bags.ok()) return Fail(bags.status());
     const int64_t dim = view.dim;
-    auto buffer = PageBuffer::Allocate(static_cast<size_t>(*bags) *
-                                                static_cast<size_t>(dim) * sizeof(float));
+    auto buffer =
+        PageBuffer::Allocate(static_cast<size_t>(*bags) * static_cast<size_t>(dim) * sizeof(float));
     if (!buffer.ok()) return Fail(buffer.status());
     out->buffer = std::move(buffer).value();
     std::span<float> dest(reinterpret_cast<float*>(out->buffer.data()),  // NOLINT

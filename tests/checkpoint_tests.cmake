@@ -2,4 +2,4 @@
 embstore_test(checkpoint_reader_test
               SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/checkpoint_reader_test.cc
                       ${CMAKE_CURRENT_SOURCE_DIR}/checkpoint_stream_test.cc
-              LIBS embstore_checkpoint)
+              LIBS embstore PkgConfig::LIBZIP)

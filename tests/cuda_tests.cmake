@@ -9,22 +9,28 @@
 # test in them is skipped (GTEST_SKIP), never failed.
 embstore_test(cuda_cache_policy_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cuda_cache_policy_test.cc
-  LIBS embstore_cuda)
+  LIBS embstore)
 embstore_test(cuda_cache_policy_model_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cuda_cache_policy_model_test.cc
-  LIBS embstore_cuda)
+  LIBS embstore)
 embstore_test(cuda_pool_math_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cuda_pool_math_test.cc
-  LIBS embstore_cuda embstore_engine TBB::tbb)
+  LIBS embstore TBB::tbb)
 embstore_test(cuda_batch_prep_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cuda_batch_prep_test.cc
-  LIBS embstore_cuda embstore_engine TBB::tbb)
+  LIBS embstore TBB::tbb)
 embstore_test(cuda_engine_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cuda_engine_test.cc
-  LIBS embstore_cuda embstore_engine TBB::tbb)
+  LIBS embstore TBB::tbb)
+# The device-output tests allocate device memory themselves, with their own
+# CUDA runtime beside libembstore's (as a serving program would).
+if(EMBSTORE_HAVE_CUDA)
+  target_compile_definitions(cuda_engine_test PRIVATE EMBSTORE_HAVE_CUDA=1)
+  target_link_libraries(cuda_engine_test PRIVATE CUDA::cudart_static)
+endif()
 embstore_test(cuda_engine_cache_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cuda_engine_cache_test.cc
-  LIBS embstore_cuda embstore_engine TBB::tbb)
+  LIBS embstore TBB::tbb)
 embstore_test(cuda_golden_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cuda_golden_test.cc
-  LIBS embstore_golden_cases embstore_cuda embstore_engine embstore_storage TBB::tbb nlohmann_json::nlohmann_json)
+  LIBS embstore_golden_cases embstore TBB::tbb nlohmann_json::nlohmann_json)

@@ -1,25 +1,25 @@
 # Engine test suites (included by tests/CMakeLists.txt).
 embstore_test(engine_kernels_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/engine_kernels_test.cc
-  LIBS embstore_engine TBB::tbb)
+  LIBS embstore TBB::tbb)
 embstore_test(engine_semantics_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/engine_semantics_test.cc
-  LIBS embstore_engine TBB::tbb nlohmann_json::nlohmann_json)
+  LIBS embstore TBB::tbb nlohmann_json::nlohmann_json)
 embstore_test(engine_norm_semantics_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/engine_norm_semantics_test.cc
-  LIBS embstore_engine TBB::tbb nlohmann_json::nlohmann_json)
+  LIBS embstore TBB::tbb nlohmann_json::nlohmann_json)
 embstore_test(engine_errors_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/engine_errors_test.cc
-  LIBS embstore_engine TBB::tbb)
+  LIBS embstore TBB::tbb)
 embstore_test(engine_concurrency_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/engine_concurrency_test.cc
-  LIBS embstore_engine TBB::tbb)
+  LIBS embstore TBB::tbb)
 embstore_test(engine_golden_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/engine_golden_test.cc
-  LIBS embstore_golden_cases embstore_engine embstore_storage TBB::tbb nlohmann_json::nlohmann_json)
+  LIBS embstore_golden_cases embstore TBB::tbb nlohmann_json::nlohmann_json)
 # The kernels' row prefetches survive compilation (x86 builds with objdump).
 if(CMAKE_OBJDUMP AND CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
   add_test(NAME engine_prefetch_emitted
-           COMMAND ${CMAKE_COMMAND} -DOBJDUMP=${CMAKE_OBJDUMP} -DLIB=$<TARGET_FILE:embstore_engine>
+           COMMAND ${CMAKE_COMMAND} -DOBJDUMP=${CMAKE_OBJDUMP} "-DLIB=$<TARGET_OBJECTS:embstore_engine>"
                    -P ${CMAKE_CURRENT_SOURCE_DIR}/check_prefetch_emitted.cmake)
 endif()

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "embstore/version.h"
 #include "tools/cli_util.h"
 #include "tools/commands/commands.h"
 
@@ -74,7 +75,7 @@ int main(int argc, char** argv) {
     return kExitOk;
   }
   if (cmd == "--version") {
-    std::printf("embstore %s\n", EMBSTORE_VERSION);
+    std::printf("embstore %s\n", embstore::Version().string);
     return kExitOk;
   }
   // A file-size limit (ulimit -f) makes writes fail with EFBIG, reported

@@ -43,8 +43,8 @@
 #endif
 
 #include "checkpoint/npy.h"
-#include "cuda/device_probe.h"
-#include "cuda/gpu_engine.h"
+#include "embstore/gpu_device.h"
+#include "embstore/gpu_engine.h"
 #include "embstore/query.h"
 #include "embstore/types.h"
 #include "storage/convert.h"
@@ -203,7 +203,7 @@ bool LoadBatches(const std::string& path, std::vector<Batch>* out) {
 Data* g_data = nullptr;
 
 void SetThroughput(benchmark::State& state, int64_t batches, double seconds,
-                   const cuda::CacheStats* stats) {
+                   const CacheStats* stats) {
   const double lookups = static_cast<double>(batches * g_flags.bags * g_flags.pooling);
   const double bytes = lookups * static_cast<double>(RowPayloadBytes(g_flags.dtype, g_flags.dim));
   state.counters["lookups_per_s"] = lookups / seconds;
@@ -230,9 +230,9 @@ struct DeviceOut {
   }
 };
 
-void RunGpu(benchmark::State& state, int64_t cache_rows, cuda::CachePolicy policy,
+void RunGpu(benchmark::State& state, int64_t cache_rows, CachePolicy policy,
             const std::vector<Batch>& batches, bool prefetch) {
-  cuda::GpuEngineOptions o;
+  GpuEngineOptions o;
   o.cache_rows = cache_rows;
   o.policy = policy;
   auto gpu = cuda::GpuEngine::Create(o);
@@ -278,7 +278,7 @@ void RunGpu(benchmark::State& state, int64_t cache_rows, cuda::CachePolicy polic
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const cuda::CacheStats stats = (*gpu)->stats();
+  const CacheStats stats = (*gpu)->stats();
   SetThroughput(state, n, seconds, &stats);
 }
 #endif
@@ -375,14 +375,14 @@ int main(int argc, char** argv) {
         ->MinTime(1.0);
   };
   reg("gpu/resident", [rows](benchmark::State& s) {
-    RunGpu(s, rows, cuda::CachePolicy::kLru, g_data->uniform, false);
+    RunGpu(s, rows, CachePolicy::kLru, g_data->uniform, false);
   });
   reg("gpu/resident_zipf", [rows](benchmark::State& s) {
-    RunGpu(s, rows, cuda::CachePolicy::kLru, g_data->zipf, false);
+    RunGpu(s, rows, CachePolicy::kLru, g_data->zipf, false);
   });
-  for (const auto policy : {cuda::CachePolicy::kLru, cuda::CachePolicy::kLfu}) {
+  for (const auto policy : {CachePolicy::kLru, CachePolicy::kLfu}) {
     for (const bool prefetch : {false, true}) {
-      const std::string name = std::string("gpu/zipf_cache10/") + cuda::CachePolicyName(policy) +
+      const std::string name = std::string("gpu/zipf_cache10/") + CachePolicyName(policy) +
                                (prefetch ? "/prefetch" : "");
       reg(name, [rows, policy, prefetch](benchmark::State& s) {
         RunGpu(s, std::max<int64_t>(1, rows / 10), policy, g_data->zipf, prefetch);

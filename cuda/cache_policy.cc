@@ -7,35 +7,6 @@
 
 namespace embstore::cuda {
 
-const char* CachePolicyName(CachePolicy policy) {
-  switch (policy) {
-    case CachePolicy::kLru:
-      return "lru";
-    case CachePolicy::kLfu:
-      return "lfu";
-  }
-  return "unknown";
-}
-
-std::optional<CachePolicy> ParseCachePolicy(std::string_view name) {
-  if (name == "lru") return CachePolicy::kLru;
-  if (name == "lfu") return CachePolicy::kLfu;
-  return std::nullopt;
-}
-
-std::string CacheStatsToString(const CacheStats& s) {
-  char rate[32];
-  std::snprintf(rate, sizeof(rate), "%.3f", s.hit_rate());
-  auto kv = [](const char* k, int64_t v) { return std::string(k) + "=" + std::to_string(v); };
-  return kv("batches", s.batches) + " " + kv("sub_batches", s.sub_batches) + " " +
-         kv("lookups", s.lookups) + " " + kv("hits", s.hits) + " " + kv("misses", s.misses) +
-         " hit_rate=" + rate + " " + kv("evictions", s.evictions) + " " +
-         kv("prefetch_requests", s.prefetch_requests) + " " +
-         kv("prefetched_rows", s.prefetched_rows) + " " +
-         kv("prefetch_dropped", s.prefetch_dropped) + " " + kv("bytes_copied", s.bytes_copied) +
-         " " + kv("capacity_rows", s.capacity_rows) + " " + kv("resident_rows", s.resident_rows);
-}
-
 Result<int64_t> CacheCapacityRows(int64_t cache_rows, int64_t cache_bytes,
                                   const SlotLayout& layout) {
   if (cache_rows < 0) {

@@ -26,52 +26,10 @@
 #include <vector>
 
 #include "cuda/slot_layout.h"
+#include "embstore/engine.h"  // CachePolicy, CacheStats
 #include "embstore/status.h"
 
 namespace embstore::cuda {
-
-// Which row a full cache evicts.
-enum class CachePolicy : int {
-  // Least recently used: the row whose last use ended longest ago. Cheap, and
-  // adapts at once when the hot set moves.
-  kLru = 0,
-  // Least frequently used (ties: least recently used among them): keeps rows
-  // that were used often even through a burst of one-off rows (scans). Counts
-  // never decay, so a formerly hot row can linger after the hot set moves.
-  kLfu = 1,
-};
-const char* CachePolicyName(CachePolicy policy);  // "lru", "lfu"
-std::optional<CachePolicy> ParseCachePolicy(std::string_view name);
-
-// Counters of a cache (and of the GpuEngine that owns it). Batch lookups are
-// counted once per distinct row per batch (after dedup); prefetches are
-// counted apart so that the hit rate shows what batches saw.
-struct CacheStats {
-  int64_t batches = 0;            // pooling calls (GpuEngine)
-  int64_t sub_batches = 0;        // passes: > batches when a batch outgrew the cache
-  int64_t lookups = 0;            // distinct rows looked up by batches
-  int64_t hits = 0;               // ... found in the cache
-  int64_t misses = 0;             // ... copied in from the table
-  int64_t evictions = 0;          // rows dropped to make room (batches and prefetches)
-  int64_t prefetch_requests = 0;  // Prefetch calls (GpuEngine)
-  int64_t prefetch_lookups = 0;   // distinct rows a prefetch asked for
-  int64_t prefetched_rows = 0;    // ... copied in
-  int64_t prefetch_dropped = 0;   // ... skipped: no free or evictable slot
-  int64_t bytes_copied = 0;       // host->device bytes of rows (batches + prefetch)
-  int64_t capacity_rows = 0;      // slots in the cache
-  int64_t resident_rows = 0;      // slots holding a row
-
-  // hits / lookups; 0 when nothing was looked up.
-  double hit_rate() const {
-    return lookups == 0 ? 0.0 : static_cast<double>(hits) / static_cast<double>(lookups);
-  }
-};
-
-// One line of key=value pairs, e.g. for `embstore query --stats`:
-// "batches=1 sub_batches=1 lookups=3 hits=0 misses=3 hit_rate=0.000
-//  evictions=0 prefetch_requests=0 prefetched_rows=0 prefetch_dropped=0
-//  bytes_copied=192 capacity_rows=1000 resident_rows=3" (one line).
-std::string CacheStatsToString(const CacheStats& stats);
 
 // Largest row id a key can carry, and the number of table ids.
 inline constexpr int kCacheKeyRowBits = 40;

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "cuda/cuda_check.h"
-#include "cuda/device_probe.h"
+#include "embstore/gpu_device.h"
 
 namespace embstore::cuda {
 

@@ -1,5 +1,5 @@
 // The CPU-only build's probe: always "no GPU".
-#include "cuda/device_probe.h"
+#include "embstore/gpu_device.h"
 
 namespace embstore::cuda {
 

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "cuda/cuda_check.h"
-#include "cuda/gpu_engine.h"
+#include "embstore/gpu_engine.h"
 #include "cuda/gpu_engine_impl.h"
 #include "engine/guarded.h"
 #include "engine/plan.h"
@@ -143,14 +143,7 @@ Status GpuEngine::BatchedEmbeddingBagToDevice(const TableView& table,
 
 Status GpuEngine::Prefetch(const TableView& table, IndexArray ids) {
   return Guarded<Status>([&]() -> Status {
-    // Validated as one bag of a request, so the messages are the engine's.
-    const int64_t zero = 0;
-    BagRequest request;
-    request.indices = ids;
-    request.indices_shape = {ids.size};
-    request.offsets = IndexArray(std::span<const int64_t>(&zero, 1));
-    EMBSTORE_ASSIGN_OR_RETURN(const engine::BagPlan plan,
-                              engine::PlanBags(table, request, QueryOptions()));
+    EMBSTORE_ASSIGN_OR_RETURN(const engine::BagPlan plan, engine::PlanIds(table, ids));
     return impl_->Prefetch(table, plan);
   });
 }
@@ -166,6 +159,6 @@ Status GpuEngine::Clear() {
 }
 CacheStats GpuEngine::stats() const { return impl_->stats(); }
 void GpuEngine::ResetStats() { impl_->ResetStats(); }
-const DeviceInfo& GpuEngine::device() const { return impl_->device(); }
+const DeviceInfo& GpuEngine::device_info() const { return impl_->device(); }
 
 }  // namespace embstore::cuda

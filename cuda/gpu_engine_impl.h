@@ -36,7 +36,7 @@
 #include "cuda/batch_prep.h"
 #include "cuda/cache_policy.h"
 #include "cuda/cuda_buffer.h"
-#include "cuda/gpu_engine.h"
+#include "embstore/gpu_engine.h"
 #include "cuda/kernel_args.h"
 #include "cuda/slot_fill.h"
 #include "cuda/slot_layout.h"

@@ -1,7 +1,7 @@
 // GpuEngine for builds without CUDA: Create always says "no GPU", so callers
 // (the CLI, serving code) link and run the same way on every machine. The
 // other members are unreachable (no engine can be created) but defined.
-#include "cuda/gpu_engine.h"
+#include "embstore/gpu_engine.h"
 
 namespace embstore::cuda {
 namespace {
@@ -51,6 +51,6 @@ Status GpuEngine::Forget(const TableView&) { return NoGpu(); }
 Status GpuEngine::Clear() { return NoGpu(); }
 CacheStats GpuEngine::stats() const { return CacheStats(); }
 void GpuEngine::ResetStats() {}
-const DeviceInfo& GpuEngine::device() const { return impl_->device; }
+const DeviceInfo& GpuEngine::device_info() const { return impl_->device; }
 
 }  // namespace embstore::cuda

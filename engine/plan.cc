@@ -437,4 +437,13 @@ Result<BagPlan> PlanBatchedBags(const TableView& table, const BatchedBagRequest&
   return plan;
 }
 
+Result<BagPlan> PlanIds(const TableView& table, IndexArray ids) {
+  const int64_t zero = 0;
+  BagRequest request;
+  request.indices = ids;
+  request.indices_shape = {ids.size};
+  request.offsets = IndexArray(std::span<const int64_t>(&zero, 1));
+  return PlanBags(table, request, QueryOptions());
+}
+
 }  // namespace embstore::engine

@@ -74,6 +74,10 @@ Result<BagPlan> PlanBags(const TableView& table, const BagRequest& request,
 Result<BagPlan> PlanBatchedBags(const TableView& table, const BatchedBagRequest& request,
                                 const QueryOptions& options);
 
+// The ids of a prefetch, validated as one bag of a request (so the messages
+// are a query's), as a plan of that one bag.
+Result<BagPlan> PlanIds(const TableView& table, IndexArray ids);
+
 // Checks that a view is usable: dim, rows >= 0, a known dtype, a row stride
 // large enough for a row, and data present when there are rows.
 Status ValidateTable(const TableView& table);

@@ -54,6 +54,15 @@ Result<int64_t> CountBags(const TableView& table, const BagRequest& request,
   });
 }
 
+Result<int64_t> CountBags(const TableView& table, const BatchedBagRequest& request,
+                          const QueryOptions& options) {
+  return Guarded<Result<int64_t>>([&]() -> Result<int64_t> {
+    EMBSTORE_ASSIGN_OR_RETURN(const engine::BagPlan plan,
+                              engine::PlanBatchedBags(table, request, options));
+    return plan.num_bags();
+  });
+}
+
 Status EmbeddingBag(const TableView& table, const BagRequest& request, const QueryOptions& options,
                     std::span<float> out) {
   return Guarded<Status>([&]() -> Status {

@@ -17,7 +17,7 @@
 #include <thread>
 #include <vector>
 
-#include "cuda/gpu_engine.h"
+#include "embstore/gpu_engine.h"
 #include "cuda/testing/gpu_engine_testing.h"
 #include "cuda/testing/random_bags.h"
 #include "embstore/query.h"

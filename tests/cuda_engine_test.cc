@@ -26,8 +26,8 @@
 #endif
 
 #include "checkpoint/npy.h"
-#include "cuda/device_probe.h"
-#include "cuda/gpu_engine.h"
+#include "embstore/gpu_device.h"
+#include "embstore/gpu_engine.h"
 #include "cuda/testing/gpu_engine_testing.h"
 #include "cuda/testing/random_bags.h"
 #include "embstore/query.h"
@@ -59,8 +59,8 @@ TEST(GpuProbe, NoGpuIsReportedAsNotSupported) {
               static_cast<double>(d.total_memory_bytes) / (1 << 30));
   if (d.compute_major >= 9) {
     ASSERT_TRUE(created.ok()) << created.status().ToString();
-    EXPECT_EQ((*created)->device().ordinal, 0);
-    EXPECT_EQ((*created)->device().name, d.name);
+    EXPECT_EQ((*created)->device_info().ordinal, 0);
+    EXPECT_EQ((*created)->device_info().name, d.name);
   } else {
     EXPECT_EQ(created.status().code(), Status::Code::kNotSupported);
   }

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "cuda/cache_policy.h"
-#include "cuda/gpu_engine.h"
+#include "embstore/gpu_engine.h"
 #include "cuda/testing/gpu_engine_testing.h"
 #include "cuda/testing/random_bags.h"
 #include "embstore/query.h"

@@ -11,7 +11,7 @@
 #include <utility>
 
 #include "cuda/cache_policy.h"
-#include "cuda/gpu_engine.h"
+#include "embstore/gpu_engine.h"
 #include "cuda/testing/random_bags.h"
 #include "embstore/query.h"
 #include "embstore/status.h"

@@ -102,6 +102,9 @@ struct PooledOutput {
 // bags it yields (the output is that many rows of table.dim floats).
 Result<int64_t> CountBags(const TableView& table, const BagRequest& request,
                           const QueryOptions& options);
+// The same for batched bags: batch * bags_per_sample once the request is valid.
+Result<int64_t> CountBags(const TableView& table, const BatchedBagRequest& request,
+                          const QueryOptions& options);
 
 // Pools into the caller's buffer. REQUIRES: out.size() == bags * table.dim.
 // On error nothing useful is in `out`.

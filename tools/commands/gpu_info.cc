@@ -1,7 +1,7 @@
 // embstore gpu-info: the CUDA devices this build can use.
 #include <cstdio>
 
-#include "cuda/device_probe.h"
+#include "embstore/gpu_device.h"
 #include "tools/commands/commands.h"
 
 namespace embstore::cli {

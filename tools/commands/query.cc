@@ -7,24 +7,28 @@
 #include <span>
 
 #include "checkpoint/npy.h"
-#include "cuda/cache_policy.h"
-#include "cuda/gpu_engine.h"
+#include "embstore/engine.h"
 #include "tools/bag_args.h"
 #include "tools/commands/commands.h"
 
 namespace embstore::cli {
 namespace {
 
-// The pooled result: the engine's own output (GPU, batched) or, for the CPU
-// with offsets / 2-D indices, a PageBuffer the engine pooled into directly
-// (no zeroing pass, huge pages: see PageBuffer).
+// The pooled result: a PageBuffer the engine pooled into directly (no
+// zeroing pass, huge pages: see PageBuffer).
 struct QueryOutput {
   std::vector<int64_t> shape;
-  PooledOutput owned;
   PageBuffer buffer;
   std::span<const float> values() const {
-    if (buffer.empty()) return owned.values;
     return {reinterpret_cast<const float*>(buffer.data()), buffer.size() / sizeof(float)};
+  }
+  // Allocates shape's elements; the span to pool into.
+  Result<std::span<float>> Allocate(std::vector<int64_t> dims) {
+    size_t count = 1;
+    for (const int64_t d : dims) count *= static_cast<size_t>(d);
+    EMBSTORE_ASSIGN_OR_RETURN(buffer, PageBuffer::Allocate(count * sizeof(float)));
+    shape = std::move(dims);
+    return std::span<float>(reinterpret_cast<float*>(buffer.data()), count);  // NOLINT
   }
 };
 
@@ -98,8 +102,8 @@ class QueryCommand : public Command {
     const int rc = Has("bag-ends") ? PoolBatched(view, *indices, *weights, &out)
                                    : PoolBags(view, *indices, *weights, &out);
     if (rc != kExitOk) return rc;
-    if (gpu_ && IsSet("stats")) {
-      std::fprintf(stderr, "gpu cache: %s\n", cuda::CacheStatsToString(gpu_->stats()).c_str());
+    if (IsSet("stats")) {
+      std::fprintf(stderr, "gpu cache: %s\n", CacheStatsToString(engine_->stats()).c_str());
     }
     if (Has("out")) {
       const std::span<const float> values = out.values();
@@ -113,8 +117,8 @@ class QueryCommand : public Command {
     return kExitOk;
   }
 
-  // Reads the pooling and device options into qo_ (and gpu_, created for
-  // --device cuda); kExitOk or the exit code of the error printed.
+  // Reads the pooling and device options into qo_ and creates engine_ for
+  // --device; kExitOk or the exit code of the error printed.
   int ReadOptions() {
     auto mode = ParsePoolingMode(Str("mode"));
     if (!mode) return Usage("--mode must be sum, mean or max (got '" + Str("mode") + "')");
@@ -135,15 +139,16 @@ class QueryCommand : public Command {
     qo_.include_last_offset = IsSet("include-last-offset");
     qo_.max_threads = Int("threads");
     if (qo_.max_threads < 0) return Usage("--threads must be >= 0");
-    const std::string device = Str("device");
-    if (device != "cpu" && device != "cuda") return Usage("--device must be cpu or cuda");
-    const bool on_gpu = device == "cuda";
-    if (!on_gpu && (Has("cache-rows") || Has("cache-mb") || IsSet("stats"))) {
+    EngineOptions engine_options;
+    const std::optional<Device> device = ParseDevice(Str("device"));
+    if (!device) return Usage("--device must be cpu or cuda");
+    engine_options.device = *device;
+    if (*device != Device::kCuda && (Has("cache-rows") || Has("cache-mb") || IsSet("stats"))) {
       return Usage("--cache-rows, --cache-mb and --stats need --device cuda");
     }
     if (Has("cache-rows") && Has("cache-mb"))
       return Usage("give --cache-rows or --cache-mb, not both");
-    cuda::GpuEngineOptions gpu_options;
+    GpuEngineOptions& gpu_options = engine_options.gpu;
     if (Has("cache-rows")) {
       gpu_options.cache_rows = Int64("cache-rows");
       if (gpu_options.cache_rows <= 0) return Usage("--cache-rows must be >= 1");
@@ -154,14 +159,12 @@ class QueryCommand : public Command {
         return Usage("--cache-mb must be between 1 and 1073741824 (1 PiB)");
       gpu_options.cache_bytes = mb << 20;
     }
-    auto policy = cuda::ParseCachePolicy(Str("cache-policy"));
+    auto policy = ParseCachePolicy(Str("cache-policy"));
     if (!policy) return Usage("--cache-policy must be lru or lfu");
     gpu_options.policy = *policy;
-    if (on_gpu) {
-      auto g = cuda::GpuEngine::Create(gpu_options);
-      if (!g.ok()) return Fail(g.status());
-      gpu_ = std::move(g).value();
-    }
+    auto engine = Engine::Create(engine_options);
+    if (!engine.ok()) return Fail(engine.status());
+    engine_ = std::move(engine).value();
     return kExitOk;
   }
 
@@ -179,11 +182,13 @@ class QueryCommand : public Command {
       if (!ws.ok()) return Fail(ws);
       req->weights = weights->values();
     }
-    Result<PooledOutput> pooled =
-        gpu_ ? gpu_->BatchedEmbeddingBag(view, *req, qo_) : BatchedEmbeddingBag(view, *req, qo_);
-    if (!pooled.ok()) return Fail(pooled.status());
-    out->owned = std::move(pooled).value();
-    out->shape = out->owned.shape;
+    // Validate first (CountBags), then pool straight into the output [B, K, dim].
+    Result<int64_t> bags = CountBags(view, *req, qo_);
+    if (!bags.ok()) return Fail(bags.status());
+    auto dest = out->Allocate({req->batch, req->bags_per_sample, view.dim});
+    if (!dest.ok()) return Fail(dest.status());
+    const Status st = engine_->BatchedEmbeddingBag(view, *req, qo_, *dest);
+    if (!st.ok()) return Fail(st);
     return kExitOk;
   }
 
@@ -205,31 +210,18 @@ class QueryCommand : public Command {
       if (!ws.ok()) return Fail(ws);
       req.weights = weights->values();
     }
-    if (gpu_) {
-      Result<PooledOutput> pooled = gpu_->EmbeddingBag(view, req, qo_);
-      if (!pooled.ok()) return Fail(pooled.status());
-      out->owned = std::move(pooled).value();
-      out->shape = out->owned.shape;
-      return kExitOk;
-    }
     // Validate first (CountBags), then pool straight into the output buffer.
     Result<int64_t> bags = CountBags(view, req, qo_);
     if (!bags.ok()) return Fail(bags.status());
-    const int64_t dim = view.dim;
-    auto buffer =
-        PageBuffer::Allocate(static_cast<size_t>(*bags) * static_cast<size_t>(dim) * sizeof(float));
-    if (!buffer.ok()) return Fail(buffer.status());
-    out->buffer = std::move(buffer).value();
-    std::span<float> dest(reinterpret_cast<float*>(out->buffer.data()),  // NOLINT
-                          out->buffer.size() / sizeof(float));
-    const Status st = EmbeddingBag(view, req, qo_, dest);
+    auto dest = out->Allocate({*bags, view.dim});
+    if (!dest.ok()) return Fail(dest.status());
+    const Status st = engine_->EmbeddingBag(view, req, qo_, *dest);
     if (!st.ok()) return Fail(st);
-    out->shape = {*bags, dim};
     return kExitOk;
   }
 
   QueryOptions qo_;
-  std::unique_ptr<cuda::GpuEngine> gpu_;
+  std::unique_ptr<Engine> engine_;  // --device: the CPU or the CUDA engine, one interface
 };
 
 }  // namespace

@@ -1,11 +1,12 @@
-// GpuEngine: embedding-bag queries on a CUDA GPU, through a device row cache.
-//
-// It takes the same request and option types as the CPU engine
-// (embstore/query.h) and gives the same results: the same validation (the
-// CPU engine's bag plan, so error messages are identical), the same
-// semantics (SEMANTICS.md: modes, weights, padding, non-mutating max_norm,
-// weighted max/mean, batched bags with inclusive ends) for every stored
-// dtype.
+// GpuEngine: the Engine (engine.h) of a CUDA GPU, pooling through a device
+// row cache. Engine::Create({.device = Device::kCuda, .gpu = {...}}) makes
+// one; this header adds what only the GPU engine has (device_info()) and
+// documents how it works. Like faiss's GpuIndexFlat beside IndexFlat, it
+// takes the requests and options the CPU engine takes and gives the same
+// results: the same validation (the CPU engine's bag plan, so error messages
+// are identical), the same semantics (SEMANTICS.md: modes, weights, padding,
+// non-mutating max_norm, weighted max/mean, batched bags with inclusive ends)
+// for every stored dtype.
 //
 //   auto gpu = embstore::cuda::GpuEngine::Create({.cache_rows = 1 << 20});
 //   if (!gpu.ok()) { /* NotSupported "no GPU: ..." on a machine without one */ }
@@ -40,63 +41,35 @@
 //
 // Without CUDA (EMBSTORE_CUDA=OFF or no nvcc) this header is the same, and
 // Create returns NotSupported("no GPU: built without CUDA ...").
-#ifndef EMBSTORE_CUDA_GPU_ENGINE_H_
-#define EMBSTORE_CUDA_GPU_ENGINE_H_
+#ifndef EMBSTORE_GPU_ENGINE_H_
+#define EMBSTORE_GPU_ENGINE_H_
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
 
-#include "cuda/cache_policy.h"
-#include "cuda/device_probe.h"
+#include "embstore/engine.h"
+#include "embstore/gpu_device.h"
 #include "embstore/query.h"
 #include "embstore/status.h"
 #include "embstore/types.h"
 
 namespace embstore::cuda {
 
-struct GpuEngineOptions {
-  // CUDA device ordinal (as `embstore gpu-info` lists them). Default 0.
-  int device = 0;
-
-  // Cache capacity in rows (slots). Give this or cache_bytes, not both; both
-  // 0 means kDefaultCacheBytes (1 GiB). More rows: a higher hit rate, more
-  // device memory. A cache at least as large as the table(s) turns every
-  // repeated row into a hit (the "resident" case).
-  int64_t cache_rows = 0;
-
-  // Cache capacity in bytes of device memory; the engine fits as many slots
-  // as the budget allows for the table's layout (slot = row padded to 16
-  // bytes, plus 8 bytes of int8 scale/bias, plus a 4-byte max_norm scale).
-  int64_t cache_bytes = 0;
-
-  // Which row a full cache evicts. Default LRU: cheapest, adapts at once to
-  // a moving hot set. LFU keeps frequently used rows through scans of
-  // one-off ids, but its counts never decay.
-  CachePolicy policy = CachePolicy::kLru;
-
-  // Bytes of each of the pinned host staging buffers (and their device twins)
-  // that misses travel through; there are two for batches and two for
-  // prefetches, so copies overlap gathering. 0 means 32 MiB. Larger buffers
-  // mean fewer, larger copies for batches with many misses, and more pinned
-  // (unswappable) host memory.
-  int64_t staging_bytes = 0;
-};
-
-class GpuEngine {
+class GpuEngine final : public Engine {
  public:
   // Opens `options.device`. NotSupported ("no GPU: ...") when the build has
   // no CUDA, no driver or device is present, or the device is older than
   // sm_90 (this build's target); InvalidArgument for bad options. Device
   // memory for the cache is taken on the first query (its size depends on
-  // the table's layout).
+  // the table's layout). Engine::Create with Device::kCuda calls this.
   static Result<std::unique_ptr<GpuEngine>> Create(const GpuEngineOptions& options);
 
-  GpuEngine(const GpuEngine&) = delete;
-  GpuEngine& operator=(const GpuEngine&) = delete;
   // Waits for pending work and releases the device memory.
-  ~GpuEngine();
+  ~GpuEngine() override;
+
+  Device device() const override { return Device::kCuda; }
 
   // As embstore::EmbeddingBag, computed on the GPU, result in host memory.
   // REQUIRES: host_out.size() == bags * table.dim. On error nothing useful
@@ -104,9 +77,9 @@ class GpuEngine {
   // QueryOptions::max_threads limits the threads gathering misses (1: the
   // calling thread only).
   Status EmbeddingBag(const TableView& table, const BagRequest& request,
-                      const QueryOptions& options, std::span<float> host_out);
+                      const QueryOptions& options, std::span<float> host_out) override;
   Result<PooledOutput> EmbeddingBag(const TableView& table, const BagRequest& request,
-                                    const QueryOptions& options);
+                                    const QueryOptions& options) override;
 
   // The same with the result written to device memory the caller owns (on
   // this engine's device), for serving systems that continue on the GPU.
@@ -114,15 +87,17 @@ class GpuEngine {
   // Returns when device_out is written (the engine's stream is synchronized),
   // so the caller may use it on any stream.
   Status EmbeddingBagToDevice(const TableView& table, const BagRequest& request,
-                              const QueryOptions& options, float* device_out, size_t count);
+                              const QueryOptions& options, float* device_out,
+                              size_t count) override;
 
   // As embstore::BatchedEmbeddingBag (batched bags with inclusive ends).
   Status BatchedEmbeddingBag(const TableView& table, const BatchedBagRequest& request,
-                             const QueryOptions& options, std::span<float> host_out);
+                             const QueryOptions& options, std::span<float> host_out) override;
   Result<PooledOutput> BatchedEmbeddingBag(const TableView& table, const BatchedBagRequest& request,
-                                           const QueryOptions& options);
+                                           const QueryOptions& options) override;
   Status BatchedEmbeddingBagToDevice(const TableView& table, const BatchedBagRequest& request,
-                                     const QueryOptions& options, float* device_out, size_t count);
+                                     const QueryOptions& options, float* device_out,
+                                     size_t count) override;
 
   // Warms the cache with rows `ids` of `table` for a coming batch, and
   // returns as soon as the rows are reserved: the gather and the copy run in
@@ -132,22 +107,22 @@ class GpuEngine {
   // (same messages). A failure of the background copy is reported by the
   // next call (and its rows are dropped from the cache). At most one
   // prefetch is in flight; a second waits for the first.
-  Status Prefetch(const TableView& table, IndexArray ids);
+  Status Prefetch(const TableView& table, IndexArray ids) override;
 
   // Waits for a pending prefetch; returns its error, if any.
-  Status Sync();
+  Status Sync() override;
 
   // Drops every cached row of `table` (e.g. before its memory is unmapped
   // and another table could be mapped at the same address), or of all tables.
-  Status Forget(const TableView& table);
-  Status Clear();
+  Status Forget(const TableView& table) override;
+  Status Clear() override;
 
   // Counters since creation (or ResetStats), and the cache's size now.
-  CacheStats stats() const;
-  void ResetStats();
+  CacheStats stats() const override;
+  void ResetStats() override;
 
   // The device this engine runs on.
-  const DeviceInfo& device() const;
+  const DeviceInfo& device_info() const;
 
  private:
   class Impl;
@@ -157,4 +132,4 @@ class GpuEngine {
 
 }  // namespace embstore::cuda
 
-#endif  // EMBSTORE_CUDA_GPU_ENGINE_H_
+#endif  // EMBSTORE_GPU_ENGINE_H_

@@ -1,6 +1,8 @@
-// GPU discovery. Host-compilable: no CUDA types leak out of cuda/.
-#ifndef EMBSTORE_CUDA_DEVICE_PROBE_H_
-#define EMBSTORE_CUDA_DEVICE_PROBE_H_
+// GPU discovery: the CUDA devices this build can use. No CUDA types: the
+// header compiles anywhere (and as C++17, for the library's .cu files), and
+// without CUDA the same functions return NotSupported ("no GPU: ...").
+#ifndef EMBSTORE_GPU_DEVICE_H_
+#define EMBSTORE_GPU_DEVICE_H_
 
 #include <cstdint>
 #include <string>
@@ -33,4 +35,4 @@ Result<double> MeasureCopyBandwidth(int device, int64_t bytes = int64_t{1} << 30
 
 }  // namespace embstore::cuda
 
-#endif  // EMBSTORE_CUDA_DEVICE_PROBE_H_
+#endif  // EMBSTORE_GPU_DEVICE_H_

@@ -23,3 +23,7 @@ if(CMAKE_OBJDUMP AND CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
            COMMAND ${CMAKE_COMMAND} -DOBJDUMP=${CMAKE_OBJDUMP} "-DLIB=$<TARGET_OBJECTS:embstore_engine>"
                    -P ${CMAKE_CURRENT_SOURCE_DIR}/check_prefetch_emitted.cmake)
 endif()
+# The Engine interface over every engine the machine has (CPU always).
+embstore_test(engine_interface_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/engine_interface_test.cc
+  LIBS embstore TBB::tbb)

@@ -2,7 +2,7 @@
 # Installs the Debian packages embstore builds with, where they are missing.
 # Safe to run repeatedly; needs root or sudo only when something is missing.
 set -euo pipefail
-pkgs=(build-essential cmake ninja-build pkg-config
+pkgs=(build-essential cmake ninja-build pkg-config dpkg-dev file
       libboost-dev libtbb-dev librocksdb-dev libcxxopts-dev
       libgtest-dev libgmock-dev libbenchmark-dev
       libxxhash-dev nlohmann-json3-dev libzip-dev zlib1g-dev

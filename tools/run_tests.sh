@@ -2,6 +2,9 @@
 # The whole test suite, from a fresh Debian machine:
 #   1. installs missing Debian packages,
 #   2. builds Release (CUDA module where nvcc exists) and runs every test,
+#      then checks the library as a user installs it (tools/check_install.sh:
+#      install, find_package and pkg-config consumers, exported symbols,
+#      Debian packages, a static build),
 #   3. builds the tests with ASan+UBSan (CPU only) and runs them again,
 #      including the fuzz-corpus replays,
 #   4. builds the multi-threaded suites with ThreadSanitizer and runs them
@@ -22,6 +25,7 @@ sanitizer_flags=(-DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG"
 cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build/release -j"$jobs"
 ctest --test-dir build/release --output-on-failure -j"$jobs"
+bash tools/check_install.sh build/release
 
 if [ "${EMBSTORE_SKIP_SANITIZERS:-0}" != "1" ]; then
   cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "${sanitizer_flags[@]}" \
@@ -42,7 +46,7 @@ if [ "${EMBSTORE_SKIP_SANITIZERS:-0}" != "1" ] && [ "${EMBSTORE_SKIP_TSAN:-0}" !
               cuda_batch_prep_test cuda_cache_policy_test cuda_cache_policy_model_test)
   cmake -S . -B build/tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "${sanitizer_flags[@]}" \
         -DEMBSTORE_SANITIZE=thread -DEMBSTORE_CUDA=OFF -DEMBSTORE_BUILD_BENCHMARKS=OFF >/dev/null
-  cmake --build build/tsan -j"$jobs" --target embstore "${tsan_tests[@]}"
+  cmake --build build/tsan -j"$jobs" --target embstore_cli "${tsan_tests[@]}"
   export TSAN_OPTIONS="halt_on_error=1 history_size=7 suppressions=$PWD/tools/tsan.supp"
   for t in "${tsan_tests[@]}"; do
     echo "== ThreadSanitizer: $t"
@@ -66,5 +70,5 @@ if [ "${EMBSTORE_SKIP_THREAD_SAFETY:-0}" != "1" ]; then
   fi
   CC=clang CXX=clang++ cmake -S . -B build/thread-safety -G Ninja -DCMAKE_BUILD_TYPE=Debug \
         -DEMBSTORE_THREAD_SAFETY_ANALYSIS=ON -DEMBSTORE_BUILD_TESTS=OFF -DEMBSTORE_BUILD_BENCHMARKS=OFF >/dev/null
-  cmake --build build/thread-safety -j"$jobs" --target embstore
+  cmake --build build/thread-safety -j"$jobs" --target embstore embstore_cli
 fi

@@ -374,12 +374,10 @@ int main(int argc, char** argv) {
         ->Unit(benchmark::kMillisecond)
         ->MinTime(1.0);
   };
-  reg("gpu/resident", [rows](benchmark::State& s) {
-    RunGpu(s, rows, CachePolicy::kLru, g_data->uniform, false);
-  });
-  reg("gpu/resident_zipf", [rows](benchmark::State& s) {
-    RunGpu(s, rows, CachePolicy::kLru, g_data->zipf, false);
-  });
+  reg("gpu/resident",
+      [rows](benchmark::State& s) { RunGpu(s, rows, CachePolicy::kLru, g_data->uniform, false); });
+  reg("gpu/resident_zipf",
+      [rows](benchmark::State& s) { RunGpu(s, rows, CachePolicy::kLru, g_data->zipf, false); });
   for (const auto policy : {CachePolicy::kLru, CachePolicy::kLfu}) {
     for (const bool prefetch : {false, true}) {
       const std::string name = std::string("gpu/zipf_cache10/") + CachePolicyName(policy) +

@@ -37,10 +37,16 @@ if(BUILD_SHARED_LIBS)
   target_link_options(embstore PRIVATE "LINKER:--version-script=${EMBSTORE_MAP}")
   # Every symbol resolved at link time (not with sanitizers: their runtimes
   # are provided by the executable).
-  if(NOT EMBSTORE_SANITIZE)
+  if(NOT EMBSTORE_SANITIZE AND NOT EMBSTORE_FUZZ_SANITIZERS)
     target_link_options(embstore PRIVATE "LINKER:-z,defs")
   endif()
   set_property(TARGET embstore APPEND PROPERTY LINK_DEPENDS ${EMBSTORE_MAP})
+endif()
+
+# Fuzzing builds instrument the checkpoint readers (checkpoint/CMakeLists.txt):
+# whatever links the library links the sanitizer runtimes too.
+if(EMBSTORE_FUZZ_SANITIZERS)
+  target_link_options(embstore PUBLIC -fsanitize=${EMBSTORE_FUZZ_SANITIZERS})
 endif()
 
 # ---- install: headers, library, CMake package, pkg-config -------------------

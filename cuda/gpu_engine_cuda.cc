@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "cuda/cuda_check.h"
-#include "embstore/gpu_engine.h"
 #include "cuda/gpu_engine_impl.h"
+#include "embstore/gpu_engine.h"
 #include "engine/guarded.h"
 #include "engine/plan.h"
 

@@ -17,9 +17,9 @@
 #include <thread>
 #include <vector>
 
-#include "embstore/gpu_engine.h"
 #include "cuda/testing/gpu_engine_testing.h"
 #include "cuda/testing/random_bags.h"
+#include "embstore/gpu_engine.h"
 #include "embstore/query.h"
 #include "engine/kernels_ref.h"
 #include "engine_test_util.h"

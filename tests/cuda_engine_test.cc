@@ -26,10 +26,10 @@
 #endif
 
 #include "checkpoint/npy.h"
-#include "embstore/gpu_device.h"
-#include "embstore/gpu_engine.h"
 #include "cuda/testing/gpu_engine_testing.h"
 #include "cuda/testing/random_bags.h"
+#include "embstore/gpu_device.h"
+#include "embstore/gpu_engine.h"
 #include "embstore/query.h"
 #include "engine_test_util.h"
 

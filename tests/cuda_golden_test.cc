@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "cuda/cache_policy.h"
-#include "embstore/gpu_engine.h"
 #include "cuda/testing/gpu_engine_testing.h"
 #include "cuda/testing/random_bags.h"
+#include "embstore/gpu_engine.h"
 #include "embstore/query.h"
 #include "engine_test_util.h"
 #include "golden_cases.h"

@@ -2,9 +2,8 @@
 // engines, chosen at run time. Every engine this machine has (the CPU one
 // always; CUDA where a GPU is present) takes the same requests and gives the
 // CPU engine's free functions' results and messages.
-#include "embstore/engine.h"
-
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/vfs.h>
 #include <unistd.h>
@@ -19,9 +18,8 @@
 #include <thread>
 #include <vector>
 
-#include <gtest/gtest.h>
-
 #include "cuda/testing/random_bags.h"
+#include "embstore/engine.h"
 #include "embstore/gpu_engine.h"
 #include "embstore/query.h"
 #include "embstore/store.h"

@@ -11,8 +11,8 @@
 #include <utility>
 
 #include "cuda/cache_policy.h"
-#include "embstore/gpu_engine.h"
 #include "cuda/testing/random_bags.h"
+#include "embstore/gpu_engine.h"
 #include "embstore/query.h"
 #include "embstore/status.h"
 

@@ -190,7 +190,8 @@ int main(int argc, char** argv) {
         (void)(*engine)->Prefetch(view, std::span<const int64_t>(ids));
         const embstore::Status st = (*engine)->EmbeddingBag(view, req, qo, out);
         if (!st.ok()) {
-          if (errors.fetch_add(1) == 0) std::fprintf(stderr, "consumer: %s\n", st.ToString().c_str());
+          if (errors.fetch_add(1) == 0)
+            std::fprintf(stderr, "consumer: %s\n", st.ToString().c_str());
           continue;
         }
         queries.fetch_add(1);
@@ -232,11 +233,12 @@ int main(int argc, char** argv) {
   std::string versions;
   for (uint64_t v : seen) versions += (versions.empty() ? "" : ",") + std::to_string(v);
   const embstore::CacheStats stats = (*engine)->stats();
-  std::printf("consumer: %lld requests (%lld batches, %lld prefetches) over versions %s; "
-              "%lld wrong, %lld errors\n",
-              static_cast<long long>(queries.load()), static_cast<long long>(stats.batches),
-              static_cast<long long>(stats.prefetch_requests), versions.c_str(),
-              static_cast<long long>(wrong.load()), static_cast<long long>(errors.load()));
+  std::printf(
+      "consumer: %lld requests (%lld batches, %lld prefetches) over versions %s; "
+      "%lld wrong, %lld errors\n",
+      static_cast<long long>(queries.load()), static_cast<long long>(stats.batches),
+      static_cast<long long>(stats.prefetch_requests), versions.c_str(),
+      static_cast<long long>(wrong.load()), static_cast<long long>(errors.load()));
   if (timed_out) {
     std::fprintf(stderr, "consumer: version %llu did not appear within %d s\n",
                  static_cast<unsigned long long>(target), a.seconds);

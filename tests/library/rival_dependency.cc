@@ -13,13 +13,13 @@
 // The program also runs TBB work of its own while embstore pools.
 //
 // Exit 0 and "rival_dependency: ok" when both sides worked.
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_reduce.h>
+
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
-#include <tbb/parallel_reduce.h>
-#include <tbb/blocked_range.h>
 
 #include "embstore/query.h"
 #include "embstore/store.h"
@@ -56,7 +56,8 @@ int main(int argc, char** argv) {
     spec.source = "rival_dependency";
     auto info = (*store)->WriteTable("t", spec, [&](int64_t first, int64_t count, float* out) {
       for (int64_t r = 0; r < count; ++r) {
-        for (int64_t c = 0; c < dim; ++c) out[r * dim + c] = static_cast<float>((first + r) * 10 + c);
+        for (int64_t c = 0; c < dim; ++c)
+          out[r * dim + c] = static_cast<float>((first + r) * 10 + c);
       }
       return embstore::Status::OK();
     });

@@ -1,0 +1,425 @@
+// embstore._embstore: the Python face of the library (python/embstore/ is the
+// package around it). Store, Table (a snapshot of one version), TableInfo,
+// fm_score and inspect; torch's argument names and defaults for pooling.
+//
+// The GIL is released while the library works (planning, pooling, imports,
+// verify), so Python threads query concurrently. Results are new float32
+// numpy arrays (or the caller's `out`); Table.numpy() is a read-only view of
+// the mapped rows themselves.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <unistd.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "codec/row_codec.h"
+#include "embstore/checkpoint.h"
+#include "embstore/fm.h"
+#include "embstore/query.h"
+#include "embstore/store.h"
+#include "embstore/version.h"
+#include "engine/plan.h"
+#include "engine/pool.h"
+#include "python/src/convert.h"
+
+namespace embstore::python {
+namespace {
+
+using py::arg;
+
+// One version of one table: a snapshot, valid however the table changes.
+class Table {
+ public:
+  explicit Table(TableSnapshot snapshot) : snap_(std::move(snapshot)) {}
+
+  const TableInfo& info() const { return snap_.info(); }
+  TableView view() const { return snap_.view(); }
+
+  py::array EmbeddingBag(py::handle input, py::handle offsets, py::handle max_norm,
+                         double norm_type, const std::string& mode,
+                         py::handle per_sample_weights, bool include_last_offset,
+                         py::handle padding_idx, py::handle out) const {
+    const QueryOptions options =
+        ToQueryOptions(mode, max_norm, norm_type, padding_idx, include_last_offset);
+    const IdArray ids = ToIds(input, "input");
+    if (ids.shape.size() != 1 && ids.shape.size() != 2) {
+      RaiseValueError("input must be 1-D (with offsets) or 2-D [B, N], not " +
+                      std::to_string(ids.shape.size()) + "-D");
+    }
+    BagRequest request;
+    request.indices = ids.view;
+    request.indices_shape = ids.shape;
+    std::optional<IdArray> offs;
+    if (!offsets.is_none()) {
+      offs = ToIds(offsets, "offsets");
+      if (offs->shape.size() != 1) RaiseValueError("offsets must be 1-D");
+      request.offsets = offs->view;
+    }
+    std::optional<WeightArray> weights;
+    if (!per_sample_weights.is_none()) {
+      weights = ToWeights(per_sample_weights, "per_sample_weights");
+      if (weights->shape != ids.shape) {
+        RaiseValueError("per_sample_weights must have the shape of input");
+      }
+      request.weights = weights->values;
+    }
+    const TableView table = view();
+    Result<engine::BagPlan> plan = Status::Internal("not planned");
+    {
+      py::gil_scoped_release unlocked;
+      plan = engine::PlanBags(table, request, options);
+    }
+    Check(plan.status());
+    return Pool(table, *plan, options, out);
+  }
+
+  py::array BatchedEmbeddingBag(py::handle input, py::handle bag_ends,
+                                py::handle per_sample_weights, const std::string& mode,
+                                py::handle padding_idx, py::handle max_norm, double norm_type,
+                                py::handle out) const {
+    const QueryOptions options = ToQueryOptions(mode, max_norm, norm_type, padding_idx, false);
+    const IdArray ids = ToIds(input, "input");
+    const IdArray ends = ToIds(bag_ends, "bag_ends");
+    if (ids.shape.size() != 2) RaiseValueError("input must be 2-D [B, N]");
+    if (ends.shape.size() != 2) RaiseValueError("bag_ends must be 2-D [B, K]");
+    if (ends.shape[0] != ids.shape[0]) {
+      RaiseValueError("bag_ends has " + std::to_string(ends.shape[0]) +
+                      " samples but input has " + std::to_string(ids.shape[0]));
+    }
+    BatchedBagRequest request;
+    request.indices = ids.view;
+    request.ends = ends.view;
+    request.batch = ids.shape[0];
+    request.items = ids.shape[1];
+    request.bags_per_sample = ends.shape[1];
+    std::optional<WeightArray> weights;
+    if (!per_sample_weights.is_none()) {
+      weights = ToWeights(per_sample_weights, "per_sample_weights");
+      if (weights->shape != ids.shape) {
+        RaiseValueError("per_sample_weights must have the shape of input");
+      }
+      request.weights = weights->values;
+    }
+    const TableView table = view();
+    Result<engine::BagPlan> plan = Status::Internal("not planned");
+    {
+      py::gil_scoped_release unlocked;
+      plan = engine::PlanBatchedBags(table, request, options);
+    }
+    Check(plan.status());
+    return Pool(table, *plan, options, out);
+  }
+
+  // The rows themselves, read-only, for f32 and f16 tables.
+  py::array Numpy(py::handle self) const {
+    const TableView v = view();
+    if (v.dtype != DType::kF32 && v.dtype != DType::kF16) {
+      RaiseValueError("table '" + info().name + "' is stored as " + DTypeName(v.dtype) +
+                      ", which numpy cannot view: use .dequantize(), which makes a float32 copy");
+    }
+    const py::dtype dt = v.dtype == DType::kF32 ? py::dtype::of<float>() : py::dtype("float16");
+    const auto elem = static_cast<py::ssize_t>(dt.itemsize());
+    py::array a(dt, {static_cast<py::ssize_t>(v.rows), static_cast<py::ssize_t>(v.dim)},
+                {static_cast<py::ssize_t>(v.row_stride), elem}, v.data, self);
+    py::detail::array_proxy(a.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+    return a;
+  }
+
+  // Every row decoded to float32: a new [rows, dim] array.
+  py::array_t<float> Dequantize() const {
+    const TableView v = view();
+    py::array_t<float> out({v.rows, v.dim});
+    float* dst = out.mutable_data();
+    {
+      py::gil_scoped_release unlocked;
+      for (int64_t r = 0; r < v.rows; ++r) codec::DecodeRow(v.Row(r), v.dim, v.dtype, dst + r * v.dim);
+    }
+    return out;
+  }
+
+ private:
+  py::array Pool(const TableView& table, const engine::BagPlan& plan, const QueryOptions& options,
+                 py::handle out) const {
+    py::array_t<float> result = OutputArray(out, plan.OutputShape(table.dim));
+    const std::span<float> values = Values(result);
+    Status st;
+    {
+      py::gil_scoped_release unlocked;
+      st = engine::PoolPlan(table, plan, options, values);
+    }
+    Check(st);
+    return result;
+  }
+
+  TableSnapshot snap_;
+};
+
+class PyStore {
+ public:
+  PyStore(const std::string& path, bool create) {
+    StoreOptions options;
+    options.create_if_missing = create;
+    Result<std::unique_ptr<Store>> s = Status::Internal("not opened");
+    {
+      py::gil_scoped_release unlocked;
+      s = Store::Open(path, options);
+    }
+    Check(s.status(), /*missing_is_file=*/true);
+    store_ = std::move(s).value();
+  }
+
+  std::vector<std::string> Tables() {
+    auto list = store_->ListTables();
+    Check(list.status());
+    std::vector<std::string> names;
+    for (const TableInfo& t : *list) names.push_back(t.name);
+    return names;
+  }
+
+  TableInfo Info(const std::string& name) {
+    auto info = store_->GetInfo(name);
+    Check(info.status());
+    return *info;
+  }
+
+  TableInfo ImportFile(const std::string& name, const std::string& path, py::handle tensor,
+                       py::handle dtype, bool replace) {
+    ImportOptions options;
+    if (!tensor.is_none()) options.tensor_key = tensor.cast<std::string>();
+    if (!dtype.is_none()) {
+      const std::string d = dtype.cast<std::string>();
+      options.dtype = ParseDType(d);
+      if (!options.dtype) {
+        RaiseValueError("dtype must be 'f32', 'f16', 'bf16' or 'int8', not '" + d + "'");
+      }
+    }
+    options.replace = replace;
+    if (::access(path.c_str(), F_OK) != 0) {
+      Raise(Status::NotFound("no such file: '" + path + "'"), /*missing_is_file=*/true);
+    }
+    Result<TableInfo> info = Status::Internal("not imported");
+    {
+      py::gil_scoped_release unlocked;
+      info = store_->ImportFile(name, path, options);
+    }
+    Check(info.status());
+    return *info;
+  }
+
+  void Drop(const std::string& name) { Check(store_->DropTable(name)); }
+
+  void Verify(py::handle name) {
+    std::vector<std::string> names;
+    if (name.is_none()) {
+      auto entries = store_->ListEntries();
+      Check(entries.status());
+      for (const TableEntry& e : *entries) names.push_back(e.name);
+    } else {
+      names.push_back(name.cast<std::string>());
+    }
+    std::string problems;
+    Status first;
+    {
+      py::gil_scoped_release unlocked;
+      for (const std::string& n : names) {
+        const Status st = store_->VerifyTable(n);
+        if (st.ok()) continue;
+        if (st.code() != Status::Code::kCorruption) {  // unknown table, I/O: as it is
+          first = st;
+          break;
+        }
+        problems += (problems.empty() ? "" : "; ") + st.message();
+      }
+    }
+    Check(first);
+    if (!problems.empty()) Raise(Status::Corruption(problems));
+  }
+
+  void Refresh() { Check(store_->Refresh()); }
+
+  Table GetTable(const std::string& name) {
+    auto snap = store_->GetSnapshot(name);
+    Check(snap.status());
+    return Table(std::move(snap).value());
+  }
+
+  Store& store() { return *store_; }
+
+ private:
+  std::unique_ptr<Store> store_;
+};
+
+py::array_t<float> FmScorePy(PyStore& store, const std::string& model, const std::string& vectors,
+                             const std::string& biases, double bias, py::handle input,
+                             py::handle bag_ends, py::handle per_sample_weights,
+                             py::handle fields, int64_t num_fields) {
+  FmModel m;
+  if (model == "fm") {
+    m = FmModel::kFm;
+  } else if (model == "ffm") {
+    m = FmModel::kFfm;
+  } else {
+    RaiseValueError("model must be 'fm' or 'ffm', not '" + model + "'");
+  }
+  Table v = store.GetTable(vectors);
+  Table b = store.GetTable(biases);
+  const IdArray ids = ToIds(input, "input");
+  const IdArray ends = ToIds(bag_ends, "bag_ends");
+  if (ids.shape.size() != 2) RaiseValueError("input must be 2-D [B, N]");
+  if (ends.shape.size() != 2) RaiseValueError("bag_ends must be 2-D [B, K]");
+  if (ends.shape[0] != ids.shape[0]) {
+    RaiseValueError("bag_ends has " + std::to_string(ends.shape[0]) + " samples but input has " +
+                    std::to_string(ids.shape[0]));
+  }
+  FmRequest request;
+  request.bags.indices = ids.view;
+  request.bags.ends = ends.view;
+  request.bags.batch = ids.shape[0];
+  request.bags.items = ids.shape[1];
+  request.bags.bags_per_sample = ends.shape[1];
+  request.bias = bias;
+  request.num_fields = num_fields;
+  std::optional<WeightArray> weights;
+  if (!per_sample_weights.is_none()) {
+    weights = ToWeights(per_sample_weights, "per_sample_weights");
+    if (weights->shape != ids.shape) {
+      RaiseValueError("per_sample_weights must have the shape of input");
+    }
+    request.bags.weights = weights->values;
+  }
+  std::optional<IdArray> f;
+  if (!fields.is_none()) {
+    f = ToIds(fields, "fields");
+    if (f->shape != ends.shape) RaiseValueError("fields must have the shape of bag_ends");
+    request.fields = f->view;
+  }
+  py::array_t<float> out(std::vector<int64_t>{request.bags.batch});
+  const std::span<float> values = Values(out);
+  const TableView vv = v.view(), bv = b.view();
+  Status st;
+  {
+    py::gil_scoped_release unlocked;
+    QueryOptions options;
+    options.mode = PoolingMode::kSum;
+    st = FmScore(m, vv, bv, request, options, values);
+  }
+  Check(st);
+  return out;
+}
+
+py::list Inspect(const std::string& path) {
+  if (::access(path.c_str(), F_OK) != 0) {
+    Raise(Status::NotFound("no such file: '" + path + "'"), /*missing_is_file=*/true);
+  }
+  Result<std::vector<TensorEntry>> entries = Status::Internal("not read");
+  {
+    py::gil_scoped_release unlocked;
+    entries = InspectCheckpoint(path);
+  }
+  Check(entries.status());
+  py::list out;
+  for (const TensorEntry& e : *entries) {
+    py::tuple shape(e.shape.size());
+    for (size_t i = 0; i < e.shape.size(); ++i) shape[i] = e.shape[i];
+    out.append(py::make_tuple(e.key, e.dtype, shape));
+  }
+  return out;
+}
+
+}  // namespace
+}  // namespace embstore::python
+
+PYBIND11_MODULE(_embstore, m) {
+  using namespace embstore;          // NOLINT(google-build-using-namespace)
+  using namespace embstore::python;  // NOLINT(google-build-using-namespace)
+  using py::arg;
+  m.doc() = "embstore: embedding tables served from memory-mapped files (the C++ extension)";
+  m.attr("__version__") = Version().string;
+  RegisterExceptions(m);
+
+  py::class_<TableInfo>(m, "TableInfo", "What the catalog knows of one table version.")
+      .def_readonly("name", &TableInfo::name)
+      .def_readonly("rows", &TableInfo::rows)
+      .def_readonly("dim", &TableInfo::dim)
+      .def_property_readonly("dtype", [](const TableInfo& t) { return DTypeName(t.dtype); })
+      .def_readonly("version", &TableInfo::version)
+      .def_readonly("bytes", &TableInfo::file_bytes, "bytes of the table file")
+      .def_readonly("data_bytes", &TableInfo::data_bytes)
+      .def_readonly("row_stride", &TableInfo::row_stride)
+      .def_readonly("checksum", &TableInfo::checksum, "xxh64 of the data region")
+      .def_readonly("source", &TableInfo::source)
+      .def_readonly("file", &TableInfo::file)
+      .def_readonly("created", &TableInfo::created_unix, "seconds since the epoch")
+      .def("__repr__", [](const TableInfo& t) {
+        return "TableInfo(name='" + t.name + "', rows=" + std::to_string(t.rows) +
+               ", dim=" + std::to_string(t.dim) + ", dtype='" + DTypeName(t.dtype) +
+               "', version=" + std::to_string(t.version) + ")";
+      });
+
+  py::class_<Table>(m, "Table",
+                    "One version of one table: a snapshot. It keeps reading its version "
+                    "however the table is replaced or dropped later.")
+      .def_property_readonly("name", [](const Table& t) { return t.info().name; })
+      .def_property_readonly("shape",
+                             [](const Table& t) { return py::make_tuple(t.info().rows, t.info().dim); })
+      .def_property_readonly("dtype", [](const Table& t) { return DTypeName(t.info().dtype); })
+      .def_property_readonly("version", [](const Table& t) { return t.info().version; })
+      .def_property_readonly("info", [](const Table& t) { return t.info(); })
+      .def("embedding_bag", &Table::EmbeddingBag, arg("input"), arg("offsets") = py::none(),
+           arg("max_norm") = py::none(), arg("norm_type") = 2.0, arg("mode") = "mean",
+           arg("per_sample_weights") = py::none(), arg("include_last_offset") = false,
+           arg("padding_idx") = py::none(), arg("out") = py::none(),
+           "torch.nn.functional.embedding_bag over this table: a float32 [B, dim] array.\n"
+           "max_norm never modifies the table; weighted mean and max are allowed.")
+      .def("batched_embedding_bag", &Table::BatchedEmbeddingBag, arg("input"), arg("bag_ends"),
+           arg("per_sample_weights") = py::none(), arg("mode") = "sum",
+           arg("padding_idx") = py::none(), arg("max_norm") = py::none(), arg("norm_type") = 2.0,
+           arg("out") = py::none(),
+           "Batched bags with inclusive end offsets: input [B, N], bag_ends [B, K] -> "
+           "[B, K, dim]. Bag m of sample b holds items k with bag_ends[b, m-1] < k <= "
+           "bag_ends[b, m].")
+      .def(
+          "numpy", [](py::object self) { return self.cast<const Table&>().Numpy(self); },
+          "The rows as a read-only numpy view [rows, dim] of the mapped file (no copy), for "
+          "f32 and f16 tables.")
+      .def("dequantize", &Table::Dequantize, "Every row as float32: a new [rows, dim] array.")
+      .def("__repr__", [](const Table& t) {
+        return "Table('" + t.info().name + "', shape=(" + std::to_string(t.info().rows) + ", " +
+               std::to_string(t.info().dim) + "), dtype='" + DTypeName(t.info().dtype) +
+               "', version=" + std::to_string(t.info().version) + ")";
+      });
+
+  py::class_<PyStore>(m, "Store",
+                      "A store directory. Many processes may read it; one writes at a time. "
+                      "Versions another process publishes appear within 100 ms, or at once "
+                      "after refresh().")
+      .def(py::init<const std::string&, bool>(), arg("path"), arg("create") = true)
+      .def("tables", &PyStore::Tables, "The names of the tables.")
+      .def("info", &PyStore::Info, arg("name"),
+           "The current version's TableInfo (rows, dim, dtype, version, bytes, checksum, "
+           "source).")
+      .def("import_file", &PyStore::ImportFile, arg("name"), arg("path"),
+           arg("tensor") = py::none(), arg("dtype") = py::none(), arg("replace") = false,
+           "Imports one tensor of a checkpoint (.npy, .npz, .safetensors, .pt) as table "
+           "`name`, published atomically; returns its TableInfo.")
+      .def("drop", &PyStore::Drop, arg("name"))
+      .def("verify", &PyStore::Verify, arg("name") = py::none(),
+           "Recomputes checksums (of one table, or all); raises CorruptionError naming what is "
+           "damaged.")
+      .def("refresh", &PyStore::Refresh, "Reads the catalog now (another process's writes).")
+      .def("table", &PyStore::GetTable, arg("name"),
+           "The current version of `name` as a Table (a snapshot).");
+
+  m.def("fm_score", &FmScorePy, arg("store"), py::kw_only(), arg("model") = "fm",
+        arg("vectors"), arg("biases"), arg("bias") = 0.0, arg("input"), arg("bag_ends"),
+        arg("per_sample_weights") = py::none(), arg("fields") = py::none(),
+        arg("num_fields") = 0,
+        "FM / FFM scores [B] over batched bags, as `embstore score`.");
+  m.def("inspect", &Inspect, arg("path"),
+        "The tensors of a checkpoint: a list of (key, dtype, shape).");
+}

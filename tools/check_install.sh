@@ -36,7 +36,7 @@ step() { echo "== check_install: $*"; }
 step "1. cmake --install $build --prefix <tmp>"
 prefix=$work/prefix
 cmake --install "$build" --prefix "$prefix" >/dev/null
-libdir=$(dirname "$(find "$prefix" -name 'libembstore.so' | head -n 1)")
+libdir=$(dirname "$(find "$prefix" -name 'libembstore.so' -print -quit)")
 [ -f "$libdir/libembstore.so" ] || fail "no libembstore.so installed"
 for f in include/embstore/engine.h include/embstore/gpu_engine.h include/embstore/version.h \
          bin/embstore; do
@@ -104,7 +104,7 @@ build_consumer() {
   cmake -S "$src/examples/consumer" -B "$out/cmake" -G Ninja -DCMAKE_BUILD_TYPE=Release \
         -DCMAKE_PREFIX_PATH="$pfx" >/dev/null
   cmake --build "$out/cmake" -j"$jobs" >/dev/null
-  local pcdir; pcdir=$(dirname "$(find "$pfx" -name embstore.pc | head -n 1)")
+  local pcdir; pcdir=$(dirname "$(find "$pfx" -name embstore.pc -print -quit)")
   mkdir -p "$out/pc"
   # shellcheck disable=SC2046
   g++ -std=c++20 -O2 "$src/examples/consumer/consumer.cc" \
@@ -132,21 +132,24 @@ major=${soname##*.}
 debs=("$work"/debs/*.deb)
 [ "${#debs[@]}" -eq 3 ] || fail "expected 3 packages, got ${#debs[@]}: ${debs[*]}"
 for p in "libembstore$major" libembstore-dev embstore-tools; do
-  f=$(ls "$work"/debs/"${p}"_*.deb 2>/dev/null | head -n 1)
+  f=$(ls "$work"/debs/"${p}"_*.deb 2>/dev/null || true)
   [ -n "$f" ] || fail "no package $p"
   echo "   $(basename "$f"): Depends: $(dpkg-deb -f "$f" Depends)"
 done
 dep() { dpkg-deb -f "$(ls "$work"/debs/"$1"_*.deb)" Depends; }
+# (Each output is read whole before grep looks at it: `cmd | grep -q` would
+# end the pipe early and fail the pipeline with SIGPIPE under pipefail.)
+runtime_deps=$(dep "libembstore$major")
 for d in librocksdb libtbb libzip libxxhash libstdc++6; do
-  dep "libembstore$major" | grep -q "$d" || fail "libembstore$major does not depend on $d"
+  grep -q "$d" <<<"$runtime_deps" || fail "libembstore$major does not depend on $d"
 done
-dep libembstore-dev | grep -q "libembstore$major (= " || fail "libembstore-dev: no runtime dependency"
-dep embstore-tools | grep -q "libembstore$major (= " || fail "embstore-tools: no runtime dependency"
-dpkg-deb -c "$(ls "$work"/debs/libembstore-dev_*.deb)" | grep -q 'include/embstore/engine.h' ||
-  fail "libembstore-dev lacks the headers"
+grep -q "libembstore$major (= " <<<"$(dep libembstore-dev)" || fail "libembstore-dev: no runtime dependency"
+grep -q "libembstore$major (= " <<<"$(dep embstore-tools)" || fail "embstore-tools: no runtime dependency"
+dev_files=$(dpkg-deb -c "$(ls "$work"/debs/libembstore-dev_*.deb)")
+grep -q 'include/embstore/engine.h' <<<"$dev_files" || fail "libembstore-dev lacks the headers"
 root=$work/root
 for f in "${debs[@]}"; do dpkg -x "$f" "$root"; done
-rootlib=$(dirname "$(find "$root" -name 'libembstore.so.*' -type f | head -n 1)")
+rootlib=$(dirname "$(find "$root" -name 'libembstore.so.*' -type f -print -quit)")
 build_consumer "$root/usr" "$work/consumer-deb"
 LD_LIBRARY_PATH="$rootlib" run_scenario "packages, find_package build" "$root/usr/bin/embstore" \
              "$work/consumer-deb/cmake/consumer" "$work/consumer-deb/cmake/make_npy"
@@ -163,7 +166,7 @@ if [ "${EMBSTORE_SKIP_STATIC:-0}" != "1" ]; then
   cmake --install "$sbuild" --prefix "$sprefix" >/dev/null
   [ -n "$(find "$sprefix" -name libembstore.a)" ] || fail "no libembstore.a installed"
   [ -z "$(find "$sprefix" -name 'libembstore.so*')" ] || fail "a static build installed a .so"
-  ldd "$sprefix/bin/embstore" | grep -q libembstore && fail "the static CLI loads libembstore.so"
+  grep -q libembstore <<<"$(ldd "$sprefix/bin/embstore")" && fail "the static CLI loads libembstore.so"
   cmake -S "$src/examples/consumer" -B "$work/consumer-static" -G Ninja -DCMAKE_BUILD_TYPE=Release \
         -DCMAKE_PREFIX_PATH="$sprefix" >/dev/null
   cmake --build "$work/consumer-static" -j"$jobs" >/dev/null

@@ -23,6 +23,7 @@
 #include "embstore/query.h"
 #include "embstore/store.h"
 #include "embstore/version.h"
+#include "engine/kernels_ref.h"
 #include "engine/plan.h"
 #include "engine/pool.h"
 #include "python/src/convert.h"
@@ -43,7 +44,7 @@ class Table {
   py::array EmbeddingBag(py::handle input, py::handle offsets, py::handle max_norm,
                          double norm_type, const std::string& mode,
                          py::handle per_sample_weights, bool include_last_offset,
-                         py::handle padding_idx, py::handle out) const {
+                         py::handle padding_idx, py::handle out, bool reference) const {
     const QueryOptions options =
         ToQueryOptions(mode, max_norm, norm_type, padding_idx, include_last_offset);
     const IdArray ids = ToIds(input, "input");
@@ -75,13 +76,13 @@ class Table {
       plan = engine::PlanBags(table, request, options);
     }
     Check(plan.status());
-    return Pool(table, *plan, options, out);
+    return Pool(table, *plan, options, out, reference);
   }
 
   py::array BatchedEmbeddingBag(py::handle input, py::handle bag_ends,
                                 py::handle per_sample_weights, const std::string& mode,
                                 py::handle padding_idx, py::handle max_norm, double norm_type,
-                                py::handle out) const {
+                                py::handle out, bool reference) const {
     const QueryOptions options = ToQueryOptions(mode, max_norm, norm_type, padding_idx, false);
     const IdArray ids = ToIds(input, "input");
     const IdArray ends = ToIds(bag_ends, "bag_ends");
@@ -112,7 +113,7 @@ class Table {
       plan = engine::PlanBatchedBags(table, request, options);
     }
     Check(plan.status());
-    return Pool(table, *plan, options, out);
+    return Pool(table, *plan, options, out, reference);
   }
 
   // The rows themselves, read-only, for f32 and f16 tables.
@@ -143,14 +144,17 @@ class Table {
   }
 
  private:
+  // Pools with the fast kernels, or with their plain reference twin
+  // (engine/kernels_ref.h; the tests compare the two through Python).
   py::array Pool(const TableView& table, const engine::BagPlan& plan, const QueryOptions& options,
-                 py::handle out) const {
+                 py::handle out, bool reference) const {
     py::array_t<float> result = OutputArray(out, plan.OutputShape(table.dim));
     const std::span<float> values = Values(result);
     Status st;
     {
       py::gil_scoped_release unlocked;
-      st = engine::PoolPlan(table, plan, options, values);
+      st = reference ? engine::PoolPlanRef(table, plan, options, values)
+                     : engine::PoolPlan(table, plan, options, values);
     }
     Check(st);
     return result;
@@ -312,6 +316,26 @@ py::array_t<float> FmScorePy(PyStore& store, const std::string& model, const std
   return out;
 }
 
+// Table.embedding_bag / batched_embedding_bag, fast or reference.
+template <bool kReference>
+auto EmbeddingBagMethod() {
+  return [](const Table& t, py::handle input, py::handle offsets, py::handle max_norm,
+            double norm_type, const std::string& mode, py::handle per_sample_weights,
+            bool include_last_offset, py::handle padding_idx, py::handle out) {
+    return t.EmbeddingBag(input, offsets, max_norm, norm_type, mode, per_sample_weights,
+                          include_last_offset, padding_idx, out, kReference);
+  };
+}
+template <bool kReference>
+auto BatchedMethod() {
+  return [](const Table& t, py::handle input, py::handle bag_ends, py::handle per_sample_weights,
+            const std::string& mode, py::handle padding_idx, py::handle max_norm,
+            double norm_type, py::handle out) {
+    return t.BatchedEmbeddingBag(input, bag_ends, per_sample_weights, mode, padding_idx,
+                                 max_norm, norm_type, out, kReference);
+  };
+}
+
 py::list Inspect(const std::string& path) {
   if (::access(path.c_str(), F_OK) != 0) {
     Raise(Status::NotFound("no such file: '" + path + "'"), /*missing_is_file=*/true);
@@ -370,19 +394,29 @@ PYBIND11_MODULE(_embstore, m) {
       .def_property_readonly("dtype", [](const Table& t) { return DTypeName(t.info().dtype); })
       .def_property_readonly("version", [](const Table& t) { return t.info().version; })
       .def_property_readonly("info", [](const Table& t) { return t.info(); })
-      .def("embedding_bag", &Table::EmbeddingBag, arg("input"), arg("offsets") = py::none(),
-           arg("max_norm") = py::none(), arg("norm_type") = 2.0, arg("mode") = "mean",
-           arg("per_sample_weights") = py::none(), arg("include_last_offset") = false,
-           arg("padding_idx") = py::none(), arg("out") = py::none(),
+      .def("embedding_bag", EmbeddingBagMethod<false>(), arg("input"),
+           arg("offsets") = py::none(), arg("max_norm") = py::none(), arg("norm_type") = 2.0,
+           arg("mode") = "mean", arg("per_sample_weights") = py::none(),
+           arg("include_last_offset") = false, arg("padding_idx") = py::none(),
+           arg("out") = py::none(),
            "torch.nn.functional.embedding_bag over this table: a float32 [B, dim] array.\n"
            "max_norm never modifies the table; weighted mean and max are allowed.")
-      .def("batched_embedding_bag", &Table::BatchedEmbeddingBag, arg("input"), arg("bag_ends"),
+      .def("_embedding_bag_reference", EmbeddingBagMethod<true>(), arg("input"),
+           arg("offsets") = py::none(), arg("max_norm") = py::none(), arg("norm_type") = 2.0,
+           arg("mode") = "mean", arg("per_sample_weights") = py::none(),
+           arg("include_last_offset") = false, arg("padding_idx") = py::none(),
+           arg("out") = py::none(), "embedding_bag with the plain reference kernels (tests).")
+      .def("batched_embedding_bag", BatchedMethod<false>(), arg("input"), arg("bag_ends"),
            arg("per_sample_weights") = py::none(), arg("mode") = "sum",
            arg("padding_idx") = py::none(), arg("max_norm") = py::none(), arg("norm_type") = 2.0,
            arg("out") = py::none(),
            "Batched bags with inclusive end offsets: input [B, N], bag_ends [B, K] -> "
            "[B, K, dim]. Bag m of sample b holds items k with bag_ends[b, m-1] < k <= "
            "bag_ends[b, m].")
+      .def("_batched_embedding_bag_reference", BatchedMethod<true>(), arg("input"),
+           arg("bag_ends"), arg("per_sample_weights") = py::none(), arg("mode") = "sum",
+           arg("padding_idx") = py::none(), arg("max_norm") = py::none(), arg("norm_type") = 2.0,
+           arg("out") = py::none(), "batched_embedding_bag with the reference kernels (tests).")
       .def(
           "numpy", [](py::object self) { return self.cast<const Table&>().Numpy(self); },
           "The rows as a read-only numpy view [rows, dim] of the mapped file (no copy), for "

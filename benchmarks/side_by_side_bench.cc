@@ -29,10 +29,11 @@
 //     (int8 scale/bias kept out of the row).
 //
 //   side_by_side_bench latency --db DIR --table T [--clients 2,4,8]
-//       [--requests 2000] [--bags 64] [--ids-per-bag 20]
+//       [--requests 2000] [--bags 64] [--ids-per-bag 20] [--threads 1]
 //     Serving latency: each of C client threads issues its own requests of
-//     bags x ids-per-bag uniform ids with QueryOptions::max_threads = 1 (the
-//     serving setting), all at once. Prints p50/p90/p99/p99.9 in microseconds
+//     bags x ids-per-bag uniform ids with QueryOptions::max_threads = --threads
+//     (default 1, the serving setting; 0 = the library's default, what the
+//     Python API uses), all at once. Prints p50/p90/p99/p99.9 in microseconds
 //     and the aggregate requests/s per client count.
 //
 // Not a Google Benchmark suite (the timings must be comparable run for run
@@ -432,7 +433,7 @@ int CmdLatency(const Args& args) {
   }
   QueryOptions qo;
   qo.mode = *ParsePoolingMode(mode);
-  qo.max_threads = 1;
+  qo.max_threads = static_cast<int>(args.Int("threads", 1));
   std::vector<int64_t> offsets(bags);
   for (int64_t b = 0; b < bags; ++b) offsets[b] = b * per_bag;
 

@@ -158,8 +158,12 @@ LD_LIBRARY_PATH="$rootlib" run_scenario "packages, pkg-config build" "$root/usr/
 
 if [ "${EMBSTORE_SKIP_STATIC:-0}" != "1" ]; then
   step "7. a static libembstore (BUILD_SHARED_LIBS=OFF)"
-  sbuild=$src/build/static
-  cmake -S "$src" -B "$sbuild" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+  # The directory and configuration setup.py builds the Python extension in
+  # (a static libembstore, no CUDA, no tests), so the two share one build.
+  sbuild=${EMBSTORE_STATIC_BUILD_DIR:-$src/build/python}
+  gen=(-G Ninja)
+  [ -f "$sbuild/CMakeCache.txt" ] && gen=()
+  cmake -S "$src" -B "$sbuild" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
         -DEMBSTORE_CUDA=OFF -DEMBSTORE_BUILD_TESTS=OFF -DEMBSTORE_BUILD_BENCHMARKS=OFF >/dev/null
   cmake --build "$sbuild" -j"$jobs" --target embstore embstore_cli
   sprefix=$work/static-prefix

@@ -6,7 +6,9 @@ pkgs=(build-essential cmake ninja-build pkg-config dpkg-dev file
       libboost-dev libtbb-dev librocksdb-dev libcxxopts-dev
       libgtest-dev libgmock-dev libbenchmark-dev
       libxxhash-dev nlohmann-json3-dev libzip-dev zlib1g-dev
-      clang)
+      clang
+      python3-dev python3-venv python3-pip python3-setuptools python3-wheel python3-build
+      pybind11-dev python3-numpy python3-pytest python3-hypothesis python3-torch)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

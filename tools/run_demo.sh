@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The main job, from a fresh Debian machine: install missing packages, build
 # the `embstore` CLI, import the sample checkpoints committed in examples/,
-# inspect, verify and query them, and score a factorization machine.
+# inspect, verify and query them, and score a factorization machine; then
+# install the Python package (offline, into the venv build/venv) and query
+# the same store from Python and through embstore.torch.EmbeddingBag.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install_deps.sh
 cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build/release -j"${EMBSTORE_JOBS:-2}" --target embstore
+cmake --build build/release -j"${EMBSTORE_JOBS:-2}" --target embstore_cli
 bin=build/release/tools/embstore
 work=$(mktemp -d)
 db=$work/demo-store
@@ -37,3 +39,8 @@ $bin import --db "$db" --table items --from examples/items.npy --replace
 $bin list --db "$db" --versions
 $bin rollback --db "$db" --table items
 $bin info --db "$db" --table items
+# Python: the package, built and installed offline (Debian's numpy and torch
+# through --system-site-packages), over the same store.
+[ -x build/venv/bin/python ] || /usr/bin/python3 -m venv --system-site-packages build/venv
+build/venv/bin/python -m pip install --no-build-isolation --no-index -q .
+build/venv/bin/python examples/python_demo.py "$db"

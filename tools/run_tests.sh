@@ -4,7 +4,8 @@
 #   2. builds Release (CUDA module where nvcc exists) and runs every test,
 #      then checks the library as a user installs it (tools/check_install.sh:
 #      install, find_package and pkg-config consumers, exported symbols,
-#      Debian packages, a static build),
+#      Debian packages, a static build), then the Python package
+#      (tools/run_python_tests.sh: pip install into a venv, a wheel, pytest),
 #   3. builds the tests with ASan+UBSan (CPU only) and runs them again,
 #      including the fuzz-corpus replays,
 #   4. builds the multi-threaded suites with ThreadSanitizer and runs them
@@ -26,6 +27,7 @@ cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build/release -j"$jobs"
 ctest --test-dir build/release --output-on-failure -j"$jobs"
 bash tools/check_install.sh build/release
+bash tools/run_python_tests.sh
 
 if [ "${EMBSTORE_SKIP_SANITIZERS:-0}" != "1" ]; then
   cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "${sanitizer_flags[@]}" \

@@ -21,6 +21,14 @@ echo "== python: pip install --no-build-isolation . (venv build/venv)"
 build/venv/bin/python -m pip install --no-build-isolation --no-index --no-deps \
   --force-reinstall -q .
 build/venv/bin/python -c "import embstore, sys; print('   embstore', embstore.__version__, 'at', embstore.__file__)"
+# The module exports its entry point only (python/module.map): nothing of the
+# static libembstore inside it, or of TBB/nlohmann/..., is visible to torch or
+# other extensions in the process.
+module=$(ls build/venv/lib/python3*/site-packages/embstore/_embstore*.so)
+exported=$(nm -D --defined-only "$module" | awk '{print $NF}')
+[ "$exported" = "PyInit__embstore" ] ||
+  { echo "run_python_tests: $module exports more than PyInit__embstore:" >&2; echo "$exported" | head >&2; exit 1; }
+echo "   $(basename "$module") exports PyInit__embstore only"
 
 echo "== python: python3 -m build --no-isolation --wheel"
 rm -rf build/dist

@@ -153,6 +153,24 @@ WeightArray ToWeights(py::handle obj, const char* what) {
   return r;
 }
 
+std::optional<WeightArray> OptionalWeights(py::handle obj, const std::vector<int64_t>& ids_shape) {
+  if (obj.is_none()) return std::nullopt;
+  WeightArray w = ToWeights(obj, "per_sample_weights");
+  if (w.shape != ids_shape) RaiseValueError("per_sample_weights must have the shape of input");
+  return w;
+}
+
+BatchedIds ToBatchedIds(py::handle input, py::handle bag_ends) {
+  BatchedIds b{ToIds(input, "input"), ToIds(bag_ends, "bag_ends")};
+  if (b.ids.shape.size() != 2) RaiseValueError("input must be 2-D [B, N]");
+  if (b.ends.shape.size() != 2) RaiseValueError("bag_ends must be 2-D [B, K]");
+  if (b.ends.shape[0] != b.ids.shape[0]) {
+    RaiseValueError("bag_ends has " + std::to_string(b.ends.shape[0]) + " samples but input has " +
+                    std::to_string(b.ids.shape[0]));
+  }
+  return b;
+}
+
 py::array_t<float> OutputArray(py::handle out, const std::vector<int64_t>& shape) {
   if (out.is_none()) return py::array_t<float>(shape);
   py::array a = AsArray(out, "out");

@@ -56,6 +56,17 @@ struct WeightArray {
   std::vector<int64_t> shape;
 };
 WeightArray ToWeights(py::handle obj, const char* what);
+// per_sample_weights: absent (None) or of the ids' shape (torch's rule).
+std::optional<WeightArray> OptionalWeights(py::handle obj, const std::vector<int64_t>& ids_shape);
+
+// A batched-bag layout: input [B, N] and bag_ends [B, K], checked.
+struct BatchedIds {
+  IdArray ids, ends;
+  int64_t batch() const { return ids.shape[0]; }
+  int64_t items() const { return ids.shape[1]; }
+  int64_t bags_per_sample() const { return ends.shape[1]; }
+};
+BatchedIds ToBatchedIds(py::handle input, py::handle bag_ends);
 
 // The output: `out` when given (float32, C-contiguous, writable, exactly
 // `shape`; otherwise ValueError), else a new float32 array of `shape`.

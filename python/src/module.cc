@@ -42,9 +42,9 @@ class Table {
   TableView view() const { return snap_.view(); }
 
   py::array EmbeddingBag(py::handle input, py::handle offsets, py::handle max_norm,
-                         double norm_type, const std::string& mode,
-                         py::handle per_sample_weights, bool include_last_offset,
-                         py::handle padding_idx, py::handle out, bool reference) const {
+                         double norm_type, const std::string& mode, py::handle per_sample_weights,
+                         bool include_last_offset, py::handle padding_idx, py::handle out,
+                         bool reference) const {
     const QueryOptions options =
         ToQueryOptions(mode, max_norm, norm_type, padding_idx, include_last_offset);
     const IdArray ids = ToIds(input, "input");
@@ -61,14 +61,8 @@ class Table {
       if (offs->shape.size() != 1) RaiseValueError("offsets must be 1-D");
       request.offsets = offs->view;
     }
-    std::optional<WeightArray> weights;
-    if (!per_sample_weights.is_none()) {
-      weights = ToWeights(per_sample_weights, "per_sample_weights");
-      if (weights->shape != ids.shape) {
-        RaiseValueError("per_sample_weights must have the shape of input");
-      }
-      request.weights = weights->values;
-    }
+    const std::optional<WeightArray> weights = OptionalWeights(per_sample_weights, ids.shape);
+    if (weights) request.weights = weights->values;
     const TableView table = view();
     Result<engine::BagPlan> plan = Status::Internal("not planned");
     {
@@ -84,28 +78,15 @@ class Table {
                                 py::handle padding_idx, py::handle max_norm, double norm_type,
                                 py::handle out, bool reference) const {
     const QueryOptions options = ToQueryOptions(mode, max_norm, norm_type, padding_idx, false);
-    const IdArray ids = ToIds(input, "input");
-    const IdArray ends = ToIds(bag_ends, "bag_ends");
-    if (ids.shape.size() != 2) RaiseValueError("input must be 2-D [B, N]");
-    if (ends.shape.size() != 2) RaiseValueError("bag_ends must be 2-D [B, K]");
-    if (ends.shape[0] != ids.shape[0]) {
-      RaiseValueError("bag_ends has " + std::to_string(ends.shape[0]) +
-                      " samples but input has " + std::to_string(ids.shape[0]));
-    }
+    const BatchedIds b = ToBatchedIds(input, bag_ends);
     BatchedBagRequest request;
-    request.indices = ids.view;
-    request.ends = ends.view;
-    request.batch = ids.shape[0];
-    request.items = ids.shape[1];
-    request.bags_per_sample = ends.shape[1];
-    std::optional<WeightArray> weights;
-    if (!per_sample_weights.is_none()) {
-      weights = ToWeights(per_sample_weights, "per_sample_weights");
-      if (weights->shape != ids.shape) {
-        RaiseValueError("per_sample_weights must have the shape of input");
-      }
-      request.weights = weights->values;
-    }
+    request.indices = b.ids.view;
+    request.ends = b.ends.view;
+    request.batch = b.batch();
+    request.items = b.items();
+    request.bags_per_sample = b.bags_per_sample();
+    const std::optional<WeightArray> weights = OptionalWeights(per_sample_weights, b.ids.shape);
+    if (weights) request.weights = weights->values;
     const TableView table = view();
     Result<engine::BagPlan> plan = Status::Internal("not planned");
     {
@@ -138,7 +119,8 @@ class Table {
     float* dst = out.mutable_data();
     {
       py::gil_scoped_release unlocked;
-      for (int64_t r = 0; r < v.rows; ++r) codec::DecodeRow(v.Row(r), v.dim, v.dtype, dst + r * v.dim);
+      for (int64_t r = 0; r < v.rows; ++r)
+        codec::DecodeRow(v.Row(r), v.dim, v.dtype, dst + r * v.dim);
     }
     return out;
   }
@@ -260,8 +242,8 @@ class PyStore {
 
 py::array_t<float> FmScorePy(PyStore& store, const std::string& model, const std::string& vectors,
                              const std::string& biases, double bias, py::handle input,
-                             py::handle bag_ends, py::handle per_sample_weights,
-                             py::handle fields, int64_t num_fields) {
+                             py::handle bag_ends, py::handle per_sample_weights, py::handle fields,
+                             int64_t num_fields) {
   FmModel m;
   if (model == "fm") {
     m = FmModel::kFm;
@@ -272,34 +254,21 @@ py::array_t<float> FmScorePy(PyStore& store, const std::string& model, const std
   }
   Table v = store.GetTable(vectors);
   Table b = store.GetTable(biases);
-  const IdArray ids = ToIds(input, "input");
-  const IdArray ends = ToIds(bag_ends, "bag_ends");
-  if (ids.shape.size() != 2) RaiseValueError("input must be 2-D [B, N]");
-  if (ends.shape.size() != 2) RaiseValueError("bag_ends must be 2-D [B, K]");
-  if (ends.shape[0] != ids.shape[0]) {
-    RaiseValueError("bag_ends has " + std::to_string(ends.shape[0]) + " samples but input has " +
-                    std::to_string(ids.shape[0]));
-  }
+  const BatchedIds bi = ToBatchedIds(input, bag_ends);
   FmRequest request;
-  request.bags.indices = ids.view;
-  request.bags.ends = ends.view;
-  request.bags.batch = ids.shape[0];
-  request.bags.items = ids.shape[1];
-  request.bags.bags_per_sample = ends.shape[1];
+  request.bags.indices = bi.ids.view;
+  request.bags.ends = bi.ends.view;
+  request.bags.batch = bi.batch();
+  request.bags.items = bi.items();
+  request.bags.bags_per_sample = bi.bags_per_sample();
   request.bias = bias;
   request.num_fields = num_fields;
-  std::optional<WeightArray> weights;
-  if (!per_sample_weights.is_none()) {
-    weights = ToWeights(per_sample_weights, "per_sample_weights");
-    if (weights->shape != ids.shape) {
-      RaiseValueError("per_sample_weights must have the shape of input");
-    }
-    request.bags.weights = weights->values;
-  }
+  const std::optional<WeightArray> weights = OptionalWeights(per_sample_weights, bi.ids.shape);
+  if (weights) request.bags.weights = weights->values;
   std::optional<IdArray> f;
   if (!fields.is_none()) {
     f = ToIds(fields, "fields");
-    if (f->shape != ends.shape) RaiseValueError("fields must have the shape of bag_ends");
+    if (f->shape != bi.ends.shape) RaiseValueError("fields must have the shape of bag_ends");
     request.fields = f->view;
   }
   py::array_t<float> out(std::vector<int64_t>{request.bags.batch});
@@ -329,10 +298,10 @@ auto EmbeddingBagMethod() {
 template <bool kReference>
 auto BatchedMethod() {
   return [](const Table& t, py::handle input, py::handle bag_ends, py::handle per_sample_weights,
-            const std::string& mode, py::handle padding_idx, py::handle max_norm,
-            double norm_type, py::handle out) {
-    return t.BatchedEmbeddingBag(input, bag_ends, per_sample_weights, mode, padding_idx,
-                                 max_norm, norm_type, out, kReference);
+            const std::string& mode, py::handle padding_idx, py::handle max_norm, double norm_type,
+            py::handle out) {
+    return t.BatchedEmbeddingBag(input, bag_ends, per_sample_weights, mode, padding_idx, max_norm,
+                                 norm_type, out, kReference);
   };
 }
 
@@ -389,16 +358,15 @@ PYBIND11_MODULE(_embstore, m) {
                     "One version of one table: a snapshot. It keeps reading its version "
                     "however the table is replaced or dropped later.")
       .def_property_readonly("name", [](const Table& t) { return t.info().name; })
-      .def_property_readonly("shape",
-                             [](const Table& t) { return py::make_tuple(t.info().rows, t.info().dim); })
+      .def_property_readonly(
+          "shape", [](const Table& t) { return py::make_tuple(t.info().rows, t.info().dim); })
       .def_property_readonly("dtype", [](const Table& t) { return DTypeName(t.info().dtype); })
       .def_property_readonly("version", [](const Table& t) { return t.info().version; })
       .def_property_readonly("info", [](const Table& t) { return t.info(); })
-      .def("embedding_bag", EmbeddingBagMethod<false>(), arg("input"),
-           arg("offsets") = py::none(), arg("max_norm") = py::none(), arg("norm_type") = 2.0,
-           arg("mode") = "mean", arg("per_sample_weights") = py::none(),
-           arg("include_last_offset") = false, arg("padding_idx") = py::none(),
-           arg("out") = py::none(),
+      .def("embedding_bag", EmbeddingBagMethod<false>(), arg("input"), arg("offsets") = py::none(),
+           arg("max_norm") = py::none(), arg("norm_type") = 2.0, arg("mode") = "mean",
+           arg("per_sample_weights") = py::none(), arg("include_last_offset") = false,
+           arg("padding_idx") = py::none(), arg("out") = py::none(),
            "torch.nn.functional.embedding_bag over this table: a float32 [B, dim] array.\n"
            "max_norm never modifies the table; weighted mean and max are allowed.")
       .def("_embedding_bag_reference", EmbeddingBagMethod<true>(), arg("input"),
@@ -413,8 +381,8 @@ PYBIND11_MODULE(_embstore, m) {
            "Batched bags with inclusive end offsets: input [B, N], bag_ends [B, K] -> "
            "[B, K, dim]. Bag m of sample b holds items k with bag_ends[b, m-1] < k <= "
            "bag_ends[b, m].")
-      .def("_batched_embedding_bag_reference", BatchedMethod<true>(), arg("input"),
-           arg("bag_ends"), arg("per_sample_weights") = py::none(), arg("mode") = "sum",
+      .def("_batched_embedding_bag_reference", BatchedMethod<true>(), arg("input"), arg("bag_ends"),
+           arg("per_sample_weights") = py::none(), arg("mode") = "sum",
            arg("padding_idx") = py::none(), arg("max_norm") = py::none(), arg("norm_type") = 2.0,
            arg("out") = py::none(), "batched_embedding_bag with the reference kernels (tests).")
       .def(
@@ -449,10 +417,9 @@ PYBIND11_MODULE(_embstore, m) {
       .def("table", &PyStore::GetTable, arg("name"),
            "The current version of `name` as a Table (a snapshot).");
 
-  m.def("fm_score", &FmScorePy, arg("store"), py::kw_only(), arg("model") = "fm",
-        arg("vectors"), arg("biases"), arg("bias") = 0.0, arg("input"), arg("bag_ends"),
-        arg("per_sample_weights") = py::none(), arg("fields") = py::none(),
-        arg("num_fields") = 0,
+  m.def("fm_score", &FmScorePy, arg("store"), py::kw_only(), arg("model") = "fm", arg("vectors"),
+        arg("biases"), arg("bias") = 0.0, arg("input"), arg("bag_ends"),
+        arg("per_sample_weights") = py::none(), arg("fields") = py::none(), arg("num_fields") = 0,
         "FM / FFM scores [B] over batched bags, as `embstore score`.");
   m.def("inspect", &Inspect, arg("path"),
         "The tensors of a checkpoint: a list of (key, dtype, shape).");

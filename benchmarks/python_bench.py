@@ -7,10 +7,11 @@ package installed, and Debian's numpy and torch). Two parts, each against its ba
 the same run:
 
   overhead  Python call overhead for small requests, 64 bags x 20 uniform ids (sum) on a
-            warm 100k x DIM f32 table: the per-call median of Table.embedding_bag (with out=,
+            warm 100k x DIM f32 table: the time per call of Table.embedding_bag (with out=,
             and allocating its result) against the C++ API on the same table and request
             shape (`side_by_side_bench latency --clients 1`, same QueryOptions::max_threads:
-            the library's default), for DIM 16 (serial path) and 128 (parallel path).
+            the library's default), in alternating rounds (medians over rounds), for DIM 16
+            (the engine's serial path) and 128 (its parallel path).
   headline  1M x 128 f32, 40 uniform ids per bag, 50k bags (2M lookups), 2 threads:
             Table.embedding_bag against torch.nn.functional.embedding_bag in this process,
             both reading the same mmapped rows (torch gets Table.numpy(), the zero-copy view);
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -59,41 +61,48 @@ def make_table(store, tmp, name, rows, dim, seed):
     return store.table(name)
 
 
-def overhead(store, tmp, bench, db, dim, requests):
+def overhead(store, tmp, bench, db, dim, requests, rounds):
+    """Per-call time of one 64 x 20 request, Python against C++, in alternating rounds."""
     table = make_table(store, tmp, f"small{dim}", 100_000, dim, dim)
     rng = np.random.default_rng(1)
     reqs = [rng.integers(0, 100_000, 64 * 20) for _ in range(64)]
     offs = np.arange(0, 64 * 20, 20)
     out = np.empty((64, dim), np.float32)
-    state = {"i": 0}
+    f = table.embedding_bag
 
-    def one(with_out):
-        r = reqs[state["i"] % 64]
-        state["i"] += 1
-        if with_out:
-            table.embedding_bag(r, offs, mode="sum", out=out)
-        else:
-            table.embedding_bag(r, offs, mode="sum")
-
-    # Per-call medians over `requests` single calls (timing each call, as the C++ side does).
-    def per_call(with_out):
-        for _ in range(200):
-            one(with_out)
-        lat = []
-        for _ in range(requests):
+    def python_round(with_out):
+        # Blocks of 64 calls (one per prepared request), timed as a block: the median
+        # block's time per call. The loop adds a few tens of ns per call.
+        per_call = []
+        for _ in range(max(1, requests // 64)):
             t0 = time.perf_counter()
-            one(with_out)
-            lat.append(time.perf_counter() - t0)
-        return statistics.median(lat) * 1e6
+            if with_out:
+                for r in reqs:
+                    f(r, offs, mode="sum", out=out)
+            else:
+                for r in reqs:
+                    f(r, offs, mode="sum")
+            per_call.append((time.perf_counter() - t0) / 64)
+        return statistics.median(per_call) * 1e6
 
-    py_out = per_call(True)
-    py_alloc = per_call(False)
-    cpp = json.loads(subprocess.run(
-        [bench, "latency", "--db", db, "--table", f"small{dim}", "--clients", "1", "--requests",
-         str(requests), "--bags", "64", "--ids-per-bag", "20", "--threads", "0"],
-        check=True, capture_output=True, text=True).stdout)["runs"][0]["p50_us"]
-    return {"dim": dim, "python_out_us": py_out, "python_alloc_us": py_alloc, "cpp_us": cpp,
-            "overhead_out_us": py_out - cpp, "overhead_alloc_us": py_alloc - cpp}
+    def cpp_round():
+        run = subprocess.run(
+            [bench, "latency", "--db", db, "--table", f"small{dim}", "--clients", "1",
+             "--requests", str(requests), "--bags", "64", "--ids-per-bag", "20", "--threads", "0"],
+            check=True, capture_output=True, text=True)
+        return json.loads(run.stdout)["runs"][0]["p50_us"]
+
+    python_round(True)  # warm-up
+    py_out, py_alloc, cpp = [], [], []
+    for _ in range(rounds):
+        py_out.append(python_round(True))
+        cpp.append(cpp_round())
+        py_alloc.append(python_round(False))
+    med = statistics.median
+    return {"dim": dim, "python_out_us": med(py_out), "python_alloc_us": med(py_alloc),
+            "cpp_us": med(cpp), "overhead_out_us": med(py_out) - med(cpp),
+            "overhead_alloc_us": med(py_alloc) - med(cpp),
+            "rounds": {"python_out_us": py_out, "python_alloc_us": py_alloc, "cpp_us": cpp}}
 
 
 def headline(store, tmp, rounds):
@@ -103,7 +112,9 @@ def headline(store, tmp, rounds):
     ids = rng.integers(0, rows, bags * per_bag)
     offs = np.arange(0, bags * per_bag, per_bag)
     w = rng.uniform(0.5, 1.5, ids.size).astype(np.float32)
-    weight = torch.from_numpy(table.numpy())  # the same mapped rows, no copy (read-only view)
+    with warnings.catch_warnings():  # "not writable": torch only reads it here
+        warnings.simplefilter("ignore")
+        weight = torch.from_numpy(table.numpy())  # the same mapped rows, no copy
     tid, toffs, tw = torch.from_numpy(ids), torch.from_numpy(offs), torch.from_numpy(w)
     torch.set_num_threads(2)
     # Touch every row once on both paths so neither pays the page faults.
@@ -133,7 +144,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--build", default="build/release")
     p.add_argument("--data", default=None, help="where the store goes (default: a temp dir)")
-    p.add_argument("--requests", type=int, default=20000)
+    p.add_argument("--requests", type=int, default=4096, help="calls per overhead round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--parts", default="overhead,headline")
     p.add_argument("--out")
@@ -147,7 +158,8 @@ def main():
            "loadavg_start": os.getloadavg()[0]}
     parts = a.parts.split(",")
     if "overhead" in parts:
-        res["overhead"] = [overhead(store, tmp, bench, db, d, a.requests) for d in (16, 128)]
+        res["overhead"] = [overhead(store, tmp, bench, db, d, a.requests, max(a.rounds, 5))
+                           for d in (16, 128)]
     if "headline" in parts:
         res["headline"] = headline(store, tmp, a.rounds)
     res["loadavg_end"] = os.getloadavg()[0]

@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <cctype>
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <limits>
@@ -21,9 +23,7 @@ uint64_t ReadLimit(const std::string& path) {
   return std::strtoull(v.c_str(), nullptr, 10);
 }
 
-}  // namespace
-
-uint64_t UsableMemoryBytes() {
+uint64_t ReadUsableMemoryBytes() {
   const long pages = ::sysconf(_SC_PHYS_PAGES);
   const long page = ::sysconf(_SC_PAGESIZE);
   uint64_t bytes = pages > 0 && page > 0
@@ -47,6 +47,25 @@ uint64_t UsableMemoryBytes() {
     if (limit > 0 && limit < bytes) bytes = limit;
   }
   return bytes;
+}
+
+}  // namespace
+
+uint64_t UsableMemoryBytes() {
+  // Reading the cgroup files costs tens of microseconds, and every query's
+  // plan asks (the memory preflight): the value is read at most once a second.
+  using Clock = std::chrono::steady_clock;
+  static std::atomic<uint64_t> cached{0};
+  static std::atomic<Clock::rep> read_at{0};
+  constexpr Clock::rep kRefresh =
+      std::chrono::duration_cast<Clock::duration>(std::chrono::seconds(1)).count();
+  const Clock::rep now = Clock::now().time_since_epoch().count();
+  const uint64_t value = cached.load(std::memory_order_acquire);
+  if (value != 0 && now - read_at.load(std::memory_order_relaxed) < kRefresh) return value;
+  const uint64_t fresh = ReadUsableMemoryBytes();
+  read_at.store(now, std::memory_order_relaxed);
+  cached.store(fresh, std::memory_order_release);
+  return fresh;
 }
 
 }  // namespace embstore

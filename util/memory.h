@@ -9,6 +9,9 @@ namespace embstore {
 
 // The bytes of memory this process may fill: physical memory, or the limit
 // of its memory cgroup (v2 memory.max, v1 memory.limit_in_bytes) when lower.
+// Read from the system at most once a second (the files cost tens of
+// microseconds, and every query plan asks): the value may be a second old.
+// Thread-safe.
 uint64_t UsableMemoryBytes();
 
 }  // namespace embstore

@@ -11,7 +11,8 @@ the same run:
             and allocating its result) against the C++ API on the same table and request
             shape (`side_by_side_bench latency --clients 1`, same QueryOptions::max_threads:
             the library's default), in alternating rounds (medians over rounds), for DIM 16
-            (the engine's serial path) and 128 (its parallel path).
+            (the engine's serial path) and 128 (its parallel path); and a 1 x 1 request at
+            DIM 16, the fixed cost of a call.
   headline  1M x 128 f32, 40 uniform ids per bag, 50k bags (2M lookups), 2 threads:
             Table.embedding_bag against torch.nn.functional.embedding_bag in this process,
             both reading the same mmapped rows (torch gets Table.numpy(), the zero-copy view);
@@ -61,13 +62,15 @@ def make_table(store, tmp, name, rows, dim, seed):
     return store.table(name)
 
 
-def overhead(store, tmp, bench, db, dim, requests, rounds):
-    """Per-call time of one 64 x 20 request, Python against C++, in alternating rounds."""
-    table = make_table(store, tmp, f"small{dim}", 100_000, dim, dim)
+def overhead(store, tmp, bench, db, dim, bags, per_bag, requests, rounds):
+    """Per-call time of one bags x per_bag request, Python against C++, in alternating rounds."""
+    name = f"small{dim}"
+    table = store.table(name) if name in store.tables() else make_table(store, tmp, name, 100_000,
+                                                                         dim, dim)
     rng = np.random.default_rng(1)
-    reqs = [rng.integers(0, 100_000, 64 * 20) for _ in range(64)]
-    offs = np.arange(0, 64 * 20, 20)
-    out = np.empty((64, dim), np.float32)
+    reqs = [rng.integers(0, 100_000, bags * per_bag) for _ in range(64)]
+    offs = np.arange(0, bags * per_bag, per_bag)
+    out = np.empty((bags, dim), np.float32)
     f = table.embedding_bag
 
     def python_round(with_out):
@@ -87,8 +90,8 @@ def overhead(store, tmp, bench, db, dim, requests, rounds):
 
     def cpp_round():
         run = subprocess.run(
-            [bench, "latency", "--db", db, "--table", f"small{dim}", "--clients", "1",
-             "--requests", str(requests), "--bags", "64", "--ids-per-bag", "20", "--threads", "0"],
+            [bench, "latency", "--db", db, "--table", name, "--clients", "1", "--requests",
+             str(requests), "--bags", str(bags), "--ids-per-bag", str(per_bag), "--threads", "0"],
             check=True, capture_output=True, text=True)
         return json.loads(run.stdout)["runs"][0]["p50_us"]
 
@@ -99,7 +102,7 @@ def overhead(store, tmp, bench, db, dim, requests, rounds):
         cpp.append(cpp_round())
         py_alloc.append(python_round(False))
     med = statistics.median
-    return {"dim": dim, "python_out_us": med(py_out), "python_alloc_us": med(py_alloc),
+    return {"dim": dim, "bags": bags, "ids_per_bag": per_bag, "python_out_us": med(py_out), "python_alloc_us": med(py_alloc),
             "cpp_us": med(cpp), "overhead_out_us": med(py_out) - med(cpp),
             "overhead_alloc_us": med(py_alloc) - med(cpp),
             "rounds": {"python_out_us": py_out, "python_alloc_us": py_alloc, "cpp_us": cpp}}
@@ -158,8 +161,8 @@ def main():
            "loadavg_start": os.getloadavg()[0]}
     parts = a.parts.split(",")
     if "overhead" in parts:
-        res["overhead"] = [overhead(store, tmp, bench, db, d, a.requests, max(a.rounds, 5))
-                           for d in (16, 128)]
+        res["overhead"] = [overhead(store, tmp, bench, db, d, b, n, a.requests, max(a.rounds, 5))
+                           for d, b, n in ((16, 1, 1), (16, 64, 20), (128, 64, 20))]
     if "headline" in parts:
         res["headline"] = headline(store, tmp, a.rounds)
     res["loadavg_end"] = os.getloadavg()[0]

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -56,12 +57,13 @@ class CMakeBuild(build_ext):
         subprocess.check_call(configure)
         subprocess.check_call(["cmake", "--build", str(build_dir), "--target", ext.target,
                                "-j", jobs])
-        built = sorted((build_dir / "python").glob(ext.target + "*.so"))
-        if not built:
-            raise RuntimeError(f"CMake built no {ext.target} module in {build_dir / 'python'}")
+        # The module for this interpreter (a build directory may hold others').
+        built = build_dir / "python" / (ext.target + sysconfig.get_config_var("EXT_SUFFIX"))
+        if not built.exists():
+            raise RuntimeError(f"CMake built no {built}")
         dest = pathlib.Path(self.get_ext_fullpath(ext.name))
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(built[-1], dest)
+        shutil.copyfile(built, dest)
 
 
 setup(

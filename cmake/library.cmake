@@ -84,8 +84,18 @@ install(FILES ${PROJECT_BINARY_DIR}/embstoreConfig.cmake
 # embstore.pc is relocatable: its prefix is found from the file's own place
 # (${pcfiledir}), so it is right for `cmake --install --prefix P`, DESTDIR,
 # and packages unpacked anywhere. A static library adds what it links.
-file(RELATIVE_PATH EMBSTORE_PC_TO_PREFIX /${CMAKE_INSTALL_LIBDIR}/pkgconfig /)
-string(REGEX REPLACE "/$" "" EMBSTORE_PC_TO_PREFIX "${EMBSTORE_PC_TO_PREFIX}")
+# (An absolute CMAKE_INSTALL_LIBDIR or INCLUDEDIR is written as it is: not relocatable.)
+if(IS_ABSOLUTE "${CMAKE_INSTALL_LIBDIR}" OR IS_ABSOLUTE "${CMAKE_INSTALL_INCLUDEDIR}")
+  set(EMBSTORE_PC_PREFIX "${CMAKE_INSTALL_PREFIX}")
+  set(EMBSTORE_PC_LIBDIR "${CMAKE_INSTALL_FULL_LIBDIR}")
+  set(EMBSTORE_PC_INCLUDEDIR "${CMAKE_INSTALL_FULL_INCLUDEDIR}")
+else()
+  file(RELATIVE_PATH to_prefix /${CMAKE_INSTALL_LIBDIR}/pkgconfig /)
+  string(REGEX REPLACE "/$" "" to_prefix "${to_prefix}")
+  set(EMBSTORE_PC_PREFIX "\${pcfiledir}/${to_prefix}")
+  set(EMBSTORE_PC_LIBDIR "\${prefix}/${CMAKE_INSTALL_LIBDIR}")
+  set(EMBSTORE_PC_INCLUDEDIR "\${prefix}/${CMAKE_INSTALL_INCLUDEDIR}")
+endif()
 set(EMBSTORE_PC_PRIVATE "")
 if(EMBSTORE_STATIC_LIBRARY)
   set(cuda_libs "")

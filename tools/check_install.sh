@@ -48,6 +48,7 @@ for f in cmake/embstore/embstoreConfig.cmake cmake/embstore/embstoreConfigVersio
 done
 soname=$(readelf -d "$libdir/libembstore.so" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
 [[ "$soname" =~ ^libembstore\.so\.[0-9]+$ ]] || fail "soname '$soname' is not libembstore.so.MAJOR"
+major=${soname##*.}
 echo "   installed: $(cd "$prefix" && find . -type f | wc -l) files; soname $soname"
 
 step "2. public headers: self-contained, nothing of the dependencies"
@@ -55,9 +56,12 @@ headers=("$prefix"/include/embstore/*.h)
 [ "${#headers[@]}" -ge 10 ] || fail "only ${#headers[@]} public headers"
 for h in "${headers[@]}"; do
   name=embstore/$(basename "$h")
-  deps=$(echo "#include <$name>" | g++ -std=c++20 -M -x c++ -I"$prefix/include" - -o /dev/null) ||
+  echo "#include <$name>" | g++ -std=c++20 -fsyntax-only -Wall -x c++ -I"$prefix/include" - ||
     fail "$name does not compile on its own"
-  if echo "$deps" | tr ' ' '\n' | grep -E '(tbb|rocksdb|boost|nlohmann|cuda|xxhash|zip\.h)' ; then
+  deps=$(echo "#include <$name>" | g++ -std=c++20 -M -MF /dev/stdout -x c++ -I"$prefix/include" -)
+  ndeps=$(tr ' ' '\n' <<<"$deps" | grep -c '\.h' || true)
+  [ "$ndeps" -ge 1 ] || fail "no dependency list for $name"
+  if tr ' ' '\n' <<<"$deps" | grep -E '(tbb|rocksdb|boost|nlohmann|cuda|xxhash|zip\.h)'; then
     fail "$name includes a dependency's header (above)"
   fi
 done
@@ -90,6 +94,7 @@ run_scenario() {
   done
   local rc=0
   wait "$pid" || rc=$?
+  pids=("${pids[@]/$pid}")
   cat "$d/out" | sed 's/^/   /'
   [ "$rc" -eq 0 ] || fail "$label: the consumer exited with $rc"
   grep -q 'now serving version 3' "$d/out" || fail "$label: version 3 was not followed"
@@ -125,10 +130,19 @@ g++ -std=c++20 -O1 -rdynamic "$src/tests/library/rival_dependency.cc" \
     $(PKG_CONFIG_PATH="$pcdir" pkg-config --cflags --libs embstore) -ltbb -pthread \
     -o "$work/rival_dependency"
 LD_LIBRARY_PATH="$libdir" "$work/rival_dependency" "$work/rival-store"
+# Negative control: the same objects linked without the version script
+# (tests/CMakeLists.txt: embstore_unversioned) export the dependencies'
+# instantiations too, and there the rival's json::dump must break the store.
+unversioned=$build/tests/unversioned/libembstore.so.$major
+[ -f "$unversioned" ] || fail "no $unversioned (it is built with the tests)"
+if LD_LIBRARY_PATH="$(dirname "$unversioned")" "$work/rival_dependency" "$work/rival-store-2" \
+     >"$work/rival-2.out" 2>&1; then
+  fail "rival_dependency passed against a library exporting everything: it would check nothing"
+fi
+echo "   negative control: against the same objects exporting everything it fails: $(tail -n 1 "$work/rival-2.out")"
 
 step "6. cpack -G DEB, dpkg -x, and the consumer against the unpacked root"
 (cd "$build" && cpack -G DEB -B "$work/debs" >/dev/null)
-major=${soname##*.}
 debs=("$work"/debs/*.deb)
 [ "${#debs[@]}" -eq 3 ] || fail "expected 3 packages, got ${#debs[@]}: ${debs[*]}"
 for p in "libembstore$major" libembstore-dev embstore-tools; do

@@ -69,6 +69,18 @@ class Served {
   std::shared_ptr<const embstore::TableSnapshot> current_;
 };
 
+// A snapshot held for serving. When the last request using it lets go, the
+// engine forgets its rows before the mapping goes: a GPU engine caches rows by
+// the table's address, and the next version may be mapped at the same one.
+std::shared_ptr<const embstore::TableSnapshot> Hold(embstore::TableSnapshot snap,
+                                                    embstore::Engine* engine) {
+  return std::shared_ptr<const embstore::TableSnapshot>(
+      new embstore::TableSnapshot(std::move(snap)), [engine](const embstore::TableSnapshot* s) {
+        (void)engine->Forget(s->view());
+        delete s;
+      });
+}
+
 // What pooling `bag` (sum) must give on a pattern table of `tag`.
 bool MatchesPattern(const std::vector<int64_t>& ids, const std::vector<int64_t>& offsets,
                     const std::vector<float>& out, int64_t dim, int64_t tag) {
@@ -152,7 +164,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "consumer: %s\n", first.status().ToString().c_str());
     return 1;
   }
-  served.Set(std::make_shared<const embstore::TableSnapshot>(std::move(first).value()));
+  served.Set(Hold(std::move(first).value(), engine->get()));
   std::printf("consumer: serving %s version %llu\n", a.table.c_str(),
               static_cast<unsigned long long>(served.Get()->info().version));
   std::fflush(stdout);
@@ -222,7 +234,7 @@ int main(int argc, char** argv) {
     if (!info.ok() || info->version == served.Get()->info().version) continue;
     auto next = (*store)->GetSnapshot(a.table);
     if (!next.ok()) continue;  // replaced again meanwhile, or dropped: try again
-    served.Set(std::make_shared<const embstore::TableSnapshot>(std::move(next).value()));
+    served.Set(Hold(std::move(next).value(), engine->get()));
     std::printf("consumer: now serving version %llu\n",
                 static_cast<unsigned long long>(served.Get()->info().version));
     std::fflush(stdout);

@@ -193,27 +193,55 @@ std::span<float> Values(py::array_t<float>& a) {
   return std::span<float>(a.mutable_data(), static_cast<size_t>(a.size()));
 }
 
+// A Python number as a double (numpy scalars included); ValueError otherwise.
+double ToDouble(py::handle obj, const char* what) {
+  const double v = PyFloat_AsDouble(obj.ptr());
+  if (v == -1.0 && PyErr_Occurred()) {
+    PyErr_Clear();
+    RaiseValueError(std::string(what) + " must be a number or None, not " + TypeName(obj));
+  }
+  return v;
+}
+
+// A Python integer (numpy integers included: operator.index) as an int64.
+int64_t ToInt64(py::handle obj, const char* what) {
+  py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(obj.ptr()));
+  if (!index) {
+    PyErr_Clear();
+    RaiseValueError(std::string(what) + " must be an int or None, not " + TypeName(obj));
+  }
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+  if (overflow != 0 || (v == -1 && PyErr_Occurred())) {
+    PyErr_Clear();
+    RaiseValueError(std::string(what) + " is out of the int64 range");
+  }
+  return v;
+}
+
 QueryOptions ToQueryOptions(const std::string& mode, py::handle max_norm, double norm_type,
                             py::handle padding_idx, bool include_last_offset) {
   QueryOptions o;
   const std::optional<PoolingMode> m = ParsePoolingMode(mode);
   if (!m) RaiseValueError("mode must be 'sum', 'mean' or 'max', not '" + mode + "'");
   o.mode = *m;
-  if (!max_norm.is_none()) {
-    if (!py::isinstance<py::float_>(max_norm) && !py::isinstance<py::int_>(max_norm)) {
-      RaiseValueError("max_norm must be a number or None, not " + TypeName(max_norm));
-    }
-    o.max_norm = max_norm.cast<double>();
-  }
+  if (!max_norm.is_none()) o.max_norm = ToDouble(max_norm, "max_norm");
   o.norm_type = norm_type;
-  if (!padding_idx.is_none()) {
-    if (!py::isinstance<py::int_>(padding_idx)) {
-      RaiseValueError("padding_idx must be an int or None, not " + TypeName(padding_idx));
-    }
-    o.padding_idx = padding_idx.cast<int64_t>();
-  }
+  if (!padding_idx.is_none()) o.padding_idx = ToInt64(padding_idx, "padding_idx");
   o.include_last_offset = include_last_offset;
   return o;
+}
+
+void CheckNoOverlap(const py::array& out, std::initializer_list<const py::array*> inputs) {
+  const auto* begin = static_cast<const char*>(out.data());
+  const char* end = begin + out.nbytes();
+  for (const py::array* in : inputs) {
+    if (in == nullptr || !*in || in->nbytes() == 0) continue;
+    // The engine's inputs are C-contiguous (ToIds / ToWeights copy others).
+    const auto* b = static_cast<const char*>(in->data());
+    const char* e = b + in->nbytes();
+    if (b < end && begin < e) RaiseValueError("out must not share memory with the inputs");
+  }
 }
 
 }  // namespace embstore::python

@@ -14,6 +14,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <span>
 #include <string>
@@ -72,6 +73,10 @@ BatchedIds ToBatchedIds(py::handle input, py::handle bag_ends);
 // `shape`; otherwise ValueError), else a new float32 array of `shape`.
 py::array_t<float> OutputArray(py::handle out, const std::vector<int64_t>& shape);
 std::span<float> Values(py::array_t<float>& a);
+
+// Refuses an `out` whose memory overlaps any of `inputs` (null entries are
+// skipped): pooling would overwrite ids it has yet to read.
+void CheckNoOverlap(const py::array& out, std::initializer_list<const py::array*> inputs);
 
 // Pooling options from torch's argument names.
 QueryOptions ToQueryOptions(const std::string& mode, py::handle max_norm, double norm_type,

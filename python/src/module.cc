@@ -70,7 +70,8 @@ class Table {
       plan = engine::PlanBags(table, request, options);
     }
     Check(plan.status());
-    return Pool(table, *plan, options, out, reference);
+    return Pool(table, *plan, options, out, reference,
+                {&ids.array, offs ? &offs->array : nullptr, weights ? &weights->array : nullptr});
   }
 
   py::array BatchedEmbeddingBag(py::handle input, py::handle bag_ends,
@@ -94,7 +95,8 @@ class Table {
       plan = engine::PlanBatchedBags(table, request, options);
     }
     Check(plan.status());
-    return Pool(table, *plan, options, out, reference);
+    return Pool(table, *plan, options, out, reference,
+                {&b.ids.array, &b.ends.array, weights ? &weights->array : nullptr});
   }
 
   // The rows themselves, read-only, for f32 and f16 tables.
@@ -129,8 +131,10 @@ class Table {
   // Pools with the fast kernels, or with their plain reference twin
   // (engine/kernels_ref.h; the tests compare the two through Python).
   py::array Pool(const TableView& table, const engine::BagPlan& plan, const QueryOptions& options,
-                 py::handle out, bool reference) const {
+                 py::handle out, bool reference,
+                 std::initializer_list<const py::array*> inputs) const {
     py::array_t<float> result = OutputArray(out, plan.OutputShape(table.dim));
+    if (!out.is_none()) CheckNoOverlap(result, inputs);
     const std::span<float> values = Values(result);
     Status st;
     {
@@ -160,7 +164,11 @@ class PyStore {
   }
 
   std::vector<std::string> Tables() {
-    auto list = store_->ListTables();
+    Result<std::vector<TableInfo>> list = Status::Internal("not listed");
+    {
+      py::gil_scoped_release unlocked;
+      list = store_->ListTables();
+    }
     Check(list.status());
     std::vector<std::string> names;
     for (const TableInfo& t : *list) names.push_back(t.name);
@@ -168,7 +176,11 @@ class PyStore {
   }
 
   TableInfo Info(const std::string& name) {
-    auto info = store_->GetInfo(name);
+    Result<TableInfo> info = Status::Internal("not read");
+    {
+      py::gil_scoped_release unlocked;
+      info = store_->GetInfo(name);
+    }
     Check(info.status());
     return *info;
   }
@@ -197,12 +209,25 @@ class PyStore {
     return *info;
   }
 
-  void Drop(const std::string& name) { Check(store_->DropTable(name)); }
+  // Writes wait for another writer (a thread's import, another process):
+  // without the GIL.
+  void Drop(const std::string& name) {
+    Status st;
+    {
+      py::gil_scoped_release unlocked;
+      st = store_->DropTable(name);
+    }
+    Check(st);
+  }
 
   void Verify(py::handle name) {
     std::vector<std::string> names;
     if (name.is_none()) {
-      auto entries = store_->ListEntries();
+      Result<std::vector<TableEntry>> entries = Status::Internal("not listed");
+      {
+        py::gil_scoped_release unlocked;
+        entries = store_->ListEntries();
+      }
       Check(entries.status());
       for (const TableEntry& e : *entries) names.push_back(e.name);
     } else {
@@ -226,10 +251,21 @@ class PyStore {
     if (!problems.empty()) Raise(Status::Corruption(problems));
   }
 
-  void Refresh() { Check(store_->Refresh()); }
+  void Refresh() {
+    Status st;
+    {
+      py::gil_scoped_release unlocked;
+      st = store_->Refresh();
+    }
+    Check(st);
+  }
 
   Table GetTable(const std::string& name) {
-    auto snap = store_->GetSnapshot(name);
+    Result<TableSnapshot> snap = Status::Internal("not opened");
+    {
+      py::gil_scoped_release unlocked;
+      snap = store_->GetSnapshot(name);
+    }
     Check(snap.status());
     return Table(std::move(snap).value());
   }

@@ -89,6 +89,27 @@ def test_out(table):
         table.embedding_bag(IDS, OFFS, mode="sum", out=ro)
 
 
+def test_out_must_not_overlap_the_inputs(table):
+    buf = np.zeros(64, dtype=np.float32)
+    ids = buf[:8].view(np.int32)        # the ids live in the first 32 bytes
+    ids[:] = [1, 2, 3, 4, 5, 6, 7, 8]
+    with pytest.raises(ValueError, match="share memory"):
+        table.embedding_bag(ids, [0, 4], mode="sum", out=buf[:16].reshape(2, 8))
+    # Disjoint parts of one buffer are fine.
+    got = table.embedding_bag(ids, [0, 4], mode="sum", out=buf[32:48].reshape(2, 8))
+    assert np.allclose(got, expected(table, [1, 2, 3, 4, 5, 6, 7, 8], [0, 4]), atol=1e-5)
+
+
+def test_numpy_scalars_as_options(table):
+    got = table.embedding_bag([1, 2, 3], [0], mode="sum", padding_idx=np.int64(2),
+                              max_norm=np.float32(100.0))
+    assert np.allclose(got, expected(table, [1, 3], [0]), atol=1e-5)
+    with pytest.raises(ValueError, match="int64 range"):
+        table.embedding_bag([1], [0], padding_idx=2**70)
+    with pytest.raises(ValueError, match="max_norm must be a number"):
+        table.embedding_bag([1], [0], max_norm=[1.0])
+
+
 def traced_peak(fn):
     tracemalloc.start()
     tracemalloc.reset_peak()

@@ -35,16 +35,19 @@ def test_many_threads_one_table(store, tmp_path):
 
 def test_gil_is_released_during_a_query(store, tmp_path):
     table = put_table(store, tmp_path, "big", np.ones((4096, 256), dtype=np.float32))
-    n = 1 << 23  # 8M lookups in one call: about a second of pooling
+    n = 1 << 23  # 8M lookups per call: tens to hundreds of ms, however many cores
     ids = np.random.default_rng(0).integers(0, 4096, n)
     offs = np.arange(0, n, 64)
     done = threading.Event()
-    elapsed = {}
+    calls = []
 
     def background():
-        t0 = time.perf_counter()
-        table.embedding_bag(ids, offs, mode="sum")
-        elapsed["query"] = time.perf_counter() - t0
+        # Calls until half a second has gone by, each one timed.
+        t_end = time.perf_counter() + 0.5
+        while time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            table.embedding_bag(ids, offs, mode="sum")
+            calls.append(time.perf_counter() - t0)
         done.set()
 
     t = threading.Thread(target=background)
@@ -57,7 +60,8 @@ def test_gil_is_released_during_a_query(store, tmp_path):
         last = now
         ticks += 1
     t.join()
-    # Holding the GIL through the call would freeze this loop for the whole query.
-    assert elapsed["query"] > 0.2, elapsed
-    assert worst < min(0.1, elapsed["query"] / 2), (worst, elapsed)
+    # Holding the GIL through a call would freeze this loop for a whole call.
+    shortest = min(calls)
+    assert shortest > 0.01, calls
+    assert worst < shortest / 2, (worst, calls)
     assert ticks > 1000

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "cuda/cache_policy.h"
+#include "engine/page_prefetch.h"
 
 namespace embstore::cuda {
 namespace {
@@ -409,7 +410,7 @@ int64_t StagingRowsFor(int64_t bytes, const SlotLayout& layout) {
 
 void GatherRows(const TableView& table, const SlotLayout& layout, std::span<const int64_t> rows,
                 std::span<const int32_t> slots, const StagingLayout& staging_layout,
-                uint8_t* staging, bool parallel) {
+                uint8_t* staging, bool parallel, const QueryOptions& prefetch) {
   const int64_t n = static_cast<int64_t>(rows.size());
   const size_t elem_bytes = static_cast<size_t>(layout.element_bytes());
   const size_t pad = static_cast<size_t>(layout.row_bytes) - elem_bytes;
@@ -428,12 +429,18 @@ void GatherRows(const TableView& table, const SlotLayout& layout, std::span<cons
       }
     }
   };
+  // A cold table's rows: their pages are asked for a window ahead.
+  auto one = [](int64_t) { return int64_t{1}; };
+  auto advise = [&](engine::PageAdvisor& advisor, int64_t i) { advisor.Row(rows[i]); };
+  auto gather = [&](int64_t first, int64_t last) {
+    engine::RunWindowed(table, prefetch, first, last, last - first, one, advise, copy);
+  };
   // Below a few hundred KiB the threads cost more than they save.
   if (parallel && n * static_cast<int64_t>(layout.row_bytes) > (int64_t{256} << 10)) {
     tbb::parallel_for(tbb::blocked_range<int64_t>(0, n, 64),
-                      [&](const tbb::blocked_range<int64_t>& r) { copy(r.begin(), r.end()); });
+                      [&](const tbb::blocked_range<int64_t>& r) { gather(r.begin(), r.end()); });
   } else {
-    copy(0, n);
+    gather(0, n);
   }
   if (n > 0) {
     std::memcpy(staging + staging_layout.slots_at, slots.data(),

@@ -119,12 +119,15 @@ int64_t StagingRowsFor(int64_t bytes, const SlotLayout& layout);
 
 // Copies rows[i] of `table` into staging row i (elements zero-padded to the
 // slot's row_bytes; int8 scale/bias split out) and records slots[i], for
-// i < rows.size(). Parallel over rows with TBB when `parallel`.
+// i < rows.size(). Parallel over rows with TBB when `parallel`. The rows'
+// pages are read ahead as `prefetch` says (its prefetch and prefetch_depth;
+// engine/page_prefetch.h), so the misses of a cold table come in
+// concurrently.
 // REQUIRES: every row in range; layout matches the table; staging holds
 // ComputeStagingLayout(rows.size(), layout).total bytes.
 void GatherRows(const TableView& table, const SlotLayout& layout, std::span<const int64_t> rows,
                 std::span<const int32_t> slots, const StagingLayout& staging_layout,
-                uint8_t* staging, bool parallel);
+                uint8_t* staging, bool parallel, const QueryOptions& prefetch = QueryOptions());
 
 }  // namespace embstore::cuda
 

@@ -143,7 +143,7 @@ Status GpuEngine::Impl::RunPass(const TableView& table, const SubBatch& pass,
   std::vector<int32_t> slots;
   SplitFills(acquired.fills, &rows, &slots);
   EMBSTORE_RETURN_IF_ERROR(FillSlots(table, layout_, arena_, rows, slots, options_.staging_bytes,
-                                     max_threads, &batch_staging_, compute_));
+                                     max_threads, &batch_staging_, compute_, options));
   uint8_t* dmeta = meta_device_.data() + meta_at;
   EMBSTORE_CUDA_CHECK(cudaMemcpyAsync(dmeta, meta_host_.data() + meta_at,
                                       static_cast<size_t>(meta.total), cudaMemcpyHostToDevice,

@@ -40,7 +40,8 @@ Status Staging::Reserve(size_t bytes) {
 
 Status FillSlots(const TableView& table, const SlotLayout& layout, const SlotArena& arena,
                  std::span<const int64_t> rows, std::span<const int32_t> slots,
-                 int64_t staging_bytes, int max_threads, Staging* staging, cudaStream_t stream) {
+                 int64_t staging_bytes, int max_threads, Staging* staging, cudaStream_t stream,
+                 const QueryOptions& prefetch) {
   const int64_t n = static_cast<int64_t>(rows.size());
   if (n == 0) return Status::OK();
   const int64_t chunk = StagingRowsFor(staging_bytes, layout);
@@ -58,9 +59,10 @@ Status FillSlots(const TableView& table, const SlotLayout& layout, const SlotAre
     const auto chunk_slots = slots.subspan(static_cast<size_t>(first), static_cast<size_t>(count));
     if (max_threads > 1) {
       tbb::task_arena limited(engine::CapThreads(max_threads));
-      limited.execute([&] { GatherRows(table, layout, chunk_rows, chunk_slots, sl, host, true); });
+      limited.execute(
+          [&] { GatherRows(table, layout, chunk_rows, chunk_slots, sl, host, true, prefetch); });
     } else {
-      GatherRows(table, layout, chunk_rows, chunk_slots, sl, host, max_threads != 1);
+      GatherRows(table, layout, chunk_rows, chunk_slots, sl, host, max_threads != 1, prefetch);
     }
     uint8_t* dev = staging->device[i].data();
     EMBSTORE_CUDA_CHECK(

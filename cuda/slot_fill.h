@@ -20,6 +20,7 @@
 #include "cuda/cuda_buffer.h"
 #include "cuda/kernel_args.h"
 #include "cuda/slot_layout.h"
+#include "embstore/query.h"
 #include "embstore/status.h"
 #include "embstore/types.h"
 
@@ -42,11 +43,14 @@ struct Staging {
 // Copies rows[i] of `table` into slot slots[i] of `arena`, on `stream`,
 // through `staging` in chunks of at most `staging_bytes`. Gathers with up to
 // `max_threads` threads (QueryOptions::max_threads: 0 all, 1 the calling
-// thread only). Returns once the last copy is queued; the staging events tell
-// when the buffers are free again.
+// thread only). A cold table's rows have their pages read ahead as
+// `prefetch` (QueryOptions::prefetch, prefetch_depth) says. Returns once the
+// last copy is queued; the staging events tell when the buffers are free
+// again.
 Status FillSlots(const TableView& table, const SlotLayout& layout, const SlotArena& arena,
                  std::span<const int64_t> rows, std::span<const int32_t> slots,
-                 int64_t staging_bytes, int max_threads, Staging* staging, cudaStream_t stream);
+                 int64_t staging_bytes, int max_threads, Staging* staging, cudaStream_t stream,
+                 const QueryOptions& prefetch = QueryOptions());
 
 // The rows and slots of a list of fills.
 void SplitFills(std::span<const SlotCache::Fill> fills, std::vector<int64_t>* rows,

@@ -299,6 +299,21 @@ Status ValidatePoolOptions(const QueryOptions& options) {
     return Status::InvalidArgument("max_threads must be >= 0 (got " +
                                    Str(static_cast<int64_t>(options.max_threads)) + ")");
   }
+  switch (options.prefetch) {
+    case QueryOptions::Prefetch::kAuto:
+    case QueryOptions::Prefetch::kOn:
+    case QueryOptions::Prefetch::kOff:
+      break;
+    default:
+      return Status::InvalidArgument("unknown prefetch mode " +
+                                     Str(static_cast<int64_t>(options.prefetch)) +
+                                     " (expected auto, on or off)");
+  }
+  if (options.prefetch_depth < 1 || options.prefetch_depth > kMaxPrefetchDepth) {
+    return Status::InvalidArgument("prefetch_depth must be in [1, " + Str(kMaxPrefetchDepth) +
+                                   "] (got " + Str(static_cast<int64_t>(options.prefetch_depth)) +
+                                   ")");
+  }
   return Status::OK();
 }
 

@@ -82,9 +82,11 @@ Result<BagPlan> PlanIds(const TableView& table, IndexArray ids);
 // large enough for a row, and data present when there are rows.
 Status ValidateTable(const TableView& table);
 
+inline constexpr int64_t kMaxPrefetchDepth = 65536;
+
 // Checks the parts of QueryOptions that do not depend on the request: mode,
 // max_norm (> 0, not NaN), norm_type (>= 0, +inf or -inf; not NaN),
-// max_threads (>= 0).
+// max_threads (>= 0), prefetch (a known mode), prefetch_depth (1..65536).
 Status ValidatePoolOptions(const QueryOptions& options);
 
 // Refuses, before anything is allocated, a request for `count` things of

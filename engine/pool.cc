@@ -16,6 +16,7 @@
 #include <string>
 
 #include "engine/kernels.h"
+#include "engine/page_prefetch.h"
 #include "engine/threads.h"
 
 namespace embstore::engine {
@@ -207,9 +208,24 @@ Status PoolPlanWithIsa(Isa isa, const TableView& table, const BagPlan& plan,
   if (fn == nullptr) return Status::Internal("no pooling kernel for this request");
 
   float* out_data = out.data();
+  const int64_t* begin = plan.bag_begin.data();
+  const int64_t* end = plan.bag_end.data();
+  const int64_t padding = plan.padding_row;
+  const IndexArray ids = plan.indices;
+  // Cold tables: the pages of the next window of bags are asked for while
+  // this one is pooled (page_prefetch.h).
+  auto weight = [&](int64_t b) { return end[b] - begin[b]; };
+  auto advise = [&](PageAdvisor& advisor, int64_t b) {
+    for (int64_t i = begin[b]; i < end[b]; ++i) {
+      const int64_t row = ids[i];
+      if (row != padding) advisor.Row(row);
+    }
+  };
+  auto pool = [&](int64_t first, int64_t last) { fn(params, first, last, out_data); };
   try {
-    ForEachBagRange(plan, table.dim, options.max_threads,
-                    [&](int64_t first, int64_t last) { fn(params, first, last, out_data); });
+    ForEachBagRange(plan, table.dim, options.max_threads, [&](int64_t first, int64_t last) {
+      RunWindowed(table, options, first, last, end[last - 1] - begin[first], weight, advise, pool);
+    });
   } catch (const std::bad_alloc&) {
     return Status::Internal("out of memory while pooling");
   } catch (const std::exception& e) {

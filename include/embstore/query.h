@@ -66,7 +66,55 @@ struct QueryOptions {
   // the calling thread only (lowest overhead for tiny requests), n = at most n
   // (capped at the cores this process may use).
   int max_threads = 0;
+
+  // Tables larger than memory. A row whose page is not in memory costs a
+  // blocking read when the kernel touches it: one read in flight per thread,
+  // while an SSD wants dozens. With the prefetcher, before pooling each
+  // window of prefetch_depth rows the engine looks up which pages of the
+  // *next* window's rows are missing (mincore) and asks the kernel to read
+  // them now (madvise MADV_WILLNEED), so their reads overlap each other and
+  // the pooling. The same happens when the CUDA engine gathers its misses.
+  // The rows still come from the page cache, which the kernel bounds (by the
+  // cgroup's memory limit, where there is one); the prefetcher adds no cache
+  // of its own and at most two windows of pages in flight per thread.
+  //   kAuto (default): on for a table found cold. Each chunk of a call is
+  //     timed (two clock reads); a chunk far slower than resident rows allow
+  //     has mincore asked about the next chunk's first window, and if pages
+  //     are missing the table is treated as cold (prefetched) until a chunk
+  //     finds every page it checks resident, or a quarter second passes
+  //     without one that misses. Warm tables pay the two clock reads.
+  //   kOn: every chunk (a table known to be cold; also for tests).
+  //   kOff: never.
+  // Results are the same in every mode: only when pages are read changes.
+  enum class Prefetch { kAuto = 0, kOn = 1, kOff = 2 };
+  Prefetch prefetch = Prefetch::kAuto;
+  // Rows per prefetch window, per pooling thread: about the reads each thread
+  // keeps in flight (so the device's queue depth is about threads x depth,
+  // up to twice that). 1 <= depth <= 65536; default 64.
+  int prefetch_depth = 64;
 };
+
+const char* PrefetchName(QueryOptions::Prefetch prefetch);  // "auto", "on", "off"
+std::optional<QueryOptions::Prefetch> ParsePrefetch(std::string_view name);
+
+// The page prefetcher's counters for this process, since it started: what
+// the chunks pooled with it (QueryOptions::prefetch) found. Rows of the
+// same page looked up by one window count once as checked (not as missing
+// the second time). Cheap to read; updated once per chunk.
+struct PrefetchStats {
+  int64_t cold_chunks = 0;   // chunks of calls that ran with the prefetcher
+  int64_t rows_checked = 0;  // rows whose pages those chunks looked up
+  int64_t rows_missing = 0;  // ... with a page not in memory: read ahead
+  int64_t pages_read = 0;    // pages asked for (MADV_WILLNEED)
+
+  // Rows found in memory / rows checked; 0 when nothing was checked.
+  double hit_rate() const {
+    return rows_checked == 0
+               ? 0.0
+               : 1.0 - static_cast<double>(rows_missing) / static_cast<double>(rows_checked);
+  }
+};
+PrefetchStats GetPrefetchStats();
 
 // torch's layout: 1-D indices with offsets (bag b = [offsets[b], offsets[b+1])),
 // or 2-D indices [B, N] (B bags of N each) with no offsets.

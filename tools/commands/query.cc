@@ -75,7 +75,12 @@ class QueryCommand : public Command {
     AddInt64("cache-rows", "GPU row cache capacity in rows (default: 1 GiB of device memory)");
     AddInt64("cache-mb", "GPU row cache capacity in MiB");
     AddValueWithDefault("cache-policy", "GPU cache eviction: lru | lfu", "lru");
-    AddFlag("stats", "Print GPU cache statistics to stderr");
+    AddValueWithDefault("prefetch",
+                        "auto | on | off: read the pages of a cold table's rows ahead, "
+                        "concurrently (auto: when the table is found cold)",
+                        "auto");
+    AddInt("prefetch-depth", "Rows read ahead per thread with --prefetch (1..65536)", "64");
+    AddFlag("stats", "Print the page prefetcher's (and the GPU cache's) statistics to stderr");
     AddValue("out", "Write the [B, dim] float32 result to this .npy instead of printing");
   }
 
@@ -103,7 +108,16 @@ class QueryCommand : public Command {
                                    : PoolBags(view, *indices, *weights, &out);
     if (rc != kExitOk) return rc;
     if (IsSet("stats")) {
-      std::fprintf(stderr, "gpu cache: %s\n", CacheStatsToString(engine_->stats()).c_str());
+      const PrefetchStats ps = GetPrefetchStats();
+      std::fprintf(stderr,
+                   "page prefetch: cold_chunks=%lld rows_checked=%lld rows_missing=%lld "
+                   "hit_rate=%.3f pages_read=%lld\n",
+                   static_cast<long long>(ps.cold_chunks), static_cast<long long>(ps.rows_checked),
+                   static_cast<long long>(ps.rows_missing), ps.hit_rate(),
+                   static_cast<long long>(ps.pages_read));
+      if (engine_->device() == Device::kCuda) {
+        std::fprintf(stderr, "gpu cache: %s\n", CacheStatsToString(engine_->stats()).c_str());
+      }
     }
     if (Has("out")) {
       const std::span<const float> values = out.values();
@@ -139,12 +153,20 @@ class QueryCommand : public Command {
     qo_.include_last_offset = IsSet("include-last-offset");
     qo_.max_threads = Int("threads");
     if (qo_.max_threads < 0) return Usage("--threads must be >= 0");
+    const std::optional<QueryOptions::Prefetch> prefetch = ParsePrefetch(Str("prefetch"));
+    if (!prefetch)
+      return Usage("--prefetch must be auto, on or off (got '" + Str("prefetch") + "')");
+    qo_.prefetch = *prefetch;
+    qo_.prefetch_depth = Int("prefetch-depth");
+    if (qo_.prefetch_depth < 1 || qo_.prefetch_depth > 65536) {
+      return Usage("--prefetch-depth must be between 1 and 65536");
+    }
     EngineOptions engine_options;
     const std::optional<Device> device = ParseDevice(Str("device"));
     if (!device) return Usage("--device must be cpu or cuda");
     engine_options.device = *device;
-    if (*device != Device::kCuda && (Has("cache-rows") || Has("cache-mb") || IsSet("stats"))) {
-      return Usage("--cache-rows, --cache-mb and --stats need --device cuda");
+    if (*device != Device::kCuda && (Has("cache-rows") || Has("cache-mb"))) {
+      return Usage("--cache-rows and --cache-mb need --device cuda");
     }
     if (Has("cache-rows") && Has("cache-mb"))
       return Usage("give --cache-rows or --cache-mb, not both");

@@ -169,5 +169,35 @@ TEST(PipelineStaging, GatherLaysRowsOutForSlots) {
   EXPECT_EQ(StagingRowsFor(1 << 20, l), ((1 << 20) - 32) / (16 + 8 + 4));
 }
 
+// The gather of misses with the page prefetcher on (windows of 3 rows, in
+// parallel and serially) lays out the same bytes as without it, and the
+// prefetcher looked every row up.
+TEST(PipelineStaging, GatherWithThePagePrefetcherIsTheSame) {
+  std::mt19937_64 rng(3);
+  const TestTable table = testing::RandomTable(5000, 40, DType::kF16, rng, /*aligned=*/true);
+  const SlotLayout l = MakeSlotLayout(DType::kF16, 40);
+  std::vector<int64_t> rows(4000);  // 320 KB of slots: the parallel path
+  std::vector<int32_t> slots(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    rows[i] = static_cast<int64_t>(rng() % 5000);
+    slots[i] = static_cast<int32_t>(i);
+  }
+  const StagingLayout sl = ComputeStagingLayout(static_cast<int64_t>(rows.size()), l);
+  QueryOptions off;
+  off.prefetch = QueryOptions::Prefetch::kOff;
+  std::vector<uint8_t> want(static_cast<size_t>(sl.total), 0xEE);
+  GatherRows(table.view(), l, rows, slots, sl, want.data(), false, off);
+  for (const bool parallel : {false, true}) {
+    QueryOptions on;
+    on.prefetch = QueryOptions::Prefetch::kOn;
+    on.prefetch_depth = 3;
+    const PrefetchStats before = GetPrefetchStats();
+    std::vector<uint8_t> got(static_cast<size_t>(sl.total), 0xEE);
+    GatherRows(table.view(), l, rows, slots, sl, got.data(), parallel, on);
+    EXPECT_EQ(got, want) << "parallel " << parallel;
+    EXPECT_EQ(GetPrefetchStats().rows_checked - before.rows_checked, 4000);
+  }
+}
+
 }  // namespace
 }  // namespace embstore::cuda

@@ -27,3 +27,13 @@ endif()
 embstore_test(engine_interface_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/engine_interface_test.cc
   LIBS embstore TBB::tbb)
+# The page prefetcher of cold tables; its cgroup case runs a child process.
+add_executable(embstore_test_cold_reader ${CMAKE_CURRENT_SOURCE_DIR}/cold_reader_main.cc)
+target_include_directories(embstore_test_cold_reader PRIVATE ${PROJECT_SOURCE_DIR})
+target_link_libraries(embstore_test_cold_reader PRIVATE embstore Threads::Threads)
+embstore_test(page_prefetch_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/page_prefetch_test.cc
+  LIBS embstore)
+target_compile_definitions(page_prefetch_test PRIVATE
+  EMBSTORE_TEST_COLD_READER="$<TARGET_FILE:embstore_test_cold_reader>")
+add_dependencies(page_prefetch_test embstore_cli embstore_test_cold_reader)

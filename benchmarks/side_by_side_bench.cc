@@ -5,6 +5,7 @@
 //       [--weights w.npy] [--mode sum|mean|max] [--max-norm X] [--threads N]
 //       [--reps R] [--warmup W] [--advise random|normal|willneed]
 //       [--page-prefetch] [--chunk BAGS] [--shift-per-rep S] [--hugepages]
+//       [--prefetch auto|on|off] [--prefetch-depth N] [--split R]
 //     Opens the store (the table stays mmapped, as a serving process would
 //     hold it), loads the ids/offsets/weights .npy files, runs W untimed and R
 //     timed EmbeddingBag calls over all bags and prints every time, the median,
@@ -14,7 +15,9 @@
 //     madvise(MADV_WILLNEED) over the whole table once after opening.
 //     --page-prefetch: before each chunk of --chunk bags, madvise(WILLNEED)
 //     the pages its rows live on, so page faults of a cold table overlap
-//     (what an engine-side "prefetch pages" pass would do).
+//     (what the engine's own prefetcher now does: --prefetch, QueryOptions).
+//     --split R: the bags form R parts and rep i pools part i mod R (rounds
+//     of fresh ids); per rep the prefetcher's hit rate is printed.
 //
 //   side_by_side_bench bandwidth [--mb 1024] [--reps 7] [--threads N]
 //     The machine's memory read bandwidth: all threads sum a buffer of --mb
@@ -30,6 +33,7 @@
 //
 //   side_by_side_bench latency --db DIR --table T [--clients 2,4,8]
 //       [--requests 2000] [--bags 64] [--ids-per-bag 20] [--threads 1]
+//       [--distinct 64] [--prefetch auto|on|off] [--prefetch-depth N]
 //     Serving latency: each of C client threads issues its own requests of
 //     bags x ids-per-bag uniform ids with QueryOptions::max_threads = --threads
 //     (default 1, the serving setting; 0 = the library's default, what the
@@ -162,6 +166,14 @@ std::vector<float> LoadF32(const std::string& path) {
 
 size_t PayloadBytes(const TableView& v) { return RowPayloadBytes(v.dtype, v.dim); }
 
+// --prefetch auto|on|off and --prefetch-depth N (QueryOptions).
+void SetPrefetch(const Args& args, QueryOptions* qo) {
+  const auto p = ParsePrefetch(args.Str("prefetch", "auto"));
+  if (!p) Die("bad --prefetch " + args.Str("prefetch", ""));
+  qo->prefetch = *p;
+  qo->prefetch_depth = static_cast<int>(args.Int("prefetch-depth", 64));
+}
+
 // Page-aligned madvise over [p, p + n).
 void Advise(const uint8_t* p, size_t n, int advice) {
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
@@ -210,6 +222,10 @@ int CmdPool(const Args& args) {
   const int warmup = static_cast<int>(args.Int("warmup", 1));
   const bool page_prefetch = args.Has("page-prefetch");
   const int64_t chunk = args.Int("chunk", 4096);
+  SetPrefetch(args, &qo);
+  // --split R: the bags are R parts, and rep i (warm-ups first) pools part
+  // i mod R: rounds of fresh ids drawn from one distribution.
+  const int64_t split = std::max<int64_t>(1, args.Int("split", 1));
 
   const int64_t bags = static_cast<int64_t>(offsets.size());
   offsets.push_back(static_cast<int64_t>(ids.size()));  // include_last_offset form
@@ -218,9 +234,10 @@ int CmdPool(const Args& args) {
 
   // One call over all bags, or (page prefetch) chunks of bags each preceded
   // by WILLNEED on its rows' pages.
-  auto run_once = [&] {
-    for (int64_t b0 = 0; b0 < bags; b0 += page_prefetch ? chunk : bags) {
-      const int64_t b1 = std::min(bags, b0 + (page_prefetch ? chunk : bags));
+  auto run_once = [&](int64_t part) {
+    const int64_t first = bags * part / split, last = bags * (part + 1) / split;
+    for (int64_t b0 = first; b0 < last; b0 += page_prefetch ? chunk : last - first) {
+      const int64_t b1 = std::min(last, b0 + (page_prefetch ? chunk : last - first));
       const int64_t e0 = offsets[b0], e1 = offsets[b1];
       if (page_prefetch) {
         for (int64_t e = e0; e < e1; ++e) {
@@ -252,33 +269,45 @@ int CmdPool(const Args& args) {
   // rep touches fresh pages of a table bigger than the cache (same
   // distribution, no reuse between reps); the shift is not timed.
   const int64_t shift = args.Int("shift-per-rep", 0);
-  for (int i = 0; i < warmup; ++i) run_once();
-  std::vector<double> times;
+  int64_t part = 0;
+  for (int i = 0; i < warmup; ++i) run_once(part++ % split);
+  std::vector<double> times, hit_rates, part_lookups;
   for (int i = 0; i < reps; ++i) {
     if (shift != 0 && i > 0) {
       for (auto& id : ids) id = (id + shift) % view.rows;
     }
+    const int64_t p = part++ % split;
+    const PrefetchStats before = GetPrefetchStats();
     const auto t0 = Clock::now();
-    run_once();
+    run_once(p);
     times.push_back(Seconds(t0, Clock::now()));
+    PrefetchStats d = GetPrefetchStats();
+    d.rows_checked -= before.rows_checked;
+    d.rows_missing -= before.rows_missing;
+    hit_rates.push_back(d.rows_checked > 0 ? d.hit_rate() : -1.0);
+    part_lookups.push_back(
+        static_cast<double>(offsets[bags * (p + 1) / split] - offsets[bags * p / split]));
   }
   double checksum = 0;
   for (int64_t i = 0; i < bags * view.dim; i += 97) checksum += out[static_cast<size_t>(i)];
   const double med = Median(times);
-  const double lookups = static_cast<double>(ids.size());
+  const double lookups = part_lookups.empty() ? 0.0 : part_lookups[0];
   std::printf(
       "{\"cmd\": \"pool\", \"table\": \"%s\", \"dtype\": \"%s\", \"rows\": %lld, \"dim\": %lld, "
       "\"mode\": \"%s\", \"weighted\": %s, \"max_norm\": %s, \"advise\": \"%s\", "
       "\"page_prefetch\": %s, \"hugepages\": %s, \"threads\": %d, \"bags\": %lld, \"lookups\": "
       "%.0f, "
       "\"row_bytes\": %zu, \"times_s\": %s, \"median_s\": %.6g, \"lookups_per_s\": %.6g, "
-      "\"gbps\": %.6g, \"checksum\": %.6g}\n",
+      "\"gbps\": %.6g, \"checksum\": %.6g, \"prefetch\": \"%s\", \"prefetch_depth\": %d, "
+      "\"split\": %lld, \"rep_lookups\": %s, \"rep_hit_rates\": %s}\n",
       args.Need("table").c_str(), DTypeName(view.dtype), static_cast<long long>(view.rows),
       static_cast<long long>(view.dim), mode.c_str(), weights.empty() ? "false" : "true",
       qo.max_norm ? std::to_string(*qo.max_norm).c_str() : "null", advise.c_str(),
       page_prefetch ? "true" : "false", huge ? "true" : "false", qo.max_threads,
       static_cast<long long>(bags), lookups, PayloadBytes(view), JsonList(times).c_str(), med,
-      lookups / med, lookups * static_cast<double>(PayloadBytes(view)) / med / 1e9, checksum);
+      lookups / med, lookups * static_cast<double>(PayloadBytes(view)) / med / 1e9, checksum,
+      PrefetchName(qo.prefetch), qo.prefetch_depth, static_cast<long long>(split),
+      JsonList(part_lookups).c_str(), JsonList(hit_rates).c_str());
   return 0;
 }
 
@@ -434,6 +463,10 @@ int CmdLatency(const Args& args) {
   QueryOptions qo;
   qo.mode = *ParsePoolingMode(mode);
   qo.max_threads = static_cast<int>(args.Int("threads", 1));
+  SetPrefetch(args, &qo);
+  // --distinct N: requests per client drawn up front and cycled (64: a warm
+  // set; as many as --requests: every request fresh, for cold tables).
+  const int64_t distinct = std::max<int64_t>(1, args.Int("distinct", 64));
   std::vector<int64_t> offsets(bags);
   for (int64_t b = 0; b < bags; ++b) offsets[b] = b * per_bag;
 
@@ -450,9 +483,9 @@ int CmdLatency(const Args& args) {
     std::vector<std::thread> threads;
     for (int t = 0; t < c; ++t) {
       threads.emplace_back([&, t] {
-        uint64_t state = 1234 + 7919 * t;
+        uint64_t state = 1234 + 7919 * t + static_cast<uint64_t>(c) * 104729;
         // Requests prepared up front: only the library call is timed.
-        const int64_t kDistinct = 64;
+        const int64_t kDistinct = distinct;
         std::vector<std::vector<int64_t>> reqs(kDistinct, std::vector<int64_t>(bags * per_bag));
         for (auto& r : reqs)
           for (auto& id : r) id = static_cast<int64_t>(SplitMix(state) % view.rows);

@@ -77,12 +77,12 @@ struct QueryOptions {
   // The rows still come from the page cache, which the kernel bounds (by the
   // cgroup's memory limit, where there is one); the prefetcher adds no cache
   // of its own and at most two windows of pages in flight per thread.
-  //   kAuto (default): on for a table found cold. Each chunk of a call is
-  //     timed (two clock reads); a chunk far slower than resident rows allow
-  //     has mincore asked about the next chunk's first window, and if pages
-  //     are missing the table is treated as cold (prefetched) until a chunk
-  //     finds every page it checks resident, or a quarter second passes
-  //     without one that misses. Warm tables pay the two clock reads.
+  //   kAuto (default): on for a table found cold. Pooling a table believed
+  //     warm is timed in pieces of about 1024 rows (two clock reads each); a
+  //     piece far slower than resident rows allow has mincore asked about the
+  //     next window, and if pages are missing the table is treated as cold
+  //     (prefetched) until a chunk finds every page it checks resident, or a
+  //     quarter second passes without one that misses. docs/cold.md.
   //   kOn: every chunk (a table known to be cold; also for tests).
   //   kOff: never.
   // Results are the same in every mode: only when pages are read changes.

@@ -91,20 +91,27 @@ void PageAdvisor::Row(int64_t row) {
   const uintptr_t at = reinterpret_cast<uintptr_t>(table_.Row(row));
   const uintptr_t begin = at & page_mask_;
   const uintptr_t end = (at + payload_ - 1) & page_mask_;  // the last page
-  ++rows_checked_;
   const size_t page = PageBytes();
   if (begin == end) {
     // One page: most rows. Seen this chunk already -> asked for or resident.
     uintptr_t& seen = recent_[(begin / page) % kRecent];
     if (seen == begin) return;
     seen = begin;
-    unsigned char resident = 0;
-    if (mincore(reinterpret_cast<void*>(begin), page, &resident) != 0) return;
-    if ((resident & 1) == 0) {
-      ++rows_missing_;
-      ++pages_read_;
-      (void)madvise(reinterpret_cast<void*>(begin), page, MADV_WILLNEED);
+    // Looked up (mincore) while most pages are found resident, so that only
+    // the missing ones are asked for; while most are missing, asked for at
+    // once (a WILLNEED of a resident page does nothing) and only one row in
+    // kSampleEvery looked up, to keep the hit rate known: on a cold table
+    // the lookups cost more than they save.
+    if (filter_ || ++unsampled_ >= kSampleEvery) {
+      unsampled_ = 0;
+      unsigned char resident = 0;
+      if (mincore(reinterpret_cast<void*>(begin), page, &resident) != 0) return;
+      const bool missing = (resident & 1) == 0;
+      Sample(missing);
+      if (!missing) return;
     }
+    ++pages_read_;
+    (void)madvise(reinterpret_cast<void*>(begin), page, MADV_WILLNEED);
     return;
   }
   // A row over several pages: look them up in batches, ask for runs of
@@ -129,7 +136,18 @@ void PageAdvisor::Row(int64_t row) {
       i = j;
     }
   }
-  if (missing) ++rows_missing_;
+  Sample(missing);
+}
+
+void PageAdvisor::Sample(bool missing) {
+  ++rows_checked_;
+  rows_missing_ += missing ? 1 : 0;
+  window_missing_ += missing ? 1 : 0;
+  if (++window_checked_ == kFilterWindow) {
+    filter_ = window_missing_ * 2 < window_checked_;
+    window_checked_ = 0;
+    window_missing_ = 0;
+  }
 }
 
 void PageAdvisor::Finish() {

@@ -163,8 +163,9 @@ TEST(PagePrefetch, SameResultsInEveryModeOnTmpfs) {
             }
             EXPECT_EQ(Pool(view, bags, qo, Prefetch::kAuto, 64), off);
             const PrefetchStats after = GetPrefetchStats();
-            // The prefetching runs looked the rows up, and found them resident.
-            EXPECT_GE(after.rows_checked - before.rows_checked, 4 * 20000 / 43);
+            // The prefetching runs looked the rows up (each of the table's 71
+            // pages about once per chunk), and found them resident.
+            EXPECT_GE(after.rows_checked - before.rows_checked, 4 * 20);
             EXPECT_EQ(after.rows_missing, before.rows_missing);
           }
         }
@@ -227,9 +228,11 @@ TEST(PagePrefetch, ReadsDroppedPagesAheadWithTheSameResults) {
   const PrefetchStats before = GetPrefetchStats();
   const std::vector<float> on = Pool(view, req.Bags(false), qo, Prefetch::kOn, 16);
   const PrefetchStats after = GetPrefetchStats();
-  EXPECT_GT(after.rows_missing - before.rows_missing, 1000) << "the dropped pages were not missed";
-  EXPECT_GE(after.pages_read - before.pages_read, after.rows_missing - before.rows_missing);
-  EXPECT_EQ(after.rows_checked - before.rows_checked, 8000);
+  // Mostly missing: every page is asked for, one row in 8 looked up.
+  EXPECT_GT(after.rows_missing - before.rows_missing, 200) << "the dropped pages were not missed";
+  EXPECT_GE(after.rows_checked - before.rows_checked, 8000 / 8);
+  EXPECT_LT(after.rows_checked - before.rows_checked, 8000);
+  EXPECT_GE(after.pages_read - before.pages_read, 2000);
   EXPECT_GT(after.cold_chunks, before.cold_chunks);
   EXPECT_EQ(Pool(view, req.Bags(false), qo, Prefetch::kOff, 64), on);
   EXPECT_EQ(Pool(view, req.Bags(false), qo, Prefetch::kAuto, 64), on);
@@ -503,8 +506,8 @@ TEST(PagePrefetch, TableLargerThanACgroupLimit) {
                         "rows_checked=%ld rows_missing=%ld", &checked, &missing),
             2)
       << line;
-  EXPECT_GE(checked, 20000) << line;  // the runs with the prefetcher on and auto
-  EXPECT_GT(missing, 5000) << "the table did not stay out of memory: " << line;
+  EXPECT_GE(checked, 2 * 10000 / 8) << line;  // sampled, by the runs with it on and auto
+  EXPECT_GT(missing, 500) << "the table did not stay out of memory: " << line;
   ASSERT_GT(limit, 0);
   EXPECT_LT(limit, rows * dim * 4) << "the limit must be below the table's size";
   if (peak >= 0) EXPECT_LE(peak, limit) << line;

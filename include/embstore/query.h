@@ -98,13 +98,17 @@ const char* PrefetchName(QueryOptions::Prefetch prefetch);  // "auto", "on", "of
 std::optional<QueryOptions::Prefetch> ParsePrefetch(std::string_view name);
 
 // The page prefetcher's counters for this process, since it started: what
-// the chunks pooled with it (QueryOptions::prefetch) found. Rows of the
-// same page looked up by one window count once as checked (not as missing
-// the second time). Cheap to read; updated once per chunk.
+// the chunks pooled with it (QueryOptions::prefetch) found. While most rows
+// are found in memory every row is looked up (mincore) and only missing
+// pages are asked for; while most are missing every page is asked for and
+// one row in 8 is looked up (the lookups would cost more than they save), so
+// rows_checked is a sample and hit_rate() its estimate. A row whose page
+// the same chunk met shortly before is not looked up again. Cheap to read;
+// updated once per chunk.
 struct PrefetchStats {
   int64_t cold_chunks = 0;   // chunks of calls that ran with the prefetcher
   int64_t rows_checked = 0;  // rows whose pages those chunks looked up
-  int64_t rows_missing = 0;  // ... with a page not in memory: read ahead
+  int64_t rows_missing = 0;  // ... with a page not in memory
   int64_t pages_read = 0;    // pages asked for (MADV_WILLNEED)
 
   // Rows found in memory / rows checked; 0 when nothing was checked.

@@ -405,6 +405,30 @@ Result<NpyArray> LoadNpy(const std::string& path, uint64_t max_bytes) {
   return a;
 }
 
+Result<NpyArray> MapOrLoadNpy(const std::string& path, uint64_t max_bytes) {
+  EMBSTORE_ASSIGN_OR_RETURN(NpyHeader h, ReadNpyHeader(path));
+  constexpr uint64_t kMapFrom = uint64_t{1} << 20;
+  if (h.data_bytes < kMapFrom || h.data_bytes > max_bytes || h.data_offset % 64 != 0 ||
+      (h.fortran_order && h.shape.size() > 1)) {
+    return LoadNpy(path, max_bytes);  // its checks and messages
+  }
+  EMBSTORE_ASSIGN_OR_RETURN(int fd, OpenForRead(path));
+  ScopedFd closer(fd);
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return LoadNpy(path, max_bytes);
+  // The header was read through another descriptor: the file opened now
+  // must still hold the data it promised.
+  if (static_cast<uint64_t>(st.st_size) < h.data_offset + h.data_bytes) {
+    return Status::InvalidArgument("'" + path + "' is truncated: its header promises " +
+                                   std::to_string(h.data_bytes) + " bytes of data");
+  }
+  NpyArray a;
+  EMBSTORE_ASSIGN_OR_RETURN(
+      a.data, PageBuffer::MapReadOnly(fd, h.data_offset, static_cast<size_t>(h.data_bytes)));
+  a.header = std::move(h);
+  return a;
+}
+
 // ---- Import reader ------------------------------------------------------------------
 
 namespace {

@@ -96,6 +96,11 @@ struct NpyArray {
   PageBuffer data;  // row-major (C order), little-endian; 64-byte aligned
 };
 Result<NpyArray> LoadNpy(const std::string& path, uint64_t max_bytes = uint64_t{1} << 32);
+// As LoadNpy, but a regular file of at least 1 MiB of data whose data start
+// is 64-byte aligned (as numpy writes them) is mapped read-only instead of
+// read (PageBuffer::MapReadOnly: no copy and no fresh memory to zero); other
+// files are read.
+Result<NpyArray> MapOrLoadNpy(const std::string& path, uint64_t max_bytes = uint64_t{1} << 32);
 
 // Writes a .npy file atomically: to "<path>.tmp-<pid>", fsync, rename. On any
 // error the destination is untouched and the temporary removed. A symbolic
@@ -118,6 +123,8 @@ class NpyWriter {
   Status Open(const std::string& path, const std::string& descr, const std::vector<int64_t>& shape);
   Status Append(std::span<const uint8_t> bytes);
   Status Commit();
+  // The temporary file being written (empty for a device or a pipe).
+  const std::string& tmp_path() const { return tmp_path_; }
 
  private:
   std::string path_;

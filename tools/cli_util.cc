@@ -1,9 +1,11 @@
 #include "tools/cli_util.h"
 
 #include <dirent.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cctype>
 #include <charconv>
 #include <cmath>
@@ -90,6 +92,43 @@ Result<double> ParseNumber(const std::string& text, const std::string& what) {
   return v;
 }
 
+namespace {
+
+std::atomic<bool> g_map_inputs{false};
+// For the SIGBUS handler: fixed storage, written before a handler can run.
+char g_output_to_remove[4096] = {};
+
+void OnSigbus(int) {
+  if (g_output_to_remove[0] != '\0') ::unlink(g_output_to_remove);
+  static const char kMessage[] =
+      "embstore: error: a file this process was reading was truncated under it (an input .npy "
+      "or a table file); nothing was written\n";
+  const ssize_t ignored = ::write(2, kMessage, sizeof kMessage - 1);
+  (void)ignored;
+  ::_exit(kExitIO);
+}
+
+Result<storage::NpyArray> LoadSpecNpy(const std::string& path) {
+  return g_map_inputs.load() ? storage::MapOrLoadNpy(path, kMaxSpecBytes)
+                             : storage::LoadNpy(path, kMaxSpecBytes);
+}
+
+}  // namespace
+
+void EnableMappedInputs() {
+  struct sigaction sa {};
+  sa.sa_handler = OnSigbus;
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGBUS, &sa, nullptr);
+  g_map_inputs.store(true);
+}
+
+void SetOutputToRemove(const std::string& path) {
+  if (path.size() >= sizeof g_output_to_remove) return;  // too long to keep: not removed
+  std::memset(g_output_to_remove, 0, sizeof g_output_to_remove);
+  std::memcpy(g_output_to_remove, path.data(), path.size());
+}
+
 IndexArray IntArray::view() const {
   if (file.data.empty()) return IndexArray(std::span<const int64_t>(inline_values));
   // LoadNpy's buffer is 64-byte aligned and holds exactly Count() items.
@@ -111,7 +150,7 @@ Result<IntArray> ParseIntSpec(const std::string& spec, const std::string& what) 
   IntArray out;
   if (!spec.empty() && spec[0] == '@') {
     const std::string path = spec.substr(1);
-    auto arr = storage::LoadNpy(path, kMaxSpecBytes);
+    auto arr = LoadSpecNpy(path);
     if (!arr.ok()) return arr.status().WithContext(what);
     const storage::NpyHeader& h = arr->header;
     if (h.kind == 'f') {
@@ -145,7 +184,7 @@ Result<FloatArray> ParseFloatSpec(const std::string& spec, const std::string& wh
   FloatArray out;
   if (!spec.empty() && spec[0] == '@') {
     const std::string path = spec.substr(1);
-    auto arr = storage::LoadNpy(path, kMaxSpecBytes);
+    auto arr = LoadSpecNpy(path);
     if (!arr.ok()) return arr.status().WithContext(what);
     const storage::NpyHeader& h = arr->header;
     if (h.kind != 'f' || (h.item_size != 4 && h.item_size != 8)) {

@@ -44,6 +44,16 @@ struct FloatArray {
   std::span<const float> values() const;
 };
 
+// From this call on, ParseIntSpec and ParseFloatSpec map large .npy files
+// (storage::MapOrLoadNpy) instead of reading them into fresh memory, and a
+// SIGBUS (a mapped input, or a table file, truncated by another process while
+// this one reads it) ends the process with a message and exit code 2 after
+// removing the output file registered with SetOutputToRemove, instead of
+// killing it. For commands that only read their inputs (query).
+void EnableMappedInputs();
+// The temporary output file the SIGBUS handler removes ("" for none).
+void SetOutputToRemove(const std::string& path);
+
 // `what` names the flag in error messages ("--indices").
 Result<IntArray> ParseIntSpec(const std::string& spec, const std::string& what);
 Result<FloatArray> ParseFloatSpec(const std::string& spec, const std::string& what);

@@ -144,19 +144,39 @@ Result<PageBuffer> PageBuffer::Allocate(size_t bytes) {
   // Advice only: where transparent huge pages are off this is a no-op.
   (void)::madvise(p, mapped, MADV_HUGEPAGE);
   b.data_ = static_cast<uint8_t*>(p);
+  b.base_ = b.data_;
   b.size_ = bytes;
   b.mapped_bytes_ = mapped;
+  return b;
+}
+
+Result<PageBuffer> PageBuffer::MapReadOnly(int fd, uint64_t offset, size_t bytes) {
+  PageBuffer b;
+  if (bytes == 0) return b;
+  const long page = ::sysconf(_SC_PAGESIZE);
+  const uint64_t start = offset / static_cast<uint64_t>(page) * static_cast<uint64_t>(page);
+  const size_t length = static_cast<size_t>(offset - start) + bytes;
+  void* p = ::mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(start));
+  if (p == MAP_FAILED) {
+    return Status::IOError("cannot map " + std::to_string(bytes) +
+                           " bytes of a file: " + std::strerror(errno));
+  }
+  b.base_ = static_cast<uint8_t*>(p);
+  b.data_ = b.base_ + (offset - start);
+  b.size_ = bytes;
+  b.mapped_bytes_ = length;
   return b;
 }
 
 void PageBuffer::Release() {
   if (data_ == nullptr) return;
   if (mapped_bytes_ > 0) {
-    ::munmap(data_, mapped_bytes_);
+    ::munmap(base_, mapped_bytes_);
   } else {
     ::operator delete(data_, kSmallAlign);
   }
   data_ = nullptr;
+  base_ = nullptr;
   size_ = 0;
   mapped_bytes_ = 0;
 }
@@ -166,7 +186,8 @@ PageBuffer::~PageBuffer() { Release(); }
 PageBuffer::PageBuffer(PageBuffer&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)),
       size_(std::exchange(other.size_, 0)),
-      mapped_bytes_(std::exchange(other.mapped_bytes_, 0)) {}
+      mapped_bytes_(std::exchange(other.mapped_bytes_, 0)),
+      base_(std::exchange(other.base_, nullptr)) {}
 
 PageBuffer& PageBuffer::operator=(PageBuffer&& other) noexcept {
   if (this != &other) {
@@ -174,6 +195,7 @@ PageBuffer& PageBuffer::operator=(PageBuffer&& other) noexcept {
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
     mapped_bytes_ = std::exchange(other.mapped_bytes_, 0);
+    base_ = std::exchange(other.base_, nullptr);
   }
   return *this;
 }

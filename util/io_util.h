@@ -64,6 +64,11 @@ class PageBuffer {
   PageBuffer() = default;
   // IOError when the memory cannot be had.
   static Result<PageBuffer> Allocate(size_t bytes);
+  // `bytes` bytes of the file `fd` from `offset`, mapped read-only and shared
+  // (the page cache's pages: no copy, no fresh memory). READ ONLY: data() must
+  // not be written through. A read past the end of a file truncated later
+  // raises SIGBUS (see cli::EnableMappedInputs). IOError if it cannot be mapped.
+  static Result<PageBuffer> MapReadOnly(int fd, uint64_t offset, size_t bytes);
   ~PageBuffer();
   PageBuffer(PageBuffer&& other) noexcept;
   PageBuffer& operator=(PageBuffer&& other) noexcept;
@@ -82,7 +87,8 @@ class PageBuffer {
   void Release();
   uint8_t* data_ = nullptr;
   size_t size_ = 0;
-  size_t mapped_bytes_ = 0;  // > 0: data_ is a mapping of this length
+  size_t mapped_bytes_ = 0;  // > 0: base_ is a mapping of this length
+  uint8_t* base_ = nullptr;  // the mapping's start (data_ or before it)
 };
 
 }  // namespace embstore

@@ -2,9 +2,12 @@
 // GPU through a row cache.
 #include "embstore/query.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <optional>
 #include <span>
+#include <string>
+#include <vector>
 
 #include "checkpoint/npy.h"
 #include "embstore/engine.h"
@@ -14,41 +17,65 @@
 namespace embstore::cli {
 namespace {
 
-// The pooled result: a PageBuffer the engine pooled into directly (no
-// zeroing pass, huge pages: see PageBuffer).
-struct QueryOutput {
-  std::vector<int64_t> shape;
-  PageBuffer buffer;
-  std::span<const float> values() const {
-    return {reinterpret_cast<const float*>(buffer.data()), buffer.size() / sizeof(float)};
+// Pooled results go out in batches of bags through one reused buffer of
+// about this many bytes: a large request touches no more fresh memory than
+// that (first touches of fresh pages are a fifth of a 5M-lookup query's
+// time otherwise: docs/cold.md), and each batch is written (or printed) as
+// soon as it is pooled.
+constexpr size_t kBatchBytes = size_t{8} << 20;
+
+// Where pooled rows go: the --out .npy (streamed: a temporary file renamed
+// into place at the end) or stdout, one bag per line.
+class Sink {
+ public:
+  Status Open(const std::string& out_path, const std::vector<int64_t>& shape) {
+    if (out_path.empty()) return Status::OK();
+    to_file_ = true;
+    EMBSTORE_RETURN_IF_ERROR(writer_.Open(out_path, "<f4", shape));
+    SetOutputToRemove(writer_.tmp_path());
+    return Status::OK();
   }
-  // Allocates shape's elements; the span to pool into.
-  Result<std::span<float>> Allocate(std::vector<int64_t> dims) {
-    size_t count = 1;
-    for (const int64_t d : dims) count *= static_cast<size_t>(d);
-    EMBSTORE_ASSIGN_OR_RETURN(buffer, PageBuffer::Allocate(count * sizeof(float)));
-    shape = std::move(dims);
-    return std::span<float>(reinterpret_cast<float*>(buffer.data()), count);  // NOLINT
+  // rows x dim floats, row-major.
+  Status Put(std::span<const float> values, int64_t dim) {
+    if (to_file_) {
+      return writer_.Append({reinterpret_cast<const uint8_t*>(values.data()),  // NOLINT
+                             values.size() * sizeof(float)});
+    }
+    const int64_t rows = dim == 0 ? 0 : static_cast<int64_t>(values.size()) / dim;
+    std::string line;
+    char buf[32];
+    for (int64_t b = 0; b < rows; ++b) {
+      line.clear();
+      for (int64_t j = 0; j < dim; ++j) {
+        std::snprintf(buf, sizeof buf, "%.8g",
+                      static_cast<double>(values[static_cast<size_t>(b * dim + j)]));
+        if (j) line += ' ';
+        line += buf;
+      }
+      line += '\n';
+      if (std::fputs(line.c_str(), stdout) == EOF) return Status::OK();  // main() reports it
+    }
+    return Status::OK();
   }
+  Status Commit() {
+    if (!to_file_) return Status::OK();
+    const Status st = writer_.Commit();
+    SetOutputToRemove("");
+    return st;
+  }
+
+ private:
+  bool to_file_ = false;
+  storage::NpyWriter writer_;
 };
 
-void PrintRows(const QueryOutput& out) {
-  const std::span<const float> values = out.values();
-  const int64_t dim = out.shape.back();
-  const int64_t rows = dim == 0 ? 0 : static_cast<int64_t>(values.size()) / dim;
-  std::string line;
-  char buf[32];
-  for (int64_t b = 0; b < rows; ++b) {
-    line.clear();
-    for (int64_t j = 0; j < dim; ++j) {
-      std::snprintf(buf, sizeof buf, "%.8g",
-                    static_cast<double>(values[static_cast<size_t>(b * dim + j)]));
-      if (j) line += ' ';
-      line += buf;
-    }
-    line += '\n';
-    if (std::fputs(line.c_str(), stdout) == EOF) return;  // main() reports the error
-  }
+// How many of `count` items of `item_floats` floats each go in one batch.
+// Items of no floats (dim 0, or no bags per sample) go in one batch.
+int64_t BatchItems(int64_t count, int64_t item_floats) {
+  if (item_floats <= 0) return std::max<int64_t>(1, count);
+  const int64_t per = std::max<int64_t>(
+      1, static_cast<int64_t>(kBatchBytes / sizeof(float)) / std::max<int64_t>(item_floats, 1));
+  return std::max<int64_t>(1, std::min(count, per));
 }
 
 class QueryCommand : public Command {
@@ -87,6 +114,8 @@ class QueryCommand : public Command {
  private:
   int Run() override {
     const std::string db = Str("db");
+    // Large .npy inputs are mapped, not copied into fresh memory.
+    EnableMappedInputs();
     if (const int rc = ReadOptions(); rc != kExitOk) return rc;
     auto indices = ParseIntSpec(Str("indices"), "--indices");
     if (!indices.ok()) return Fail(indices.status());
@@ -101,11 +130,11 @@ class QueryCommand : public Command {
     if (!snap.ok()) return Fail(snap.status());
     const TableView view = snap->view();
 
-    // Too many bags for memory are refused by the engine (its plan checks
-    // the bag count before anything is allocated).
-    QueryOutput out;
-    const int rc = Has("bag-ends") ? PoolBatched(view, *indices, *weights, &out)
-                                   : PoolBags(view, *indices, *weights, &out);
+    // The whole request is validated first (CountBags: a bad id anywhere is
+    // refused before anything is written, with its position), then pooled in
+    // batches of bags into the output as they come.
+    const int rc = Has("bag-ends") ? PoolBatched(view, *indices, *weights)
+                                   : PoolBags(view, *indices, *weights);
     if (rc != kExitOk) return rc;
     if (IsSet("stats")) {
       const PrefetchStats ps = GetPrefetchStats();
@@ -118,15 +147,6 @@ class QueryCommand : public Command {
       if (engine_->device() == Device::kCuda) {
         std::fprintf(stderr, "gpu cache: %s\n", CacheStatsToString(engine_->stats()).c_str());
       }
-    }
-    if (Has("out")) {
-      const std::span<const float> values = out.values();
-      const Status st = storage::WriteNpy(
-          Str("out"), "<f4", out.shape,
-          {reinterpret_cast<const uint8_t*>(values.data()), values.size() * sizeof(float)});
-      if (!st.ok()) return Fail(st);
-    } else {
-      PrintRows(out);
     }
     return kExitOk;
   }
@@ -190,9 +210,9 @@ class QueryCommand : public Command {
     return kExitOk;
   }
 
-  // --bag-ends: batched bags [B, K] over indices [B, N].
+  // --bag-ends: batched bags [B, K] over indices [B, N], in batches of samples.
   int PoolBatched(const TableView& view, const IntArray& indices,
-                  const std::optional<FloatArray>& weights, QueryOutput* out) {
+                  const std::optional<FloatArray>& weights) {
     if (Has("offsets")) return Usage("--bag-ends and --offsets cannot be combined");
     if (qo_.include_last_offset) return Usage("--include-last-offset does not apply to --bag-ends");
     auto ends = ParseIntSpec(Str("bag-ends"), "--bag-ends");
@@ -204,19 +224,35 @@ class QueryCommand : public Command {
       if (!ws.ok()) return Fail(ws);
       req->weights = weights->values();
     }
-    // Validate first (CountBags), then pool straight into the output [B, K, dim].
     Result<int64_t> bags = CountBags(view, *req, qo_);
     if (!bags.ok()) return Fail(bags.status());
-    auto dest = out->Allocate({req->batch, req->bags_per_sample, view.dim});
-    if (!dest.ok()) return Fail(dest.status());
-    const Status st = engine_->BatchedEmbeddingBag(view, *req, qo_, *dest);
-    if (!st.ok()) return Fail(st);
+    const int64_t batch = req->batch, n = req->items, k = req->bags_per_sample;
+    Sink sink;
+    if (const Status st = sink.Open(Has("out") ? Str("out") : "", {batch, k, view.dim}); !st.ok())
+      return Fail(st);
+    const int64_t step = BatchItems(batch, k * view.dim);
+    auto buffer = PageBuffer::Allocate(static_cast<size_t>(step * k * view.dim) * sizeof(float));
+    if (!buffer.ok()) return Fail(buffer.status());
+    for (int64_t s0 = 0; s0 < batch; s0 += step) {
+      const int64_t s1 = std::min(batch, s0 + step);
+      BatchedBagRequest part = *req;
+      part.indices = Slice(req->indices, s0 * n, (s1 - s0) * n);
+      part.ends = Slice(req->ends, s0 * k, (s1 - s0) * k);
+      if (req->weights) part.weights = req->weights->subspan(s0 * n, (s1 - s0) * n);
+      part.batch = s1 - s0;
+      const std::span<float> dest = Floats(&*buffer, (s1 - s0) * k * view.dim);
+      if (const Status st = engine_->BatchedEmbeddingBag(view, part, qo_, dest); !st.ok())
+        return Fail(st);
+      if (const Status st = sink.Put(dest, view.dim); !st.ok()) return Fail(st);
+    }
+    if (const Status st = sink.Commit(); !st.ok()) return Fail(st);
     return kExitOk;
   }
 
-  // 1-D indices with --offsets, or 2-D indices [B, N] (B bags of N).
+  // 1-D indices with --offsets, or 2-D indices [B, N] (B bags of N), in
+  // batches of bags.
   int PoolBags(const TableView& view, const IntArray& indices,
-               const std::optional<FloatArray>& weights, QueryOutput* out) {
+               const std::optional<FloatArray>& weights) {
     BagRequest req;
     req.indices = indices.view();
     req.indices_shape = indices.shape;
@@ -232,14 +268,57 @@ class QueryCommand : public Command {
       if (!ws.ok()) return Fail(ws);
       req.weights = weights->values();
     }
-    // Validate first (CountBags), then pool straight into the output buffer.
-    Result<int64_t> bags = CountBags(view, req, qo_);
-    if (!bags.ok()) return Fail(bags.status());
-    auto dest = out->Allocate({*bags, view.dim});
-    if (!dest.ok()) return Fail(dest.status());
-    const Status st = engine_->EmbeddingBag(view, req, qo_, *dest);
-    if (!st.ok()) return Fail(st);
+    Result<int64_t> counted = CountBags(view, req, qo_);
+    if (!counted.ok()) return Fail(counted.status());
+    const int64_t bags = *counted;
+    Sink sink;
+    if (const Status st = sink.Open(Has("out") ? Str("out") : "", {bags, view.dim}); !st.ok())
+      return Fail(st);
+    const int64_t step = BatchItems(bags, view.dim);
+    auto buffer = PageBuffer::Allocate(static_cast<size_t>(step * view.dim) * sizeof(float));
+    if (!buffer.ok()) return Fail(buffer.status());
+    const bool two_d = req.indices_shape.size() == 2;
+    const int64_t row = two_d ? req.indices_shape[1] : 0;
+    // The request is valid (CountBags): offsets start at 0, do not decrease
+    // and stay within the indices, so each batch is a request of its own.
+    std::vector<int64_t> local;
+    for (int64_t b0 = 0; b0 < bags; b0 += step) {
+      const int64_t b1 = std::min(bags, b0 + step);
+      BagRequest part;
+      QueryOptions qo = qo_;
+      qo.include_last_offset = false;
+      int64_t first = 0, last = 0;
+      if (two_d) {  // rows b0..b1 (with include_last_offset the last row is not a bag)
+        first = b0 * row;
+        last = b1 * row;
+        part.indices_shape = {b1 - b0, row};
+      } else {
+        const IndexArray& off = *req.offsets;
+        first = off[b0];
+        last = b1 < bags ? off[b1] : (qo_.include_last_offset ? off[bags] : req.indices.size);
+        local.resize(static_cast<size_t>(b1 - b0));
+        for (int64_t b = b0; b < b1; ++b) local[static_cast<size_t>(b - b0)] = off[b] - first;
+        part.offsets = IndexArray(std::span<const int64_t>(local));
+      }
+      part.indices = Slice(req.indices, first, last - first);
+      if (req.weights) part.weights = req.weights->subspan(first, last - first);
+      const std::span<float> dest = Floats(&*buffer, (b1 - b0) * view.dim);
+      if (const Status st = engine_->EmbeddingBag(view, part, qo, dest); !st.ok()) return Fail(st);
+      if (const Status st = sink.Put(dest, view.dim); !st.ok()) return Fail(st);
+    }
+    if (const Status st = sink.Commit(); !st.ok()) return Fail(st);
     return kExitOk;
+  }
+
+  static IndexArray Slice(const IndexArray& a, int64_t first, int64_t count) {
+    IndexArray s = a;
+    const size_t elem = a.type == IndexType::kInt64 ? sizeof(int64_t) : sizeof(int32_t);
+    s.data = static_cast<const uint8_t*>(a.data) + static_cast<size_t>(first) * elem;
+    s.size = count;
+    return s;
+  }
+  static std::span<float> Floats(PageBuffer* buffer, int64_t count) {
+    return {reinterpret_cast<float*>(buffer->data()), static_cast<size_t>(count)};  // NOLINT
   }
 
   QueryOptions qo_;

@@ -1,0 +1,174 @@
+// `embstore query` maps large .npy inputs (storage::MapOrLoadNpy) and pools
+// in batches streamed to --out. These tests check what that must not change:
+// results the same as from a read input and a single batch (against the
+// library), and an input truncated by another process while the query runs
+// ends the process with a message and exit code 2, leaving no output file,
+// instead of killing it with SIGBUS.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "checkpoint/npy.h"
+#include "embstore/query.h"
+#include "embstore/store.h"
+#include "test_util.h"
+
+namespace embstore {
+namespace {
+
+using testing::RunCli;
+using testing::TempDir;
+
+void WriteI64(const std::string& path, const std::vector<int64_t>& v) {
+  ASSERT_TRUE(storage::WriteNpy(path, "<i8", {static_cast<int64_t>(v.size())},
+                                {reinterpret_cast<const uint8_t*>(v.data()), v.size() * 8})
+                  .ok());
+}
+
+// Whether process `pid` has `path` mapped.
+bool Maps(pid_t pid, const std::string& path) {
+  std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
+  std::string line;
+  while (std::getline(maps, line))
+    if (line.find(path) != std::string::npos) return true;
+  return false;
+}
+
+// 3 MiB of ids (mapped), many batches of output (~8 MiB each), weights:
+// the CLI's output equals the library's single call on the same request.
+TEST(CliMappedInput, BatchedAndMappedQueryEqualsTheLibrary) {
+  TempDir dir;
+  const int64_t rows = 5000, dim = 96;
+  testing::WriteF32Npy(dir / "t.npy", {rows, dim}, testing::RandomFloats(rows * dim, 9));
+  const std::string db = dir / "db";
+  ASSERT_EQ(RunCli({"import", "--db", db, "--table", "t", "--from", dir / "t.npy"}).exit_code, 0);
+  std::mt19937_64 rng(4);
+  const int64_t n = 400000;  // 3.2 MB of int64 ids: mapped
+  std::vector<int64_t> ids(n), offsets;
+  for (int64_t& id : ids) id = static_cast<int64_t>(rng() % rows);
+  for (int64_t at = 0; at < n; at += static_cast<int64_t>(rng() % 9)) offsets.push_back(at);
+  std::vector<float> w(n);
+  for (float& x : w) x = static_cast<float>(rng() % 1000) / 500.0f - 1.0f;
+  WriteI64(dir / "ids.npy", ids);
+  WriteI64(dir / "off.npy", offsets);
+  testing::WriteF32Npy(dir / "w.npy", {n}, w);
+  const int64_t bags = static_cast<int64_t>(offsets.size());
+  ASSERT_GT(bags * dim * 4, int64_t{3} * (8 << 20)) << "want several output batches";
+
+  auto store = Store::Open(db, {});
+  ASSERT_TRUE(store.ok());
+  auto snap = (*store)->GetSnapshot("t");
+  ASSERT_TRUE(snap.ok());
+  for (const std::string mode : {"sum", "max"}) {
+    for (const bool ilo : {false, true}) {
+      BagRequest req;
+      req.indices = std::span<const int64_t>(ids);
+      std::vector<int64_t> offs = offsets;
+      if (ilo) offs.push_back(n - 3);  // the last 3 ids are ignored
+      req.offsets = IndexArray(std::span<const int64_t>(offs));
+      req.weights = std::span<const float>(w);
+      QueryOptions qo;
+      qo.mode = *ParsePoolingMode(mode);
+      qo.include_last_offset = ilo;
+      auto want = EmbeddingBag(snap->view(), req, qo);
+      ASSERT_TRUE(want.ok()) << want.status().ToString();
+      WriteI64(dir / "offs.npy", offs);
+      std::vector<std::string> args = {"query",
+                                       "--db",
+                                       db,
+                                       "--table",
+                                       "t",
+                                       "--mode",
+                                       mode,
+                                       "--indices",
+                                       "@" + (dir / "ids.npy"),
+                                       "--offsets",
+                                       "@" + (dir / "offs.npy"),
+                                       "--weights",
+                                       "@" + (dir / "w.npy"),
+                                       "--out",
+                                       dir / "out.npy"};
+      if (ilo) args.push_back("--include-last-offset");
+      auto r = RunCli(args);
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      std::vector<int64_t> shape;
+      const std::vector<float> got = testing::ReadF32Npy(dir / "out.npy", &shape);
+      EXPECT_EQ(shape, want->shape);
+      EXPECT_EQ(got, want->values) << mode << " include_last_offset " << ilo;
+    }
+  }
+}
+
+// The ids file is truncated while the query reads it (mapped): exit code 2,
+// the message, no output file and no temporary left; never a signal.
+TEST(CliMappedInput, InputTruncatedMidQueryIsAnErrorNotACrash) {
+  TempDir dir;
+  const int64_t rows = 256, dim = 4096;  // 16 KiB rows: pooling 2M of them takes seconds
+  testing::WriteF32Npy(dir / "t.npy", {rows, dim}, testing::RandomFloats(rows * dim, 2));
+  const std::string db = dir / "db";
+  ASSERT_EQ(RunCli({"import", "--db", db, "--table", "t", "--from", dir / "t.npy"}).exit_code, 0);
+  std::vector<int64_t> ids(2 << 20);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int64_t>(i % rows);
+  const std::string ids_path = dir / "ids.npy";
+  WriteI64(ids_path, ids);
+  const std::string out = dir / "out.npy";
+  const std::string err_path = dir / "err.txt";
+  const std::string ids_arg = "@" + ids_path;
+  const char* argv[] = {EMBSTORE_CLI, "query",  "--db",  db.c_str(),  "--table",
+                        "t",          "--mode", "sum",   "--indices", ids_arg.c_str(),
+                        "--offsets",  "0",      "--out", out.c_str(), nullptr};
+  const int err_fd = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ASSERT_GE(err_fd, 0);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::dup2(err_fd, 2);
+    ::execv(argv[0], const_cast<char* const*>(argv));
+    ::_exit(127);
+  }
+  ::close(err_fd);
+  // Once the ids are mapped (and the bags validated), truncate the file.
+  bool mapped = false;
+  for (int i = 0; i < 3000 && !mapped; ++i) {
+    mapped = Maps(pid, ids_path);
+    if (!mapped) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_EQ(::truncate(ids_path.c_str(), 128), 0);  // the header only
+  int status = 0;
+  bool exited = false;
+  for (int i = 0; i < 1200 && !exited; ++i) {  // at most 120 s
+    exited = ::waitpid(pid, &status, WNOHANG) == pid;
+    if (!exited) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (!exited) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+  }
+  std::string err;
+  {
+    std::ifstream f(err_path);
+    std::getline(f, err, '\0');
+  }
+  ASSERT_TRUE(mapped) << "the CLI never mapped the ids file";
+  ASSERT_TRUE(exited) << "the query did not end in 120 s";
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << WTERMSIG(status) << ": " << err;
+  EXPECT_EQ(WEXITSTATUS(status), 2) << err;
+  EXPECT_NE(err.find("was truncated under it"), std::string::npos) << err;
+  EXPECT_FALSE(std::filesystem::exists(out));
+  for (const auto& e : std::filesystem::directory_iterator(dir.path()))
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+}
+
+}  // namespace
+}  // namespace embstore

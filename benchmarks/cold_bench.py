@@ -33,6 +33,8 @@ import time
 
 import numpy as np
 
+from side_by_side import zipf_ids  # the same Zipf(1.05) ids as the in-memory benchmarks
+
 ROWS, DIM = 8_000_000, 128
 CGROUP = "/sys/fs/cgroup/memory/embstore_cold_bench"
 
@@ -76,17 +78,6 @@ def run_limited(cmd, limit_bytes, timeout=600):
         except OSError:
             pass
         os.rmdir(CGROUP)
-
-
-def zipf_ids(rng, n, rows, s=1.05):
-    # P(rank k) ~ k^-s over k = 1..rows, ranks mapped to rows by a fixed
-    # permutation (hot rows scattered over the file), as side_by_side.py.
-    ranks = np.arange(1, rows + 1, dtype=np.float64)
-    cdf = np.cumsum(ranks ** -s)
-    cdf /= cdf[-1]
-    r = np.searchsorted(cdf, rng.random(n))
-    perm = np.random.default_rng(7).permutation(rows)
-    return perm[r].astype(np.int64)
 
 
 def setup(args):

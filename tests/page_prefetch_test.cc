@@ -42,23 +42,10 @@ bool OnTmpfs(const std::string& path) {
   return ::statfs(path.c_str(), &fs) == 0 && fs.f_type == kTmpfsMagic;
 }
 
-// A directory on a disk file system (the test's working directory: ctest
-// runs in the build tree), removed at scope exit.
-class DiskDir {
- public:
-  DiskDir() {
-    char tmpl[] = "./embstore-cold-XXXXXX";
-    path_ = std::filesystem::absolute(::mkdtemp(tmpl)).string();
-  }
-  ~DiskDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+// A directory on a disk file system: the test's working directory (ctest
+// runs in the build tree), where TMPDIR may be a tmpfs.
+struct DiskDir : TempDir {
+  DiskDir() : TempDir(".") {}
 };
 
 // Writes `rows` x `dim` random rows (seeded) as table `name` in `dtype`.

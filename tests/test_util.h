@@ -26,8 +26,10 @@ namespace embstore::testing {
 // A fresh directory removed at scope exit.
 class TempDir {
  public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "embstore-test-XXXXXX").string();
+  TempDir() : TempDir(std::filesystem::temp_directory_path().string()) {}
+  // A fresh directory inside `base` (absolute path kept).
+  explicit TempDir(const std::string& base) {
+    std::string tmpl = (std::filesystem::absolute(base) / "embstore-test-XXXXXX").string();
     std::vector<char> buf(tmpl.begin(), tmpl.end());
     buf.push_back('\0');
     path_ = ::mkdtemp(buf.data());

@@ -158,8 +158,13 @@ void PageAdvisor::Finish() {
   Slot& slot = SlotFor(table_);
   if (rows_missing_ > 0) {
     slot.state.store(NowNs() + kColdForNs, std::memory_order_relaxed);
-  } else if (rows_checked_ >= kWarmEvidenceRows ||
-             slot.state.load(std::memory_order_relaxed) == kSuspect) {
+    return;
+  }
+  // Nothing missing: warm again on enough evidence, after a probe of a
+  // suspect table, or once the cold spell has run out (else small requests
+  // would probe it forever).
+  const int64_t s = slot.state.load(std::memory_order_relaxed);
+  if (rows_checked_ >= kWarmEvidenceRows || s == kSuspect || (s != kWarm && NowNs() >= s)) {
     slot.state.store(kWarm, std::memory_order_relaxed);
   }
 }

@@ -107,6 +107,7 @@ bool EndTimedPiece(const TableView& table, int64_t rows, int64_t elapsed_ns);
 template <typename Weight, typename Advise, typename Run>
 void RunWindowed(const TableView& table, const QueryOptions& options, int64_t first, int64_t last,
                  int64_t entries, const Weight& weight, const Advise& advise, const Run& run) {
+  if (first >= last) return;
   ChunkMode mode = BeginChunk(table, options);
   if (mode == ChunkMode::kPlain) {
     run(first, last);

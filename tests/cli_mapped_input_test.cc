@@ -109,24 +109,97 @@ TEST(CliMappedInput, BatchedAndMappedQueryEqualsTheLibrary) {
   }
 }
 
+// 2-D ids [B, N] with --include-last-offset, and batched bags (--bag-ends),
+// over several output batches: equal to the library's single call.
+TEST(CliMappedInput, TwoDimensionalAndBatchedBagsEqualTheLibrary) {
+  TempDir dir;
+  const int64_t rows = 3000, dim = 64;
+  testing::WriteF32Npy(dir / "t.npy", {rows, dim}, testing::RandomFloats(rows * dim, 5));
+  const std::string db = dir / "db";
+  ASSERT_EQ(RunCli({"import", "--db", db, "--table", "t", "--from", dir / "t.npy"}).exit_code, 0);
+  auto store = Store::Open(db, {});
+  ASSERT_TRUE(store.ok());
+  auto snap = (*store)->GetSnapshot("t");
+  ASSERT_TRUE(snap.ok());
+  std::mt19937_64 rng(8);
+  // [B, N] = [100000, 4]: 3.2 MB of ids (mapped), 99,999 bags: 25 MB of output.
+  const int64_t b = 100000, n = 4;
+  std::vector<int64_t> ids(b * n);
+  for (int64_t& id : ids) id = static_cast<int64_t>(rng() % rows);
+  ASSERT_TRUE(storage::WriteNpy(dir / "ids2.npy", "<i8", {b, n},
+                                {reinterpret_cast<const uint8_t*>(ids.data()), ids.size() * 8})
+                  .ok());
+  BagRequest req;
+  req.indices = std::span<const int64_t>(ids);
+  req.indices_shape = {b, n};
+  QueryOptions qo;
+  qo.mode = PoolingMode::kMax;
+  qo.include_last_offset = true;
+  auto want = EmbeddingBag(snap->view(), req, qo);
+  ASSERT_TRUE(want.ok()) << want.status().ToString();
+  auto r = RunCli({"query", "--db", db, "--table", "t", "--mode", "max", "--indices",
+                   "@" + (dir / "ids2.npy"), "--include-last-offset", "--out", dir / "o2.npy"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::vector<int64_t> shape;
+  EXPECT_EQ(testing::ReadF32Npy(dir / "o2.npy", &shape), want->values);
+  EXPECT_EQ(shape, want->shape);
+
+  // Batched: [B, N] ids with [B, K] inclusive ends: 50000 samples x 3 bags.
+  const int64_t k = 3;
+  std::vector<int64_t> ends(b / 2 * k);
+  for (int64_t s = 0; s < b / 2; ++s) {
+    ends[s * k] = static_cast<int64_t>(rng() % 2) - 1;
+    ends[s * k + 1] = ends[s * k] + static_cast<int64_t>(rng() % 3);
+    ends[s * k + 2] = n - 1;
+  }
+  ASSERT_TRUE(storage::WriteNpy(dir / "ids3.npy", "<i8", {b / 2, n},
+                                {reinterpret_cast<const uint8_t*>(ids.data()), ids.size() * 4})
+                  .ok());
+  ASSERT_TRUE(storage::WriteNpy(dir / "ends.npy", "<i8", {b / 2, k},
+                                {reinterpret_cast<const uint8_t*>(ends.data()), ends.size() * 8})
+                  .ok());
+  BatchedBagRequest br;
+  br.indices = std::span<const int64_t>(ids.data(), static_cast<size_t>(b / 2 * n));
+  br.ends = IndexArray(std::span<const int64_t>(ends));
+  br.batch = b / 2;
+  br.items = n;
+  br.bags_per_sample = k;
+  QueryOptions sum;
+  sum.mode = PoolingMode::kSum;
+  auto want3 = BatchedEmbeddingBag(snap->view(), br, sum);
+  ASSERT_TRUE(want3.ok()) << want3.status().ToString();
+  r = RunCli({"query", "--db", db, "--table", "t", "--mode", "sum", "--indices",
+              "@" + (dir / "ids3.npy"), "--bag-ends", "@" + (dir / "ends.npy"), "--out",
+              dir / "o3.npy"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(testing::ReadF32Npy(dir / "o3.npy", &shape), want3->values);
+  EXPECT_EQ(shape, want3->shape);
+  ASSERT_GT(static_cast<int64_t>(want3->values.size()) * 4, int64_t{2} * (8 << 20));
+}
+
 // The ids file is truncated while the query reads it (mapped): exit code 2,
 // the message, no output file and no temporary left; never a signal.
 TEST(CliMappedInput, InputTruncatedMidQueryIsAnErrorNotACrash) {
   TempDir dir;
-  const int64_t rows = 256, dim = 4096;  // 16 KiB rows: pooling 2M of them takes seconds
+  // 4 KiB rows, bags of 200: an 8 MiB output batch is 2048 bags, 409,600 ids
+  // and 1.6 GB of rows read; 2M ids make 5 batches, each copying its ids out
+  // of the mapped file when it starts.
+  const int64_t rows = 256, dim = 1024;
   testing::WriteF32Npy(dir / "t.npy", {rows, dim}, testing::RandomFloats(rows * dim, 2));
   const std::string db = dir / "db";
   ASSERT_EQ(RunCli({"import", "--db", db, "--table", "t", "--from", dir / "t.npy"}).exit_code, 0);
-  std::vector<int64_t> ids(2 << 20);
+  std::vector<int64_t> ids(2 << 20), offsets;
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int64_t>(i % rows);
+  for (int64_t at = 0; at < static_cast<int64_t>(ids.size()); at += 200) offsets.push_back(at);
   const std::string ids_path = dir / "ids.npy";
   WriteI64(ids_path, ids);
+  WriteI64(dir / "off.npy", offsets);
   const std::string out = dir / "out.npy";
   const std::string err_path = dir / "err.txt";
-  const std::string ids_arg = "@" + ids_path;
-  const char* argv[] = {EMBSTORE_CLI, "query",  "--db",  db.c_str(),  "--table",
-                        "t",          "--mode", "sum",   "--indices", ids_arg.c_str(),
-                        "--offsets",  "0",      "--out", out.c_str(), nullptr};
+  const std::string ids_arg = "@" + ids_path, off_arg = "@" + (dir / "off.npy");
+  const char* argv[] = {EMBSTORE_CLI, "query",         "--db",  db.c_str(),  "--table",
+                        "t",          "--mode",        "sum",   "--indices", ids_arg.c_str(),
+                        "--offsets",  off_arg.c_str(), "--out", out.c_str(), nullptr};
   const int err_fd = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   ASSERT_GE(err_fd, 0);
   const pid_t pid = ::fork();
@@ -137,13 +210,14 @@ TEST(CliMappedInput, InputTruncatedMidQueryIsAnErrorNotACrash) {
     ::_exit(127);
   }
   ::close(err_fd);
-  // Once the ids are mapped (and the bags validated), truncate the file.
+  // Once the ids are mapped, truncate the file: a later batch (or the
+  // validation) reads past its new end.
   bool mapped = false;
   for (int i = 0; i < 3000 && !mapped; ++i) {
     mapped = Maps(pid, ids_path);
     if (!mapped) std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the query takes ~250 ms
   ASSERT_EQ(::truncate(ids_path.c_str(), 128), 0);  // the header only
   int status = 0;
   bool exited = false;

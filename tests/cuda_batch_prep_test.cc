@@ -195,7 +195,11 @@ TEST(PipelineStaging, GatherWithThePagePrefetcherIsTheSame) {
     std::vector<uint8_t> got(static_cast<size_t>(sl.total), 0xEE);
     GatherRows(table.view(), l, rows, slots, sl, got.data(), parallel, on);
     EXPECT_EQ(got, want) << "parallel " << parallel;
-    EXPECT_EQ(GetPrefetchStats().rows_checked - before.rows_checked, 4000);
+    // Every distinct page looked up at least once (rows sharing a page the
+    // chunk met just before are not looked up again).
+    const int64_t checked = GetPrefetchStats().rows_checked - before.rows_checked;
+    EXPECT_GE(checked, 5000 * 80 / 4096);
+    EXPECT_LE(checked, 4000);
   }
 }
 

@@ -95,14 +95,18 @@ Result<double> ParseNumber(const std::string& text, const std::string& what) {
 namespace {
 
 std::atomic<bool> g_map_inputs{false};
-// For the SIGBUS handler: fixed storage, written before a handler can run.
-char g_output_to_remove[4096] = {};
+// For the SIGBUS handler: two fixed buffers and the index of the complete
+// one (-1: none), so that the handler never reads a path being written.
+char g_output_to_remove[2][4096] = {};
+std::atomic<int> g_output_slot{-1};
+static_assert(std::atomic<int>::is_always_lock_free);
 
 void OnSigbus(int) {
-  if (g_output_to_remove[0] != '\0') ::unlink(g_output_to_remove);
+  const int slot = g_output_slot.load();
+  if (slot >= 0) ::unlink(g_output_to_remove[slot]);
   static const char kMessage[] =
       "embstore: error: a file this process was reading was truncated under it (an input .npy "
-      "or a table file); nothing was written\n";
+      "or a table file); the --out file was not written\n";
   const ssize_t ignored = ::write(2, kMessage, sizeof kMessage - 1);
   (void)ignored;
   ::_exit(kExitIO);
@@ -124,9 +128,14 @@ void EnableMappedInputs() {
 }
 
 void SetOutputToRemove(const std::string& path) {
-  if (path.size() >= sizeof g_output_to_remove) return;  // too long to keep: not removed
-  std::memset(g_output_to_remove, 0, sizeof g_output_to_remove);
-  std::memcpy(g_output_to_remove, path.data(), path.size());
+  if (path.empty() || path.size() >= sizeof g_output_to_remove[0]) {
+    g_output_slot.store(-1);  // none (or too long to keep: not removed)
+    return;
+  }
+  const int slot = g_output_slot.load() == 0 ? 1 : 0;  // the one not in use
+  std::memset(g_output_to_remove[slot], 0, sizeof g_output_to_remove[slot]);
+  std::memcpy(g_output_to_remove[slot], path.data(), path.size());
+  g_output_slot.store(slot);
 }
 
 IndexArray IntArray::view() const {

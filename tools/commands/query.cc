@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <optional>
 #include <span>
 #include <string>
@@ -233,11 +234,16 @@ class QueryCommand : public Command {
     const int64_t step = BatchItems(batch, k * view.dim);
     auto buffer = PageBuffer::Allocate(static_cast<size_t>(step * k * view.dim) * sizeof(float));
     if (!buffer.ok()) return Fail(buffer.status());
+    std::vector<uint8_t> ids_copy, ends_copy;
     for (int64_t s0 = 0; s0 < batch; s0 += step) {
       const int64_t s1 = std::min(batch, s0 + step);
       BatchedBagRequest part = *req;
-      part.indices = Slice(req->indices, s0 * n, (s1 - s0) * n);
-      part.ends = Slice(req->ends, s0 * k, (s1 - s0) * k);
+      auto part_ids = CopySlice(req->indices, s0 * n, (s1 - s0) * n, &ids_copy);
+      auto part_ends = CopySlice(req->ends, s0 * k, (s1 - s0) * k, &ends_copy);
+      if (!part_ids.ok()) return Fail(part_ids.status());
+      if (!part_ends.ok()) return Fail(part_ends.status());
+      part.indices = *part_ids;
+      part.ends = *part_ends;
       if (req->weights) part.weights = req->weights->subspan(s0 * n, (s1 - s0) * n);
       part.batch = s1 - s0;
       const std::span<float> dest = Floats(&*buffer, (s1 - s0) * k * view.dim);
@@ -281,7 +287,11 @@ class QueryCommand : public Command {
     const int64_t row = two_d ? req.indices_shape[1] : 0;
     // The request is valid (CountBags): offsets start at 0, do not decrease
     // and stay within the indices, so each batch is a request of its own.
+    // Each batch's ids are copied out of the input first and validated again
+    // by the engine: a mapped input rewritten by another process meanwhile
+    // cannot feed the kernels an id nobody checked.
     std::vector<int64_t> local;
+    std::vector<uint8_t> ids_copy;
     for (int64_t b0 = 0; b0 < bags; b0 += step) {
       const int64_t b1 = std::min(bags, b0 + step);
       BagRequest part;
@@ -300,7 +310,12 @@ class QueryCommand : public Command {
         for (int64_t b = b0; b < b1; ++b) local[static_cast<size_t>(b - b0)] = off[b] - first;
         part.offsets = IndexArray(std::span<const int64_t>(local));
       }
-      part.indices = Slice(req.indices, first, last - first);
+      if (first < 0 || last < first || last > req.indices.size) {
+        return Fail(Status::IOError("--offsets changed while the query read them"));
+      }
+      auto part_ids = CopySlice(req.indices, first, last - first, &ids_copy);
+      if (!part_ids.ok()) return Fail(part_ids.status());
+      part.indices = *part_ids;
       if (req.weights) part.weights = req.weights->subspan(first, last - first);
       const std::span<float> dest = Floats(&*buffer, (b1 - b0) * view.dim);
       if (const Status st = engine_->EmbeddingBag(view, part, qo, dest); !st.ok()) return Fail(st);
@@ -310,10 +325,21 @@ class QueryCommand : public Command {
     return kExitOk;
   }
 
-  static IndexArray Slice(const IndexArray& a, int64_t first, int64_t count) {
-    IndexArray s = a;
+  // Items [first, first + count) of `a`, copied into *buf (reused).
+  static Result<IndexArray> CopySlice(const IndexArray& a, int64_t first, int64_t count,
+                                      std::vector<uint8_t>* buf) {
+    if (first < 0 || count < 0 || first > a.size - count) {
+      return Status::Internal("a batch outside its input");
+    }
     const size_t elem = a.type == IndexType::kInt64 ? sizeof(int64_t) : sizeof(int32_t);
-    s.data = static_cast<const uint8_t*>(a.data) + static_cast<size_t>(first) * elem;
+    const size_t bytes = static_cast<size_t>(count) * elem;
+    if (buf->size() < bytes) buf->resize(bytes);
+    if (bytes > 0) {
+      std::memcpy(buf->data(),
+                  static_cast<const uint8_t*>(a.data) + static_cast<size_t>(first) * elem, bytes);
+    }
+    IndexArray s = a;
+    s.data = buf->data();
     s.size = count;
     return s;
   }

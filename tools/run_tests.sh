@@ -45,7 +45,8 @@ if [ "${EMBSTORE_SKIP_SANITIZERS:-0}" != "1" ] && [ "${EMBSTORE_SKIP_TSAN:-0}" !
   # TSan builds too). The CLI is built too: fm_test and multiprocess_test
   # drive it.
   tsan_tests=(engine_concurrency_test store_test multiprocess_test fm_test cuda_pool_math_test
-              cuda_batch_prep_test cuda_cache_policy_test cuda_cache_policy_model_test)
+              cuda_batch_prep_test cuda_cache_policy_test cuda_cache_policy_model_test
+              page_prefetch_test)
   cmake -S . -B build/tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "${sanitizer_flags[@]}" \
         -DEMBSTORE_SANITIZE=thread -DEMBSTORE_CUDA=OFF -DEMBSTORE_BUILD_BENCHMARKS=OFF >/dev/null
   cmake --build build/tsan -j"$jobs" --target embstore_cli "${tsan_tests[@]}"

@@ -218,7 +218,7 @@ TEST(CliMappedInput, InputTruncatedMidQueryIsAnErrorNotACrash) {
     if (!mapped) std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the query takes ~250 ms
-  ASSERT_EQ(::truncate(ids_path.c_str(), 128), 0);  // the header only
+  ASSERT_EQ(::truncate(ids_path.c_str(), 128), 0);             // the header only
   int status = 0;
   bool exited = false;
   for (int i = 0; i < 1200 && !exited; ++i) {  // at most 120 s

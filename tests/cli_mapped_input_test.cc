@@ -35,6 +35,16 @@ void WriteI64(const std::string& path, const std::vector<int64_t>& v) {
                   .ok());
 }
 
+// Imports a random rows x dim f32 table "t" into dir/db through the CLI;
+// the store's path, or "" on failure.
+std::string ImportRandom(const TempDir& dir, int64_t rows, int64_t dim, uint32_t seed) {
+  testing::WriteF32Npy(dir / "t.npy", {rows, dim}, testing::RandomFloats(rows * dim, seed));
+  const std::string db = dir / "db";
+  const auto r = RunCli({"import", "--db", db, "--table", "t", "--from", dir / "t.npy"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  return r.exit_code == 0 ? db : "";
+}
+
 // Whether process `pid` has `path` mapped.
 bool Maps(pid_t pid, const std::string& path) {
   std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
@@ -49,9 +59,8 @@ bool Maps(pid_t pid, const std::string& path) {
 TEST(CliMappedInput, BatchedAndMappedQueryEqualsTheLibrary) {
   TempDir dir;
   const int64_t rows = 5000, dim = 96;
-  testing::WriteF32Npy(dir / "t.npy", {rows, dim}, testing::RandomFloats(rows * dim, 9));
-  const std::string db = dir / "db";
-  ASSERT_EQ(RunCli({"import", "--db", db, "--table", "t", "--from", dir / "t.npy"}).exit_code, 0);
+  const std::string db = ImportRandom(dir, rows, dim, 9);
+  ASSERT_FALSE(db.empty());
   std::mt19937_64 rng(4);
   const int64_t n = 400000;  // 3.2 MB of int64 ids: mapped
   std::vector<int64_t> ids(n), offsets;
@@ -114,9 +123,8 @@ TEST(CliMappedInput, BatchedAndMappedQueryEqualsTheLibrary) {
 TEST(CliMappedInput, TwoDimensionalAndBatchedBagsEqualTheLibrary) {
   TempDir dir;
   const int64_t rows = 3000, dim = 64;
-  testing::WriteF32Npy(dir / "t.npy", {rows, dim}, testing::RandomFloats(rows * dim, 5));
-  const std::string db = dir / "db";
-  ASSERT_EQ(RunCli({"import", "--db", db, "--table", "t", "--from", dir / "t.npy"}).exit_code, 0);
+  const std::string db = ImportRandom(dir, rows, dim, 5);
+  ASSERT_FALSE(db.empty());
   auto store = Store::Open(db, {});
   ASSERT_TRUE(store.ok());
   auto snap = (*store)->GetSnapshot("t");
@@ -185,9 +193,8 @@ TEST(CliMappedInput, InputTruncatedMidQueryIsAnErrorNotACrash) {
   // and 1.6 GB of rows read; 2M ids make 5 batches, each copying its ids out
   // of the mapped file when it starts.
   const int64_t rows = 256, dim = 1024;
-  testing::WriteF32Npy(dir / "t.npy", {rows, dim}, testing::RandomFloats(rows * dim, 2));
-  const std::string db = dir / "db";
-  ASSERT_EQ(RunCli({"import", "--db", db, "--table", "t", "--from", dir / "t.npy"}).exit_code, 0);
+  const std::string db = ImportRandom(dir, rows, dim, 2);
+  ASSERT_FALSE(db.empty());
   std::vector<int64_t> ids(2 << 20), offsets;
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int64_t>(i % rows);
   for (int64_t at = 0; at < static_cast<int64_t>(ids.size()); at += 200) offsets.push_back(at);

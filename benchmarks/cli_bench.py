@@ -10,9 +10,15 @@ For sum and weighted sum over 5,242,880 uniform ids (131,072 bags of 40), output
 .npy in /dev/shm, per round and binary: the whole process (wall), its start-up (the same
 command with one id), and torch's F.embedding_bag in-process on the same rows in memory
 (the call alone); also the library's call alone (side_by_side_bench pool). Binaries
-alternate within a round. Prints medians and ratios, writes --out (JSON).
+alternate within a round. Each full run passes --stats and records the CLI's own time per
+phase (inputs, open, validate, copy, pool, write, commit). And the bytes it must move, timed
+here in-process each round: reading the inputs from the page cache (a copy of the ids,
+offsets and weights) and writing the [B, dim] f32 result as a .npy to the same directory
+(a temporary file renamed over the previous output, as the CLI does). Prints medians and
+ratios, and the CLI's cost net of start-up against library + bytes moved; writes --out.
 """
 import argparse
+import re
 import json
 import os
 import statistics
@@ -56,15 +62,38 @@ def main():
                                                  offset=4096, shape=(1_000_000, 128))))
     t_ids, t_off, t_w = (torch.from_numpy(np.load(f)) for f in (ids, off, wts))
 
-    def run(cli, weighted, one=False):
+    def run(cli, weighted, one=False, phases=None):
         cmd = [cli, "query", "--db", db, "--table", "warm", "--mode", "sum", "--out", out]
         cmd += ["--indices", "5", "--offsets", "0"] if one else ["--indices", "@" + ids,
                                                                   "--offsets", "@" + off]
         if weighted and not one:
             cmd += ["--weights", "@" + wts]
+        if phases is not None:
+            cmd.append("--stats")
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        return time.perf_counter() - t0
+        p = subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+        wall = time.perf_counter() - t0
+        if phases is not None:
+            line = next(l for l in p.stderr.splitlines() if l.startswith("time:"))
+            for name, ms in re.findall(r"(\w+)=([0-9.]+)ms", line):
+                phases.setdefault(name, []).append(float(ms) / 1e3)
+        return wall
+
+    result = np.zeros((BAGS, 128), dtype=np.float32)
+    floor_out = "/dev/shm/embstore_cli_bench_floor.npy"
+
+    def bytes_moved(weighted):
+        """Reading the inputs from the page cache and writing the result file."""
+        t0 = time.perf_counter()
+        for f in (ids, off) + ((wts,) if weighted else ()):
+            np.array(np.load(f, mmap_mode="r"))
+        t1 = time.perf_counter()
+        tmp = floor_out + ".tmp"
+        np.save(tmp, result)
+        os.replace(tmp + ".npy", floor_out)
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t1
 
     def torch_call(weighted):
         best = []
@@ -86,29 +115,43 @@ def main():
     res = dict(command=" ".join(sys.argv), torch=torch.__version__, lookups=n, bags=BAGS,
                clis=clis, loadavg_start=os.getloadavg(), cases=[])
     for weighted in (False, True):
-        rec = {label: dict(full=[], startup=[]) for label in clis}
-        rec["torch"], rec["library"] = [], []
+        rec = {label: dict(full=[], startup=[], phases={}) for label in clis}
+        rec["torch"], rec["library"], rec["read_inputs"], rec["write_output"] = [], [], [], []
+        bytes_moved(weighted)  # the floor file exists, as the CLI's output does
         for label, cli in clis.items():
             run(cli, weighted)  # warm the page cache and the binary
         for r in range(args.rounds):
             order = list(clis.items()) if r % 2 == 0 else list(reversed(clis.items()))
             for label, cli in order:
                 rec[label]["startup"].append(run(cli, weighted, one=True))
-                rec[label]["full"].append(run(cli, weighted))
+                rec[label]["full"].append(run(cli, weighted, phases=rec[label]["phases"]))
             rec["torch"].append(torch_call(weighted))
             rec["library"].append(library(weighted))
+            r_in, w_out = bytes_moved(weighted)
+            rec["read_inputs"].append(r_in)
+            rec["write_output"].append(w_out)
         t = statistics.median(rec["torch"])
         lib = statistics.median(rec["library"])
-        line = f"{'weighted sum' if weighted else 'sum':12s} torch {t * 1e3:.1f} ms, library {lib * 1e3:.1f} ms"
+        moved = statistics.median(rec["read_inputs"]) + statistics.median(rec["write_output"])
+        line = (f"{'weighted sum' if weighted else 'sum':12s} torch {t * 1e3:.1f} ms, library "
+                f"{lib * 1e3:.1f} ms, bytes moved {moved * 1e3:.1f} ms (read inputs "
+                f"{statistics.median(rec['read_inputs']) * 1e3:.1f}, write output "
+                f"{statistics.median(rec['write_output']) * 1e3:.1f})")
         for label in clis:
             f = statistics.median(rec[label]["full"])
             s = statistics.median(rec[label]["startup"])
-            rec[label].update(full_s=f, startup_s=s, net_s=f - s, ratio_vs_torch=t / (f - s))
-            line += (f" | {label}: full {f * 1e3:.1f} ms, start-up {s * 1e3:.1f}, net "
-                     f"{(f - s) * 1e3:.1f} = {t / (f - s):.2f}x torch")
+            ph = {k: statistics.median(v) for k, v in rec[label]["phases"].items()}
+            rec[label].update(full_s=f, startup_s=s, net_s=f - s, ratio_vs_torch=t / (f - s),
+                              phase_medians_s=ph,
+                              net_over_library_plus_moved=(f - s) / (lib + moved))
+            line += (f"\n  {label}: full {f * 1e3:.1f} ms, start-up {s * 1e3:.1f}, net "
+                     f"{(f - s) * 1e3:.1f} = {t / (f - s):.2f}x torch, "
+                     f"{(f - s) / (lib + moved):.2f}x (library + bytes moved); phases: " +
+                     ", ".join(f"{k} {v * 1e3:.1f}" for k, v in ph.items()))
         print(line, flush=True)
         res["cases"].append(dict(weighted=weighted, **rec))
     os.remove(out)
+    os.remove(floor_out)
     res["loadavg_end"] = os.getloadavg()
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)

@@ -348,6 +348,20 @@ Status ValidatePoolInputs(const TableView& table, const BagPlan& plan, const Que
 
 Result<BagPlan> PlanBags(const TableView& table, const BagRequest& request,
                          const QueryOptions& options) {
+  EMBSTORE_ASSIGN_OR_RETURN(BagPlan plan, PlanBagLayout(table, request, options));
+  EMBSTORE_RETURN_IF_ERROR(CheckPlanIds(table, &plan));
+  return plan;
+}
+
+Result<BagPlan> PlanBatchedBags(const TableView& table, const BatchedBagRequest& request,
+                                const QueryOptions& options) {
+  EMBSTORE_ASSIGN_OR_RETURN(BagPlan plan, PlanBatchedBagLayout(table, request, options));
+  EMBSTORE_RETURN_IF_ERROR(CheckPlanIds(table, &plan));
+  return plan;
+}
+
+Result<BagPlan> PlanBagLayout(const TableView& table, const BagRequest& request,
+                              const QueryOptions& options) {
   EMBSTORE_RETURN_IF_ERROR(ValidateTable(table));
   EMBSTORE_RETURN_IF_ERROR(ValidatePoolOptions(options));
   EMBSTORE_ASSIGN_OR_RETURN(const int64_t padding_row, ResolvePadding(table, options));
@@ -386,12 +400,11 @@ Result<BagPlan> PlanBags(const TableView& table, const BagRequest& request,
   } else {
     EMBSTORE_RETURN_IF_ERROR(CheckLayout1D(request, options, n, table.dim, &plan));
   }
-  EMBSTORE_RETURN_IF_ERROR(CheckPlanIds(table, &plan));
   return plan;
 }
 
-Result<BagPlan> PlanBatchedBags(const TableView& table, const BatchedBagRequest& request,
-                                const QueryOptions& options) {
+Result<BagPlan> PlanBatchedBagLayout(const TableView& table, const BatchedBagRequest& request,
+                                     const QueryOptions& options) {
   EMBSTORE_RETURN_IF_ERROR(ValidateTable(table));
   EMBSTORE_RETURN_IF_ERROR(ValidatePoolOptions(options));
   if (options.include_last_offset) {
@@ -448,7 +461,6 @@ Result<BagPlan> PlanBatchedBags(const TableView& table, const BatchedBagRequest&
     }
   }
   plan.bag_shape = {batch, k};
-  EMBSTORE_RETURN_IF_ERROR(CheckPlanIds(table, &plan));
   return plan;
 }
 

@@ -74,6 +74,16 @@ Result<BagPlan> PlanBags(const TableView& table, const BagRequest& request,
 Result<BagPlan> PlanBatchedBags(const TableView& table, const BatchedBagRequest& request,
                                 const QueryOptions& options);
 
+// PlanBags and PlanBatchedBags without the check of the ids: the layout,
+// offsets or ends, weights, padding and options are validated, the ids not
+// (the plan's min_rows stays 0, so PoolPlan must not be given it). For a
+// caller that pools the request in parts, each validated by the engine, and
+// needs only the number of bags first.
+Result<BagPlan> PlanBagLayout(const TableView& table, const BagRequest& request,
+                              const QueryOptions& options);
+Result<BagPlan> PlanBatchedBagLayout(const TableView& table, const BatchedBagRequest& request,
+                                     const QueryOptions& options);
+
 // The ids of a prefetch, validated as one bag of a request (so the messages
 // are a query's), as a plan of that one bag.
 Result<BagPlan> PlanIds(const TableView& table, IndexArray ids);

@@ -251,5 +251,75 @@ TEST(CliMappedInput, InputTruncatedMidQueryIsAnErrorNotACrash) {
     EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
 }
 
+// A bad id in a late batch: with --out the ids are validated batch by batch
+// (one pass), yet the message names the id's position in the whole request,
+// the exit code is a usage error's, and no output file (or temporary) is
+// left; printed output validates first and prints nothing. 1-D with
+// offsets, 2-D and --bag-ends. --stats reports the time of each phase.
+TEST(CliMappedInput, BadIdInALateBatchNamesItsPositionInTheRequest) {
+  TempDir dir;
+  const int64_t rows = 1000, dim = 128;
+  const std::string db = ImportRandom(dir, rows, dim, 6);
+  ASSERT_FALSE(db.empty());
+  // 1-D: bags of 4, 400,000 ids: 100,000 bags = 51 MB of output, 7 batches.
+  const int64_t n = 400000, bad = n - 5;
+  std::vector<int64_t> ids(n), offsets;
+  for (int64_t i = 0; i < n; ++i) ids[i] = i % rows;
+  for (int64_t at = 0; at < n; at += 4) offsets.push_back(at);
+  ids[bad] = rows + 7;
+  WriteI64(dir / "ids.npy", ids);
+  WriteI64(dir / "off.npy", offsets);
+  ASSERT_TRUE(storage::WriteNpy(dir / "ids2.npy", "<i8", {n / 4, 4},
+                                {reinterpret_cast<const uint8_t*>(ids.data()), ids.size() * 8})
+                  .ok());
+  std::vector<int64_t> ends(static_cast<size_t>(n / 4), 3);  // one bag of 4 per sample
+  ASSERT_TRUE(storage::WriteNpy(dir / "ends.npy", "<i8", {n / 4, 1},
+                                {reinterpret_cast<const uint8_t*>(ends.data()), ends.size() * 8})
+                  .ok());
+  const std::string range = " = " + std::to_string(rows + 7) + " is out of range for table 't'";
+  const std::string out = dir / "out.npy";
+  struct Case {
+    std::vector<std::string> layout;
+    std::string where;
+  };
+  const std::vector<Case> cases = {
+      {{"--indices", "@" + (dir / "ids.npy"), "--offsets", "@" + (dir / "off.npy")},
+       "indices[" + std::to_string(bad) + "]"},
+      {{"--indices", "@" + (dir / "ids2.npy")}, "indices[" + std::to_string(bad) + "]"},
+      {{"--indices", "@" + (dir / "ids2.npy"), "--bag-ends", "@" + (dir / "ends.npy")},
+       "indices[" + std::to_string(bad) + "]"},
+  };
+  int checked = 0;
+  for (const Case& c : cases) {
+    for (const bool to_file : {true, false}) {
+      std::vector<std::string> args = {"query", "--db", db, "--table", "t", "--stats"};
+      args.insert(args.end(), c.layout.begin(), c.layout.end());
+      if (to_file) args.insert(args.end(), {"--out", out});
+      const auto r = RunCli(args);
+      EXPECT_EQ(r.exit_code, 1) << r.err;
+      EXPECT_NE(r.err.find(c.where), std::string::npos) << r.err;
+      EXPECT_NE(r.err.find(range), std::string::npos) << r.err;
+      EXPECT_TRUE(r.out.empty()) << r.out.substr(0, 200);
+      EXPECT_FALSE(std::filesystem::exists(out));
+      for (const auto& e : std::filesystem::directory_iterator(dir.path()))
+        EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 6);
+  // Fixed, the same query succeeds and --stats names every phase.
+  ids[bad] = 3;
+  WriteI64(dir / "ids.npy", ids);
+  const auto r = RunCli({"query", "--db", db, "--table", "t", "--stats", "--indices",
+                         "@" + (dir / "ids.npy"), "--offsets", "@" + (dir / "off.npy"), "--out",
+                         out});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const char* phase : {"time: inputs=", " open=", " validate=", " copy=", " pool=",
+                            " write=", " commit="})
+    EXPECT_NE(r.err.find(phase), std::string::npos) << phase << " in " << r.err;
+  std::vector<int64_t> shape;
+  EXPECT_EQ(testing::ReadF32Npy(out, &shape).size(), static_cast<size_t>(n / 4 * dim));
+}
+
 }  // namespace
 }  // namespace embstore

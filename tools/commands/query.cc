@@ -3,15 +3,18 @@
 #include "embstore/query.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <optional>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "checkpoint/npy.h"
 #include "embstore/engine.h"
+#include "engine/plan.h"
 #include "tools/bag_args.h"
 #include "tools/commands/commands.h"
 
@@ -24,6 +27,30 @@ namespace {
 // time otherwise: docs/cold.md), and each batch is written (or printed) as
 // soon as it is pooled.
 constexpr size_t kBatchBytes = size_t{8} << 20;
+
+// Where a query's time goes, for --stats: wall time per phase, in ns.
+struct PhaseTimes {
+  enum Phase { kInputs, kOpen, kValidate, kCopy, kPool, kWrite, kCommit, kCount };
+  int64_t ns[kCount] = {};
+  std::chrono::steady_clock::time_point mark = std::chrono::steady_clock::now();
+  // Charges the time since the last call to `phase`.
+  void Lap(Phase phase) {
+    const auto now = std::chrono::steady_clock::now();
+    ns[phase] += std::chrono::duration_cast<std::chrono::nanoseconds>(now - mark).count();
+    mark = now;
+  }
+  std::string ToString() const {
+    static const char* const kNames[kCount] = {"inputs", "open", "validate", "copy",
+                                               "pool",   "write", "commit"};
+    std::string s = "time:";
+    char buf[48];
+    for (int i = 0; i < kCount; ++i) {
+      std::snprintf(buf, sizeof buf, " %s=%.3fms", kNames[i], static_cast<double>(ns[i]) / 1e6);
+      s += buf;
+    }
+    return s;
+  }
+};
 
 // Where pooled rows go: the --out .npy (streamed: a temporary file renamed
 // into place at the end) or stdout, one bag per line.
@@ -108,13 +135,16 @@ class QueryCommand : public Command {
                         "concurrently (auto: when the table is found cold)",
                         "auto");
     AddInt("prefetch-depth", "Rows read ahead per thread with --prefetch (1..65536)", "64");
-    AddFlag("stats", "Print the page prefetcher's (and the GPU cache's) statistics to stderr");
+    AddFlag("stats",
+            "Print the page prefetcher's (and the GPU cache's) statistics, and the time "
+            "of each phase, to stderr");
     AddValue("out", "Write the [B, dim] float32 result to this .npy instead of printing");
   }
 
  private:
   int Run() override {
     const std::string db = Str("db");
+    times_ = PhaseTimes();
     // Large .npy inputs are mapped, not copied into fresh memory.
     EnableMappedInputs();
     if (const int rc = ReadOptions(); rc != kExitOk) return rc;
@@ -122,6 +152,7 @@ class QueryCommand : public Command {
     if (!indices.ok()) return Fail(indices.status());
     auto weights = FloatSpec("weights");
     if (!weights.ok()) return Fail(weights.status());
+    times_.Lap(PhaseTimes::kInputs);
 
     // Open the store only after the inputs parse: a typo costs nothing.
     if (const Status st = CheckOutOption(db); !st.ok()) return Fail(st);
@@ -130,10 +161,14 @@ class QueryCommand : public Command {
     auto snap = (*store)->GetSnapshot(Str("table"));
     if (!snap.ok()) return Fail(snap.status());
     const TableView view = snap->view();
+    times_.Lap(PhaseTimes::kOpen);
 
-    // The whole request is validated first (CountBags: a bad id anywhere is
-    // refused before anything is written, with its position), then pooled in
-    // batches of bags into the output as they come.
+    // The request's layout is validated first, then it is pooled in batches
+    // of bags into the output as they come, each batch's ids validated by the
+    // engine. A bad id anywhere is refused with its position in the whole
+    // request (Counted) and nothing is written: the --out file appears only
+    // once complete, and printed output starts only after the whole request
+    // (ids included) was validated.
     const int rc = Has("bag-ends") ? PoolBatched(view, *indices, *weights)
                                    : PoolBags(view, *indices, *weights);
     if (rc != kExitOk) return rc;
@@ -145,6 +180,7 @@ class QueryCommand : public Command {
                    static_cast<long long>(ps.cold_chunks), static_cast<long long>(ps.rows_checked),
                    static_cast<long long>(ps.rows_missing), ps.hit_rate(),
                    static_cast<long long>(ps.pages_read));
+      std::fprintf(stderr, "%s\n", times_.ToString().c_str());
       if (engine_->device() == Device::kCuda) {
         std::fprintf(stderr, "gpu cache: %s\n", CacheStatsToString(engine_->stats()).c_str());
       }
@@ -225,8 +261,10 @@ class QueryCommand : public Command {
       if (!ws.ok()) return Fail(ws);
       req->weights = weights->values();
     }
-    Result<int64_t> bags = CountBags(view, *req, qo_);
+    times_.Lap(PhaseTimes::kInputs);
+    Result<int64_t> bags = Counted(view, *req);
     if (!bags.ok()) return Fail(bags.status());
+    times_.Lap(PhaseTimes::kValidate);
     const int64_t batch = req->batch, n = req->items, k = req->bags_per_sample;
     Sink sink;
     if (const Status st = sink.Open(Has("out") ? Str("out") : "", {batch, k, view.dim}); !st.ok())
@@ -234,6 +272,7 @@ class QueryCommand : public Command {
     const int64_t step = BatchItems(batch, k * view.dim);
     auto buffer = PageBuffer::Allocate(static_cast<size_t>(step * k * view.dim) * sizeof(float));
     if (!buffer.ok()) return Fail(buffer.status());
+    times_.Lap(PhaseTimes::kWrite);  // opening the output
     std::vector<uint8_t> ids_copy, ends_copy;
     for (int64_t s0 = 0; s0 < batch; s0 += step) {
       const int64_t s1 = std::min(batch, s0 + step);
@@ -246,12 +285,16 @@ class QueryCommand : public Command {
       part.ends = *part_ends;
       if (req->weights) part.weights = req->weights->subspan(s0 * n, (s1 - s0) * n);
       part.batch = s1 - s0;
+      times_.Lap(PhaseTimes::kCopy);
       const std::span<float> dest = Floats(&*buffer, (s1 - s0) * k * view.dim);
       if (const Status st = engine_->BatchedEmbeddingBag(view, part, qo_, dest); !st.ok())
-        return Fail(st);
+        return Fail(WholeRequestError(view, *req, st));
+      times_.Lap(PhaseTimes::kPool);
       if (const Status st = sink.Put(dest, view.dim); !st.ok()) return Fail(st);
+      times_.Lap(PhaseTimes::kWrite);
     }
     if (const Status st = sink.Commit(); !st.ok()) return Fail(st);
+    times_.Lap(PhaseTimes::kCommit);
     return kExitOk;
   }
 
@@ -274,8 +317,10 @@ class QueryCommand : public Command {
       if (!ws.ok()) return Fail(ws);
       req.weights = weights->values();
     }
-    Result<int64_t> counted = CountBags(view, req, qo_);
+    times_.Lap(PhaseTimes::kInputs);
+    Result<int64_t> counted = Counted(view, req);
     if (!counted.ok()) return Fail(counted.status());
+    times_.Lap(PhaseTimes::kValidate);
     const int64_t bags = *counted;
     Sink sink;
     if (const Status st = sink.Open(Has("out") ? Str("out") : "", {bags, view.dim}); !st.ok())
@@ -283,6 +328,7 @@ class QueryCommand : public Command {
     const int64_t step = BatchItems(bags, view.dim);
     auto buffer = PageBuffer::Allocate(static_cast<size_t>(step * view.dim) * sizeof(float));
     if (!buffer.ok()) return Fail(buffer.status());
+    times_.Lap(PhaseTimes::kWrite);  // opening the output
     const bool two_d = req.indices_shape.size() == 2;
     const int64_t row = two_d ? req.indices_shape[1] : 0;
     // The request is valid (CountBags): offsets start at 0, do not decrease
@@ -317,12 +363,44 @@ class QueryCommand : public Command {
       if (!part_ids.ok()) return Fail(part_ids.status());
       part.indices = *part_ids;
       if (req.weights) part.weights = req.weights->subspan(first, last - first);
+      times_.Lap(PhaseTimes::kCopy);
       const std::span<float> dest = Floats(&*buffer, (b1 - b0) * view.dim);
-      if (const Status st = engine_->EmbeddingBag(view, part, qo, dest); !st.ok()) return Fail(st);
+      if (const Status st = engine_->EmbeddingBag(view, part, qo, dest); !st.ok())
+        return Fail(WholeRequestError(view, req, st));
+      times_.Lap(PhaseTimes::kPool);
       if (const Status st = sink.Put(dest, view.dim); !st.ok()) return Fail(st);
+      times_.Lap(PhaseTimes::kWrite);
     }
     if (const Status st = sink.Commit(); !st.ok()) return Fail(st);
+    times_.Lap(PhaseTimes::kCommit);
     return kExitOk;
+  }
+
+  // The number of bags of `req`. Printed output validates the whole request
+  // first (nothing is printed for a bad one); output to a file validates the
+  // layout only, and the engine each batch's ids as it pools them (one pass
+  // over the ids, not two).
+  template <typename Request>
+  Result<int64_t> Counted(const TableView& view, const Request& req) const {
+    if (!Has("out")) return CountBags(view, req, qo_);
+    Result<engine::BagPlan> plan = [&] {
+      if constexpr (std::is_same_v<Request, BagRequest>) {
+        return engine::PlanBagLayout(view, req, qo_);
+      } else {
+        return engine::PlanBatchedBagLayout(view, req, qo_);
+      }
+    }();
+    if (!plan.ok()) return plan.status();
+    return plan->num_bags();
+  }
+  // A batch failed with `batch_error`: the whole request's error (the
+  // position of a bad id in the request, not in its batch), or the batch's
+  // where the whole request now passes (an input changed under the query).
+  template <typename Request>
+  Status WholeRequestError(const TableView& view, const Request& req,
+                           const Status& batch_error) const {
+    Result<int64_t> whole = CountBags(view, req, qo_);
+    return whole.ok() ? batch_error : whole.status();
   }
 
   // Items [first, first + count) of `a`, copied into *buf (reused).
@@ -348,6 +426,7 @@ class QueryCommand : public Command {
   }
 
   QueryOptions qo_;
+  PhaseTimes times_;  // --stats
   std::unique_ptr<Engine> engine_;  // --device: the CPU or the CUDA engine, one interface
 };
 

@@ -23,7 +23,7 @@ std::vector<std::unique_ptr<Command>> AllCommands() {
   for (auto make :
        {NewInitCommand, NewImportCommand, NewListCommand, NewInfoCommand, NewExportCommand,
         NewDropCommand, NewVerifyCommand, NewInspectCommand, NewQueryCommand, NewRenormCommand,
-        NewRollbackCommand, NewScoreCommand, NewGpuInfoCommand}) {
+        NewRollbackCommand, NewScoreCommand, NewServeCommand, NewGpuInfoCommand}) {
     all.push_back(make());
   }
   return all;

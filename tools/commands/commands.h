@@ -21,6 +21,7 @@ std::unique_ptr<Command> NewRenormCommand();
 std::unique_ptr<Command> NewRollbackCommand();
 std::unique_ptr<Command> NewScoreCommand();
 std::unique_ptr<Command> NewGpuInfoCommand();
+std::unique_ptr<Command> NewServeCommand();
 
 }  // namespace embstore::cli
 

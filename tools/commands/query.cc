@@ -15,6 +15,7 @@
 #include "checkpoint/npy.h"
 #include "embstore/engine.h"
 #include "engine/plan.h"
+#include "serve/client.h"
 #include "tools/bag_args.h"
 #include "tools/commands/commands.h"
 
@@ -113,7 +114,7 @@ class QueryCommand : public Command {
                 "Pool bags of embeddings (torch.nn.functional.embedding_bag semantics).\n"
                 "SPEC is an inline list (1,2,3) or @file.npy (1-D or 2-D; int32/int64 ids, "
                 "float32 weights).") {
-    AddValue("db", "Store directory", Need::kRequired);
+    AddValue("db", "Store directory (or --server)");
     AddValue("table", "Table name", Need::kRequired);
     AddValue("indices", "Row ids: SPEC (2-D [B,N] = B bags of N)", Need::kRequired);
     AddValue("offsets", "Start of each bag in 1-D indices: SPEC");
@@ -139,10 +140,23 @@ class QueryCommand : public Command {
             "Print the page prefetcher's (and the GPU cache's) statistics, and the time "
             "of each phase, to stderr");
     AddValue("out", "Write the [B, dim] float32 result to this .npy instead of printing");
+    AddValue("server",
+             "HOST:PORT of an `embstore serve` to query instead of --db (same flags, same "
+             "output)");
+    AddInt64("version", "With --server: pool this version of the table (default: the current)");
+    AddInt64("deadline-ms", "With --server: give up after this many milliseconds");
+    AddValue("tls-ca", "With --server: verify the server's TLS certificate with this PEM CA");
+    AddValue("tls-cert", "With --server and --tls-ca: this PEM client certificate (mutual TLS)");
+    AddValue("tls-key", "With --server and --tls-ca: the client certificate's PEM key");
   }
 
  private:
   int Run() override {
+    if (Has("server")) return RunRemote();
+    for (const char* remote : {"version", "deadline-ms", "tls-ca", "tls-cert", "tls-key"}) {
+      if (Has(remote)) return Usage(std::string("--") + remote + " applies to --server only");
+    }
+    if (!Has("db")) return Usage("--db is required (or --server HOST:PORT)");
     const std::string db = Str("db");
     times_ = PhaseTimes();
     // Large .npy inputs are mapped, not copied into fresh memory.
@@ -188,9 +202,88 @@ class QueryCommand : public Command {
     return kExitOk;
   }
 
-  // Reads the pooling and device options into qo_ and creates engine_ for
-  // --device; kExitOk or the exit code of the error printed.
-  int ReadOptions() {
+  // --server: the same request, pooled by `embstore serve`, written the same
+  // way.
+  int RunRemote() {
+    for (const char* local : {"db", "device", "cache-rows", "cache-mb", "cache-policy", "prefetch",
+                              "prefetch-depth"}) {
+      if (Has(local)) {
+        return Usage(std::string("--") + local +
+                     " does not apply with --server (the server has its own store and engine)");
+      }
+    }
+    if (const int rc = ReadPoolFlags(); rc != kExitOk) return rc;
+    auto indices = ParseIntSpec(Str("indices"), "--indices");
+    if (!indices.ok()) return Fail(indices.status());
+    auto weights = FloatSpec("weights");
+    if (!weights.ok()) return Fail(weights.status());
+    serve::ClientOptions co;
+    co.target = Str("server");
+    if (Has("tls-ca")) co.tls_ca = Str("tls-ca");
+    if (Has("tls-cert")) co.tls_cert = Str("tls-cert");
+    if (Has("tls-key")) co.tls_key = Str("tls-key");
+    if (Has("deadline-ms")) {
+      if (Int64("deadline-ms") < 1) return Usage("--deadline-ms must be >= 1");
+      co.deadline = std::chrono::milliseconds(Int64("deadline-ms"));
+    }
+    uint64_t version = 0;
+    if (Has("version")) {
+      if (Int64("version") < 1) return Usage("--version must be >= 1");
+      version = static_cast<uint64_t>(Int64("version"));
+    }
+    auto client = serve::Client::Connect(co);
+    if (!client.ok()) return Fail(client.status());
+    Result<serve::RemoteResult> result = Status::Internal("no request");
+    if (Has("bag-ends")) {
+      if (Has("offsets")) return Usage("--bag-ends and --offsets cannot be combined");
+      if (qo_.include_last_offset)
+        return Usage("--include-last-offset does not apply to --bag-ends");
+      auto ends = ParseIntSpec(Str("bag-ends"), "--bag-ends");
+      if (!ends.ok()) return Fail(ends.status());
+      auto req = BatchedBags(*indices, *ends);
+      if (!req.ok()) return Fail(req.status());
+      if (*weights) {
+        if (const Status ws = CheckWeightsShape(**weights, indices->shape); !ws.ok())
+          return Fail(ws);
+        req->weights = (*weights)->values();
+      }
+      result = (*client)->BatchedEmbeddingBag(Str("table"), *req, qo_, version);
+    } else {
+      BagRequest req;
+      req.indices = indices->view();
+      req.indices_shape = indices->shape;
+      auto offsets = IntSpec("offsets");
+      if (!offsets.ok()) return Fail(offsets.status());
+      if (*offsets) {
+        if ((*offsets)->shape.size() != 1)
+          return Fail(Status::InvalidArgument("--offsets must be 1-D"));
+        req.offsets = (*offsets)->view();
+      }
+      if (*weights) {
+        if (const Status ws = CheckWeightsShape(**weights, indices->shape); !ws.ok())
+          return Fail(ws);
+        req.weights = (*weights)->values();
+      }
+      result = (*client)->EmbeddingBag(Str("table"), req, qo_, version);
+    }
+    if (!result.ok()) return Fail(result.status());
+    const PooledOutput& out = result->output;
+    Sink sink;
+    if (const Status st = sink.Open(Has("out") ? Str("out") : "", out.shape); !st.ok())
+      return Fail(st);
+    if (const Status st = sink.Put(out.values, out.shape.back()); !st.ok()) return Fail(st);
+    if (const Status st = sink.Commit(); !st.ok()) return Fail(st);
+    if (IsSet("stats")) {
+      std::fprintf(stderr, "served by %s: table %s version %llu\n", co.target.c_str(),
+                   Str("table").c_str(), static_cast<unsigned long long>(result->version));
+    }
+    return kExitOk;
+  }
+
+  // The pooling options (mode, padding, max_norm, norm_type,
+  // include_last_offset, threads) into qo_; kExitOk or the exit code of the
+  // error printed.
+  int ReadPoolFlags() {
     auto mode = ParsePoolingMode(Str("mode"));
     if (!mode) return Usage("--mode must be sum, mean or max (got '" + Str("mode") + "')");
     qo_.mode = *mode;
@@ -210,6 +303,13 @@ class QueryCommand : public Command {
     qo_.include_last_offset = IsSet("include-last-offset");
     qo_.max_threads = Int("threads");
     if (qo_.max_threads < 0) return Usage("--threads must be >= 0");
+    return kExitOk;
+  }
+
+  // Reads the pooling and device options into qo_ and creates engine_ for
+  // --device; kExitOk or the exit code of the error printed.
+  int ReadOptions() {
+    if (const int rc = ReadPoolFlags(); rc != kExitOk) return rc;
     const std::optional<QueryOptions::Prefetch> prefetch = ParsePrefetch(Str("prefetch"));
     if (!prefetch)
       return Usage("--prefetch must be auto, on or off (got '" + Str("prefetch") + "')");

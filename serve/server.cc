@@ -1,0 +1,480 @@
+#include "serve/server.h"
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <atomic>
+#include <deque>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include "embstore/fm.h"
+#include "embstore/query.h"
+#include "embstore/store.h"
+#include "embstore/v1/embstore.grpc.pb.h"
+#include "serve/convert.h"
+#include "serve/http.h"
+#include "serve/metrics.h"
+#include "util/mutex.h"
+
+namespace embstore::serve {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr const char* kServiceName = "embstore.v1.Embstore";
+
+Result<std::string> ReadPem(const std::string& path, const std::string& flag) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return Status::NotFound(flag + ": cannot read '" + path + "'");
+  std::ostringstream s;
+  s << f.rdbuf();
+  if (s.str().find("-----BEGIN") == std::string::npos) {
+    return Status::InvalidArgument(flag + ": '" + path + "' is not a PEM file");
+  }
+  return s.str();
+}
+
+// Fixed workers over an unbounded queue (admission bounds what enters it).
+class WorkerPool {
+ public:
+  explicit WorkerPool(int threads) {
+    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
+  }
+  ~WorkerPool() { Stop(); }
+  void Submit(std::function<void()> job) {
+    MutexLock lock(&mu_);
+    jobs_.push_back(std::move(job));
+    cv_.Signal();
+  }
+  // Runs what is queued, then joins the workers.
+  void Stop() {
+    {
+      MutexLock lock(&mu_);
+      stopping_ = true;
+      cv_.SignalAll();
+    }
+    for (std::thread& t : threads_)
+      if (t.joinable()) t.join();
+    threads_.clear();
+  }
+
+ private:
+  void Run() {
+    for (;;) {
+      std::function<void()> job;
+      {
+        MutexLock lock(&mu_);
+        while (jobs_.empty() && !stopping_) cv_.Wait();
+        if (jobs_.empty()) return;
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      job();
+    }
+  }
+  Mutex mu_;
+  CondVar cv_{&mu_};
+  std::deque<std::function<void()>> jobs_ GUARDED_BY(mu_);
+  bool stopping_ GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+};
+
+// What a finished request adds to the metrics besides its code and time.
+struct Work {
+  int64_t lookups = 0;
+  int64_t row_bytes = 0;
+};
+
+class ServerImpl;
+
+class Service final : public v1::Embstore::CallbackService {
+ public:
+  explicit Service(ServerImpl* server) : server_(server) {}
+  grpc::ServerUnaryReactor* EmbeddingBag(grpc::CallbackServerContext* ctx,
+                                         const v1::EmbeddingBagRequest* request,
+                                         v1::PooledReply* reply) override;
+  grpc::ServerUnaryReactor* BatchedEmbeddingBag(grpc::CallbackServerContext* ctx,
+                                                const v1::BatchedEmbeddingBagRequest* request,
+                                                v1::PooledReply* reply) override;
+  grpc::ServerUnaryReactor* FmScore(grpc::CallbackServerContext* ctx,
+                                    const v1::FmScoreRequest* request,
+                                    v1::FmScoreReply* reply) override;
+  grpc::ServerUnaryReactor* ListTables(grpc::CallbackServerContext* ctx,
+                                       const v1::ListTablesRequest* request,
+                                       v1::ListTablesReply* reply) override;
+  grpc::ServerUnaryReactor* TableInfo(grpc::CallbackServerContext* ctx,
+                                      const v1::TableInfoRequest* request,
+                                      v1::TableMeta* reply) override;
+
+ private:
+  ServerImpl* server_;
+};
+
+class ServerImpl final : public Server {
+ public:
+  Status Init(const ServerOptions& options);
+  ~ServerImpl() override { Shutdown(std::chrono::milliseconds(0)); }
+  int port() const override { return port_; }
+  int metrics_port() const override { return http_ ? http_->port() : 0; }
+  void Shutdown(std::chrono::milliseconds drain) override;
+  std::string RenderMetrics() const override {
+    std::optional<CacheStats> cache;
+    if (engine_->device() == Device::kCuda) cache = engine_->stats();
+    return metrics_.Render(inflight_.load(std::memory_order_relaxed), cache);
+  }
+
+  // Admits the request (or refuses it at once) and queues `work` for a
+  // worker; replies with the status `work` returns (checking the deadline
+  // before and after).
+  grpc::ServerUnaryReactor* Handle(grpc::CallbackServerContext* ctx, Method method,
+                                   std::function<grpc::Status(Work*)> work);
+
+  Result<TableSnapshot> Resolve(const std::string& table, uint64_t version);
+  Store& store() { return *store_; }
+  Engine& engine() { return *engine_; }
+  int64_t max_reply_bytes() const { return options_.max_reply_bytes; }
+
+ private:
+  void Remember(const TableSnapshot& snap);
+
+  ServerOptions options_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<Engine> engine_;
+  Metrics metrics_;
+  std::unique_ptr<Service> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<WorkerPool> workers_;
+  std::unique_ptr<MetricsHttpServer> http_;
+  int port_ = 0;
+  int max_inflight_ = 0;
+  std::atomic<int64_t> inflight_{0};
+  std::atomic<bool> shut_down_{false};
+  Mutex held_mu_;
+  // Per table, the snapshots of recent versions, newest first.
+  std::map<std::string, std::deque<TableSnapshot>> held_ GUARDED_BY(held_mu_);
+};
+
+Status ServerImpl::Init(const ServerOptions& options) {
+  options_ = options;
+  if (options.threads < 0) return Status::InvalidArgument("--threads must be >= 0");
+  if (options.max_inflight < 0) return Status::InvalidArgument("--max-inflight must be >= 0");
+  if (options.max_request_bytes < 1 || options.max_request_bytes > (int64_t{2} << 30) - 1)
+    return Status::InvalidArgument("--max-request-bytes must be between 1 and 2147483647");
+  if (options.max_reply_bytes < 1 || options.max_reply_bytes > (int64_t{2} << 30) - 1)
+    return Status::InvalidArgument("--max-reply-bytes must be between 1 and 2147483647");
+  if (options.held_versions < 1) return Status::InvalidArgument("held versions must be >= 1");
+  std::string host;
+  int port = 0;
+  EMBSTORE_RETURN_IF_ERROR(SplitHostPort(options.listen, "--listen", &host, &port));
+  if (options.tls_cert.empty() != options.tls_key.empty()) {
+    return Status::InvalidArgument("--tls-cert and --tls-key go together");
+  }
+  if (!options.tls_client_ca.empty() && options.tls_cert.empty()) {
+    return Status::InvalidArgument("--tls-client-ca needs --tls-cert and --tls-key");
+  }
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+  if (!options.tls_cert.empty()) {
+    grpc::SslServerCredentialsOptions ssl;
+    EMBSTORE_ASSIGN_OR_RETURN(std::string cert, ReadPem(options.tls_cert, "--tls-cert"));
+    EMBSTORE_ASSIGN_OR_RETURN(std::string key, ReadPem(options.tls_key, "--tls-key"));
+    ssl.pem_key_cert_pairs.push_back({key, cert});
+    if (!options.tls_client_ca.empty()) {
+      EMBSTORE_ASSIGN_OR_RETURN(ssl.pem_root_certs,
+                                ReadPem(options.tls_client_ca, "--tls-client-ca"));
+      ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
+    creds = grpc::SslServerCredentials(ssl);
+  }
+
+  StoreOptions store_options;
+  store_options.create_if_missing = false;
+  auto store = Store::Open(options.db, store_options);
+  if (!store.ok()) return store.status();
+  store_ = std::move(store).value();
+  auto engine = Engine::Create(options.engine);
+  if (!engine.ok()) return engine.status();
+  engine_ = std::move(engine).value();
+
+  int threads = options.threads;
+  if (threads == 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  max_inflight_ = options.max_inflight > 0 ? options.max_inflight : 64 * threads;
+  workers_ = std::make_unique<WorkerPool>(threads);
+
+  service_ = std::make_unique<Service>(this);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, creds, &port_);
+  builder.RegisterService(service_.get());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_request_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(options.max_reply_bytes));
+  server_ = builder.BuildAndStart();
+  if (!server_ || port_ == 0) {
+    workers_->Stop();
+    return Status::IOError("cannot listen on " + options.listen +
+                           " (in use, or not an address of this machine)");
+  }
+  if (auto* health = server_->GetHealthCheckService()) {
+    health->SetServingStatus(kServiceName, true);
+    health->SetServingStatus(true);
+  }
+  if (!options.metrics.empty()) {
+    auto http = MetricsHttpServer::Start(options.metrics, [this] { return RenderMetrics(); });
+    if (!http.ok()) {
+      Shutdown(std::chrono::milliseconds(0));
+      return http.status();
+    }
+    http_ = std::move(http).value();
+  }
+  // The tables' versions from the start, for the metrics.
+  if (auto tables = store_->ListTables(); tables.ok()) {
+    for (const TableInfo& t : *tables) metrics_.SetTableVersion(t.name, t.version);
+  }
+  return Status::OK();
+}
+
+void ServerImpl::Shutdown(std::chrono::milliseconds drain) {
+  if (shut_down_.exchange(true)) return;
+  if (server_) {
+    if (auto* health = server_->GetHealthCheckService()) {
+      health->SetServingStatus(kServiceName, false);
+      health->SetServingStatus(false);
+    }
+    server_->Shutdown(std::chrono::system_clock::now() + drain);
+  }
+  if (workers_) workers_->Stop();
+  if (server_) server_->Wait();
+  if (http_) http_->Stop();
+}
+
+grpc::ServerUnaryReactor* ServerImpl::Handle(grpc::CallbackServerContext* ctx, Method method,
+                                             std::function<grpc::Status(Work*)> work) {
+  const Clock::time_point arrived = Clock::now();
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  auto finish = [this, reactor, method, arrived](const grpc::Status& st, const Work& w) {
+    metrics_.Record(method, st.error_code(), Clock::now() - arrived,
+                    st.ok() ? w.lookups : 0, st.ok() ? w.row_bytes : 0);
+    inflight_.fetch_sub(1, std::memory_order_acq_rel);
+    reactor->Finish(st);
+  };
+  if (inflight_.fetch_add(1, std::memory_order_acq_rel) >= max_inflight_) {
+    finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        "the server is busy: " + std::to_string(max_inflight_) +
+                            " requests in flight (--max-inflight); retry later"),
+           Work());
+    return reactor;
+  }
+  workers_->Submit([ctx, finish, work = std::move(work)] {
+    if (ctx->IsCancelled()) {
+      finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request"),
+             Work());
+      return;
+    }
+    if (ctx->deadline() < std::chrono::system_clock::now()) {
+      finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                          "the deadline passed before the request was started"),
+             Work());
+      return;
+    }
+    Work w;
+    const grpc::Status st = work(&w);
+    if (st.ok() && ctx->deadline() < std::chrono::system_clock::now()) {
+      finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                          "the deadline passed while the request was pooled"),
+             Work());
+      return;
+    }
+    finish(st, w);
+  });
+  return reactor;
+}
+
+void ServerImpl::Remember(const TableSnapshot& snap) {
+  const TableInfo& info = snap.info();
+  MutexLock lock(&held_mu_);
+  std::deque<TableSnapshot>& held = held_[info.name];
+  if (!held.empty() && held.front().info().version == info.version &&
+      held.front().info().file == info.file) {
+    return;
+  }
+  metrics_.SetTableVersion(info.name, info.version);
+  held.push_front(snap);
+  while (static_cast<int>(held.size()) > options_.held_versions) held.pop_back();
+}
+
+Result<TableSnapshot> ServerImpl::Resolve(const std::string& table, uint64_t version) {
+  Result<TableSnapshot> current = store_->GetSnapshot(table);
+  if (current.ok()) {
+    Remember(*current);
+    if (version == 0 || current->info().version == version) return current;
+  } else if (version == 0) {
+    return current.status();
+  }
+  MutexLock lock(&held_mu_);
+  std::string held_list;
+  if (auto it = held_.find(table); it != held_.end()) {
+    for (const TableSnapshot& s : it->second) {
+      if (s.info().version == version) return s;
+      held_list += (held_list.empty() ? "" : ", ") + std::to_string(s.info().version);
+    }
+  }
+  std::string msg = "version " + std::to_string(version) + " of table '" + table +
+                    "' is not held by this server (";
+  msg += current.ok() ? "current: " + std::to_string(current->info().version) : "no current";
+  msg += held_list.empty() ? std::string(")") : "; held: " + held_list + ")";
+  return Status::NotFound(msg);
+}
+
+// Library errors as gRPC errors, inside the handlers.
+#define EMBSTORE_GRPC_RETURN_IF_ERROR(expr)             \
+  do {                                                  \
+    const ::embstore::Status _st = (expr);              \
+    if (!_st.ok()) return ::embstore::serve::ToGrpc(_st); \
+  } while (0)
+#define EMBSTORE_GRPC_ASSIGN_OR_RETURN(lhs, expr)                 \
+  EMBSTORE_GRPC_ASSIGN_OR_RETURN_IMPL(EMBSTORE_GRPC_CONCAT(_r, __LINE__), lhs, expr)
+#define EMBSTORE_GRPC_CONCAT_INNER(a, b) a##b
+#define EMBSTORE_GRPC_CONCAT(a, b) EMBSTORE_GRPC_CONCAT_INNER(a, b)
+#define EMBSTORE_GRPC_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr)         \
+  auto tmp = (expr);                                                \
+  if (!tmp.ok()) return ::embstore::serve::ToGrpc(tmp.status());    \
+  lhs = std::move(tmp).value()
+
+// The reply's values for `bags` bags of `dim`, or RESOURCE_EXHAUSTED past the
+// reply limit (checked before anything is pooled or allocated).
+grpc::Status ReplyBuffer(int64_t bags, int64_t dim, int64_t limit, std::string* values,
+                         std::span<float>* out) {
+  if (dim > 0 && bags > limit / 4 / dim) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        "the reply would hold " + std::to_string(bags) + " bags of dim " +
+                            std::to_string(dim) + ", more than the server's reply limit of " +
+                            std::to_string(limit) + " bytes (--max-reply-bytes)");
+  }
+  values->resize(static_cast<size_t>(bags * dim) * sizeof(float));
+  *out = std::span<float>(reinterpret_cast<float*>(values->data()),  // NOLINT
+                          static_cast<size_t>(bags * dim));
+  return grpc::Status::OK;
+}
+
+void SetReply(const TableSnapshot& snap, const std::vector<int64_t>& shape, v1::PooledReply* r) {
+  for (int64_t d : shape) r->add_shape(d);
+  r->set_table(snap.info().name);
+  r->set_version(snap.info().version);
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* Service::EmbeddingBag(grpc::CallbackServerContext* ctx,
+                                                const v1::EmbeddingBagRequest* request,
+                                                v1::PooledReply* reply) {
+  ServerImpl* s = server_;
+  return s->Handle(ctx, Method::kEmbeddingBag, [s, request, reply](Work* w) -> grpc::Status {
+    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const TableSnapshot snap,
+                                   s->Resolve(request->table(), request->version()));
+    const TableView view = snap.view();
+    BagRequest req;
+    QueryOptions qo;
+    EMBSTORE_GRPC_RETURN_IF_ERROR(ReadBagRequest(*request, &req, &qo));
+    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const int64_t bags, CountBags(view, req, qo));
+    std::span<float> out;
+    if (grpc::Status st = ReplyBuffer(bags, view.dim, s->max_reply_bytes(),
+                                      reply->mutable_values(), &out);
+        !st.ok()) {
+      return st;
+    }
+    EMBSTORE_GRPC_RETURN_IF_ERROR(s->engine().EmbeddingBag(view, req, qo, out));
+    SetReply(snap, {bags, view.dim}, reply);
+    w->lookups = req.indices.size;
+    w->row_bytes = req.indices.size * static_cast<int64_t>(view.row_stride);
+    return grpc::Status::OK;
+  });
+}
+
+grpc::ServerUnaryReactor* Service::BatchedEmbeddingBag(
+    grpc::CallbackServerContext* ctx, const v1::BatchedEmbeddingBagRequest* request,
+    v1::PooledReply* reply) {
+  ServerImpl* s = server_;
+  return s->Handle(ctx, Method::kBatchedEmbeddingBag, [s, request, reply](Work* w) -> grpc::Status {
+    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const TableSnapshot snap,
+                                   s->Resolve(request->table(), request->version()));
+    const TableView view = snap.view();
+    BatchedBagRequest req;
+    QueryOptions qo;
+    EMBSTORE_GRPC_RETURN_IF_ERROR(ReadBatchedRequest(*request, &req, &qo));
+    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const int64_t bags, CountBags(view, req, qo));
+    std::span<float> out;
+    if (grpc::Status st = ReplyBuffer(bags, view.dim, s->max_reply_bytes(),
+                                      reply->mutable_values(), &out);
+        !st.ok()) {
+      return st;
+    }
+    EMBSTORE_GRPC_RETURN_IF_ERROR(s->engine().BatchedEmbeddingBag(view, req, qo, out));
+    SetReply(snap, {req.batch, req.bags_per_sample, view.dim}, reply);
+    w->lookups = req.indices.size;
+    w->row_bytes = req.indices.size * static_cast<int64_t>(view.row_stride);
+    return grpc::Status::OK;
+  });
+}
+
+grpc::ServerUnaryReactor* Service::FmScore(grpc::CallbackServerContext* ctx,
+                                           const v1::FmScoreRequest* request,
+                                           v1::FmScoreReply* reply) {
+  ServerImpl* s = server_;
+  return s->Handle(ctx, Method::kFmScore, [s, request, reply](Work* w) -> grpc::Status {
+    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const TableSnapshot vectors,
+                                   s->Resolve(request->vectors_table(), 0));
+    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const TableSnapshot biases,
+                                   s->Resolve(request->biases_table(), 0));
+    FmModel model = FmModel::kFm;
+    FmRequest req;
+    QueryOptions qo;
+    EMBSTORE_GRPC_RETURN_IF_ERROR(ReadFmRequest(*request, &model, &req, &qo));
+    EMBSTORE_GRPC_ASSIGN_OR_RETURN(
+        std::vector<float> scores,
+        embstore::FmScore(model, vectors.view(), biases.view(), req, qo));
+    reply->mutable_scores()->Add(scores.begin(), scores.end());
+    reply->set_vectors_version(vectors.info().version);
+    reply->set_biases_version(biases.info().version);
+    w->lookups = 2 * req.bags.indices.size;
+    w->row_bytes = req.bags.indices.size * static_cast<int64_t>(vectors.view().row_stride +
+                                                                biases.view().row_stride);
+    return grpc::Status::OK;
+  });
+}
+
+grpc::ServerUnaryReactor* Service::ListTables(grpc::CallbackServerContext* ctx,
+                                              const v1::ListTablesRequest* /*request*/,
+                                              v1::ListTablesReply* reply) {
+  ServerImpl* s = server_;
+  return s->Handle(ctx, Method::kListTables, [s, reply](Work*) -> grpc::Status {
+    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const std::vector<embstore::TableInfo> tables,
+                                   s->store().ListTables());
+    for (const embstore::TableInfo& t : tables) WriteTableMeta(t, reply->add_tables());
+    return grpc::Status::OK;
+  });
+}
+
+grpc::ServerUnaryReactor* Service::TableInfo(grpc::CallbackServerContext* ctx,
+                                             const v1::TableInfoRequest* request,
+                                             v1::TableMeta* reply) {
+  ServerImpl* s = server_;
+  return s->Handle(ctx, Method::kTableInfo, [s, request, reply](Work*) -> grpc::Status {
+    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const embstore::TableInfo info,
+                                   s->store().GetInfo(request->table()));
+    WriteTableMeta(info, reply);
+    return grpc::Status::OK;
+  });
+}
+
+Server::~Server() = default;
+
+Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
+  auto server = std::make_unique<ServerImpl>();
+  EMBSTORE_RETURN_IF_ERROR(server->Init(options));
+  return std::unique_ptr<Server>(std::move(server));
+}
+
+}  // namespace embstore::serve

@@ -1,0 +1,62 @@
+// `embstore serve`: one store, read-only, over gRPC (proto/embstore/v1), with
+// grpc.health.v1 and Prometheus metrics (docs/serve.md).
+//
+// Requests arrive on gRPC's threads (the callback API), pass admission
+// (at most max_inflight at once, queued or running; more are refused with
+// RESOURCE_EXHAUSTED at once) and wait in a queue for one of `threads`
+// workers, which resolves the table's snapshot (the current version, or a
+// pinned one the server holds), checks the deadline, validates and pools with
+// the engine, and replies. New versions published by other processes
+// (`embstore import --replace`) are served from the next request on; each
+// reply names its version. Nothing is ever written to the store.
+#ifndef EMBSTORE_SERVE_SERVER_H_
+#define EMBSTORE_SERVE_SERVER_H_
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "embstore/engine.h"
+#include "embstore/status.h"
+
+namespace embstore::serve {
+
+struct ServerOptions {
+  std::string db;                         // the store's directory
+  std::string listen = "127.0.0.1:50051";  // HOST:PORT; port 0 picks a free one
+  std::string metrics;                    // HOST:PORT of GET /metrics; empty: none
+  int threads = 0;                        // workers; 0: the cores this process may use
+  int max_inflight = 0;                   // queued + running; 0: 64 x threads
+  int64_t max_request_bytes = int64_t{64} << 20;
+  int64_t max_reply_bytes = int64_t{256} << 20;
+  // PEM files. cert + key: TLS. client_ca too: clients must present a
+  // certificate it signed (mutual TLS).
+  std::string tls_cert, tls_key, tls_client_ca;
+  EngineOptions engine;
+  // Versions of each table kept mapped for requests that pin one (the
+  // current one and those served most recently before it).
+  int held_versions = 4;
+};
+
+class Server {
+ public:
+  // Opens the store read-only, creates the engine, and starts listening.
+  static Result<std::unique_ptr<Server>> Start(const ServerOptions& options);
+  virtual ~Server();
+  virtual int port() const = 0;          // the gRPC port bound
+  virtual int metrics_port() const = 0;  // 0 without metrics
+  // Stops taking requests (new ones get UNAVAILABLE), lets those admitted
+  // finish within `drain` (then cancels what is left), stops the workers
+  // and the metrics endpoint. Idempotent.
+  virtual void Shutdown(std::chrono::milliseconds drain) = 0;
+  // The metrics text, as GET /metrics returns it.
+  virtual std::string RenderMetrics() const = 0;
+
+ protected:
+  Server() = default;
+};
+
+}  // namespace embstore::serve
+
+#endif  // EMBSTORE_SERVE_SERVER_H_

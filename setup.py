@@ -6,6 +6,12 @@ point exported), in build/python (EMBSTORE_PYTHON_BUILD_DIR overrides it).
 Everything comes from Debian: setuptools, wheel, pybind11-dev, python3-dev,
 numpy. EMBSTORE_CUDA=ON|OFF|AUTO (default OFF) chooses the CUDA module;
 EMBSTORE_JOBS the build's parallelism (default 2).
+
+The gRPC client's stubs (embstore/v1/embstore_pb2.py, embstore_pb2_grpc.py)
+are generated at build time from proto/embstore/v1/embstore.proto by protoc
+(Debian: protobuf-compiler) and grpc_python_plugin (protobuf-compiler-grpc)
+into the built package; they are never committed. PROTOC and
+GRPC_PYTHON_PLUGIN override where those are found.
 """
 
 import os
@@ -18,6 +24,7 @@ import sysconfig
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = pathlib.Path(__file__).resolve().parent
 
@@ -66,6 +73,57 @@ class CMakeBuild(build_ext):
         shutil.copyfile(built, dest)
 
 
+PROTO = "embstore/v1/embstore.proto"  # under proto/; its package is embstore.v1
+STUBS = ["embstore/v1/embstore_pb2.py", "embstore/v1/embstore_pb2_grpc.py"]
+
+
+def find_tool(env: str, name: str, package: str) -> str:
+    path = os.environ.get(env) or shutil.which(name) or (
+        f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None)
+    if not path or not os.access(path, os.X_OK):
+        raise RuntimeError(
+            f"embstore: {name} is needed to generate the gRPC client's stubs from "
+            f"proto/{PROTO} and was not found (install the Debian package {package}, "
+            f"or set {env} to its path)")
+    return path
+
+
+def generate_stubs(out_dir: pathlib.Path) -> list:
+    """Runs protoc with the gRPC Python plugin: out_dir/embstore/v1/embstore_pb2*.py."""
+    protoc = find_tool("PROTOC", "protoc", "protobuf-compiler")
+    plugin = find_tool("GRPC_PYTHON_PLUGIN", "grpc_python_plugin", "protobuf-compiler-grpc")
+    (out_dir / "embstore" / "v1").mkdir(parents=True, exist_ok=True)
+    cmd = [protoc, "-I" + str(ROOT / "proto"), "--python_out=" + str(out_dir),
+           "--grpc_out=" + str(out_dir), "--plugin=protoc-gen-grpc=" + plugin,
+           str(ROOT / "proto" / PROTO)]
+    try:
+        subprocess.run(cmd, check=True)
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"embstore: generating the gRPC stubs failed: {' '.join(cmd)} "
+                           f"exited {e.returncode}") from e
+    outputs = [out_dir / f for f in STUBS]
+    for f in outputs:
+        if not f.exists():
+            raise RuntimeError(f"embstore: protoc made no {f} ({' '.join(cmd)})")
+    return [str(f) for f in outputs]
+
+
+class BuildPy(build_py):
+    """build_py, then the gRPC stubs into the built package (the source tree's
+    python/embstore/v1 for an editable install: .gitignore keeps them out of git)."""
+
+    def run(self) -> None:
+        super().run()
+        if getattr(self, "editable_mode", False):
+            generate_stubs(ROOT / "python")
+        else:
+            generate_stubs(pathlib.Path(self.build_lib))
+
+    def get_outputs(self, include_bytecode=1):
+        return super().get_outputs(include_bytecode) + [
+            os.path.join(self.build_lib, f) for f in STUBS]
+
+
 setup(
     name="embstore",
     version=project_version(),
@@ -74,12 +132,13 @@ setup(
     long_description=(ROOT / "python" / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["embstore"],
+    packages=["embstore", "embstore.v1"],
     package_dir={"": "python"},
     package_data={"embstore": ["py.typed", "*.pyi"]},
     ext_modules=[CMakeExtension("embstore._embstore", target="_embstore")],
-    cmdclass={"build_ext": CMakeBuild},
+    cmdclass={"build_ext": CMakeBuild, "build_py": BuildPy},
     install_requires=["numpy"],
-    extras_require={"torch": ["torch"]},
+    # embstore.Client (gRPC): Debian's python3-grpcio and python3-protobuf.
+    extras_require={"torch": ["torch"], "client": ["grpcio", "protobuf"]},
     zip_safe=False,
 )

@@ -14,7 +14,14 @@ converted). The GIL is released while the library works.
 
 embstore.torch.EmbeddingBag is an inference torch.nn.Module over a table;
 only that module imports torch.
+
+embstore.Client("HOST:PORT") queries the tables an `embstore serve` server
+serves, through gRPC, with the same API (Client.table(name) gives a
+RemoteTable with embedding_bag and batched_embedding_bag; Client.fm_score).
+Only embstore.Client imports grpc (Debian: python3-grpcio, python3-protobuf).
 """
+
+from typing import TYPE_CHECKING
 
 from ._embstore import (
     CorruptionError,
@@ -26,8 +33,47 @@ from ._embstore import (
     inspect,
 )
 
+
+class ServerError(OSError):
+    """A call to an embstore server failed for a reason of the server or the network,
+    not of the request: past its --max-inflight (code 'RESOURCE_EXHAUSTED', also a
+    message over a size limit), unreachable or shutting down ('UNAVAILABLE'), the
+    deadline passed ('DEADLINE_EXCEEDED'), ... A subclass of OSError.
+
+    code: the gRPC status code's name, as in the gRPC docs ('UNAVAILABLE', ...).
+    details: the server's (or gRPC's) message. target: the server's address.
+    """
+
+    def __init__(self, code: str, details: str, target: str = ""):
+        where = f"{target}: " if target else ""
+        super().__init__(f"{where}{code}: {details}")
+        self.code = code
+        self.details = details
+        self.target = target
+
+
+_CLIENT_NAMES = ("Client", "RemoteTable", "RemoteTableInfo")
+
+if TYPE_CHECKING:
+    from .client import Client, RemoteTable, RemoteTableInfo
+
+
+def __getattr__(name):
+    # embstore.Client and its types import grpc: only when they are used.
+    if name in _CLIENT_NAMES:
+        from . import client
+        return getattr(client, name)
+    raise AttributeError(f"module 'embstore' has no attribute '{name}'")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_CLIENT_NAMES))
+
+
+# Client is not in __all__: `from embstore import *` works without grpcio.
 __all__ = [
     "CorruptionError",
+    "ServerError",
     "Store",
     "Table",
     "TableInfo",

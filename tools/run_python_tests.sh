@@ -7,7 +7,10 @@
 #   2. a wheel with `python3 -m build --no-isolation --wheel`, installed into
 #      a second venv and imported there;
 #   3. the pytest suite (python/tests) against the installed package, with
-#      the CLI of build/release for the multi-process tests (EMBSTORE_CLI).
+#      the CLI of build/release for the multi-process tests and for
+#      test_serve.py's `embstore serve` (EMBSTORE_CLI).
+# Both installs carry the gRPC stubs (embstore/v1/embstore_pb2*.py) that
+# setup.py generates with protoc and grpc_python_plugin.
 # Run by tools/run_tests.sh after the Release build; alone it needs
 # build/release/tools/embstore (or EMBSTORE_CLI).
 set -euo pipefail
@@ -21,6 +24,8 @@ echo "== python: pip install --no-build-isolation . (venv build/venv)"
 build/venv/bin/python -m pip install --no-build-isolation --no-index --no-deps \
   --force-reinstall -q .
 build/venv/bin/python -c "import embstore, sys; print('   embstore', embstore.__version__, 'at', embstore.__file__)"
+build/venv/bin/python -c "import embstore; embstore.Client('127.0.0.1:1').close(); from embstore.v1 import embstore_pb2_grpc" ||
+  { echo "run_python_tests: embstore.Client or its stubs do not import from build/venv" >&2; exit 1; }
 # The module exports its entry point only (python/module.map): nothing of the
 # static libembstore inside it, or of TBB/nlohmann/..., is visible to torch or
 # other extensions in the process.
@@ -36,7 +41,8 @@ rm -rf build/dist
 wheel=$(ls build/dist/embstore-*.whl)
 contents=$("$py" -m zipfile -l "$wheel")
 for f in embstore/__init__.py embstore/torch.py embstore/_embstore.pyi embstore/py.typed \
-         "embstore/_embstore.cpython"; do
+         "embstore/_embstore.cpython" embstore/client.py embstore/v1/__init__.py \
+         embstore/v1/embstore_pb2.py embstore/v1/embstore_pb2_grpc.py; do
   grep -q "$f" <<<"$contents" || { echo "run_python_tests: $wheel lacks $f" >&2; exit 1; }
 done
 rm -rf build/venv-wheel
@@ -47,6 +53,8 @@ import embstore, numpy as np, tempfile
 d = tempfile.mkdtemp(); np.save(d + '/w.npy', np.eye(4, dtype=np.float32))
 s = embstore.Store(d + '/db'); s.import_file('w', d + '/w.npy')
 assert (s.table('w').embedding_bag([1, 2], [0], mode='sum') == [[0, 1, 1, 0]]).all()
+from embstore.v1 import embstore_pb2, embstore_pb2_grpc
+embstore.Client('127.0.0.1:1').close()
 print('   wheel', '$(basename "$wheel")', 'installs and queries')")
 
 echo "== python: pytest python/tests"

@@ -10,6 +10,7 @@
 #include <span>
 
 #include "golden_cases.h"
+#include "serve_test_util.h"
 #include "test_util.h"
 
 namespace embstore {
@@ -74,14 +75,20 @@ class CliGoldenTest : public ::testing::Test {
     delete tmp_;
   }
 
-  // Runs one case through the CLI against `db` and compares with torch's result.
-  void RunCase(const GoldenCase& c, const std::string& db) {
+  // Runs one case through the CLI against `db` (or, given `server`, through
+  // `embstore query --server`) and compares with torch's result.
+  void RunCase(const GoldenCase& c, const std::string& db, const std::string& server = "") {
     SCOPED_TRACE(c.name);
     const std::string dir = *tmp_ / "case";
     std::filesystem::create_directories(dir);
     const QueryOptions& o = c.options;
-    std::vector<std::string> args = {
-        "query", "--db", db, "--table", c.table, "--mode", PoolingModeName(o.mode)};
+    std::vector<std::string> args = {"query",
+                                     server.empty() ? "--db" : "--server",
+                                     server.empty() ? db : server,
+                                     "--table",
+                                     c.table,
+                                     "--mode",
+                                     PoolingModeName(o.mode)};
     WriteIds(dir + "/i.npy", c.indices, c.indices_shape);
     args.insert(args.end(), {"--indices", "@" + dir + "/i.npy"});
     if (c.batched) {
@@ -139,6 +146,46 @@ TEST_F(CliGoldenTest, ExtensionGoldens) {
     ++n;
   }
   EXPECT_EQ(n, kExtensionGoldenCases);
+}
+
+// The same goldens through `embstore serve` (gRPC over loopback) and
+// `embstore query --server`: the same flags give torch's results.
+TEST_F(CliGoldenTest, TorchAndExtensionGoldensThroughTheServer) {
+  embstore::testing::ServeProcess server;
+  ASSERT_TRUE(server.Start(*db_, {"--threads", "2"})) << server.err();
+  int n = 0;
+  for (const GoldenCase& c : goldens_->cases) {
+    RunCase(c, *db_, server.address());
+    ++n;
+  }
+  for (const GoldenCase& c : goldens_->extension_cases) {
+    RunCase(c, *db_, server.address());
+    ++n;
+  }
+  EXPECT_EQ(n, kTorchGoldenCases + kExtensionGoldenCases);
+  // A bad request fails as the local one does: the same message and exit code.
+  const std::vector<std::string> bad = {"--table", "t_d8", "--indices", "1,10", "--offsets", "0"};
+  std::vector<std::string> local = {"query", "--db", *db_}, remote = {"query", "--server",
+                                                                       server.address()};
+  local.insert(local.end(), bad.begin(), bad.end());
+  remote.insert(remote.end(), bad.begin(), bad.end());
+  const auto l = RunCli(local), r = RunCli(remote);
+  EXPECT_EQ(l.exit_code, 1);
+  EXPECT_EQ(r.exit_code, l.exit_code);
+  EXPECT_EQ(r.err, l.err);
+  EXPECT_THAT(r.err, HasSubstr("out of range"));
+  // Printed output too (not only --out).
+  const std::vector<std::string> ok = {"--table", "t_d8", "--indices", "1,2,9", "--offsets",
+                                       "0,1", "--mode", "max"};
+  local.resize(3);
+  remote.resize(3);
+  local.insert(local.end(), ok.begin(), ok.end());
+  remote.insert(remote.end(), ok.begin(), ok.end());
+  const auto lo = RunCli(local), ro = RunCli(remote);
+  ASSERT_EQ(ro.exit_code, 0) << ro.err;
+  EXPECT_EQ(ro.out, lo.out);
+  EXPECT_FALSE(ro.out.empty());
+  EXPECT_EQ(WEXITSTATUS(server.Stop()), 0) << server.err();
 }
 
 TEST_F(CliGoldenTest, InlineBatchedBagsPrintOneBagPerLine) {

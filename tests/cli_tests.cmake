@@ -13,3 +13,7 @@ add_dependencies(cli_hostile_test embstore_cli)
 embstore_test(renorm_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/renorm_test.cc LIBS embstore GTest::gmock)
 embstore_test(cli_mapped_input_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cli_mapped_input_test.cc LIBS embstore)
 add_dependencies(cli_mapped_input_test embstore_cli)
+# `embstore serve` end to end (a server process on an ephemeral loopback
+# port; gRPC clients from serve/).
+embstore_test(serve_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/serve_test.cc LIBS embstore_serve embstore)
+add_dependencies(serve_test embstore_cli)

@@ -1,0 +1,468 @@
+// Load generator for `embstore serve` (issue [serve], item 7), and the
+// in-process baseline it is compared with. Driven by benchmarks/serve_bench.py;
+// every command prints one JSON object per line on stdout.
+//
+//   serve_bench open --target HOST:PORT --table T --rate R[,R2,...]
+//       [--duration 5] [--warmup 1] [--arrival poisson|uniform] [--channels 1]
+//       [--bags 64] [--ids-per-bag 20] [--distinct 256] [--seed 1]
+//       [--max-threads 1] [--deadline-ms 2000] [--drain-ms 3000]
+//     OPEN loop at a fixed rate: request i has a scheduled send time taken
+//     from the schedule (Poisson: exponential inter-arrival times of mean 1/R;
+//     uniform: exactly 1/R apart), fixed before the run starts. One sender
+//     thread issues each request at its scheduled time (or at once when it is
+//     behind) through gRPC's callback API (stub->async()->EmbeddingBag); the
+//     sender never waits for replies, so a slow server does not slow the
+//     offered load. Latency is reply time minus the SCHEDULED send time, so
+//     time a request spent waiting for a late sender counts (no coordinated
+//     omission). Requests are `--distinct` EmbeddingBagRequest messages built
+//     up front (bags x ids-per-bag uniform ids over the table's rows, 1-D
+//     indices with offsets, sum mode, PoolOptions.max_threads = --max-threads)
+//     and reused round robin. Per rate: --warmup seconds of schedule whose
+//     requests are not counted, then --duration seconds that are; then the
+//     generator waits for every reply (or its deadline). Prints, per rate:
+//     offered and achieved rates, sent rate and sender lag, p50/p90/p99/p99.9/
+//     max of the successful requests, errors by gRPC code, the generator's own
+//     CPU time.
+//       achieved_rps: OK replies received inside the measured window / its
+//       length (what the server sustained); measured_ok_rps: measured
+//       requests that succeeded / window length.
+//
+//   serve_bench inproc --db DIR --table T [--threads 1] [--duration 5]
+//       [--warmup 1] [--bags 64] [--ids-per-bag 20] [--distinct 256]
+//       [--seed 1] [--max-threads 1]
+//     The in-process baseline: the same requests (same ids for the same
+//     --seed/--distinct) pooled by embstore::EmbeddingBag on a Store's
+//     snapshot, CLOSED loop, from --threads threads, each call after the
+//     last. Prints calls/s over the measured window and the per-call latency.
+#include <grpcpp/grpcpp.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "embstore/query.h"
+#include "embstore/store.h"
+#include "embstore/v1/embstore.grpc.pb.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+[[noreturn]] void Die(const std::string& what) {
+  std::fprintf(stderr, "serve_bench: %s\n", what.c_str());
+  std::exit(2);
+}
+
+class Args {
+ public:
+  Args(int argc, char** argv) {
+    for (int i = 2; i < argc; ++i) {
+      std::string k = argv[i];
+      if (k.rfind("--", 0) != 0) Die("unexpected argument " + k);
+      k = k.substr(2);
+      if (i + 1 < argc && std::strncmp(argv[i + 1], "--", 2) != 0) {
+        values_[k] = argv[++i];
+      } else {
+        values_[k] = "";
+      }
+    }
+  }
+  bool Has(const std::string& k) const { return values_.count(k) > 0; }
+  std::string Str(const std::string& k, const std::string& def = "") const {
+    auto it = values_.find(k);
+    return it == values_.end() ? def : it->second;
+  }
+  std::string Need(const std::string& k) const {
+    if (!Has(k)) Die("--" + k + " is required");
+    return Str(k);
+  }
+  int64_t Int(const std::string& k, int64_t def) const { return Has(k) ? std::stoll(Str(k)) : def; }
+  double Num(const std::string& k, double def) const { return Has(k) ? std::stod(Str(k)) : def; }
+
+ private:
+  std::map<std::string, std::string> values_;
+};
+
+std::vector<double> NumList(const std::string& s) {
+  std::vector<double> out;
+  size_t p = 0;
+  while (p < s.size()) {
+    size_t q = s.find(',', p);
+    if (q == std::string::npos) q = s.size();
+    out.push_back(std::stod(s.substr(p, q - p)));
+    p = q + 1;
+  }
+  return out;
+}
+
+// Nearest-rank percentile of sorted values.
+double Percentile(const std::vector<double>& sorted, double q) {
+  if (sorted.empty()) return 0;
+  const size_t i = std::min(sorted.size() - 1,
+                            static_cast<size_t>(std::ceil(q * static_cast<double>(sorted.size()))) -
+                                (q > 0 ? 1 : 0));
+  return sorted[i];
+}
+
+uint64_t SplitMix(uint64_t& state) {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// The ids of `distinct` requests, each bags x per_bag uniform over [0, rows):
+// the same for both commands given the same seed.
+std::vector<std::vector<int64_t>> MakeIds(int64_t distinct, int64_t bags, int64_t per_bag,
+                                          int64_t rows, uint64_t seed) {
+  uint64_t state = seed * 0x2545f4914f6cdd1dull + 12345;
+  std::vector<std::vector<int64_t>> ids(static_cast<size_t>(distinct),
+                                        std::vector<int64_t>(static_cast<size_t>(bags * per_bag)));
+  for (auto& r : ids)
+    for (auto& id : r) id = static_cast<int64_t>(SplitMix(state) % static_cast<uint64_t>(rows));
+  return ids;
+}
+
+std::vector<int64_t> MakeOffsets(int64_t bags, int64_t per_bag) {
+  std::vector<int64_t> offsets(static_cast<size_t>(bags));
+  for (int64_t b = 0; b < bags; ++b) offsets[b] = b * per_bag;
+  return offsets;
+}
+
+double CpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+const char* CodeName(int code) {
+  static const char* const kNames[] = {"OK",
+                                       "CANCELLED",
+                                       "UNKNOWN",
+                                       "INVALID_ARGUMENT",
+                                       "DEADLINE_EXCEEDED",
+                                       "NOT_FOUND",
+                                       "ALREADY_EXISTS",
+                                       "PERMISSION_DENIED",
+                                       "RESOURCE_EXHAUSTED",
+                                       "FAILED_PRECONDITION",
+                                       "ABORTED",
+                                       "OUT_OF_RANGE",
+                                       "UNIMPLEMENTED",
+                                       "INTERNAL",
+                                       "UNAVAILABLE",
+                                       "DATA_LOSS",
+                                       "UNAUTHENTICATED"};
+  return code >= 0 && code <= 16 ? kNames[code] : "?";
+}
+
+// ---------------------------------------------------------------- open loop
+
+// One request in flight; freed by its callback.
+struct Call {
+  grpc::ClientContext ctx;
+  embstore::v1::PooledReply reply;
+  int64_t index = 0;
+};
+
+struct Outcome {
+  int64_t done_ns = -1;  // reply time since the run's start; -1: no reply yet
+  int32_t code = -1;
+  bool bad_reply = false;
+};
+
+int CmdOpen(const Args& args) {
+  // Timer slack 1 ns: sleep_until wakes when asked, not up to 50 us later.
+  prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+  const std::string target = args.Need("target");
+  const std::string table = args.Need("table");
+  const std::vector<double> rates = NumList(args.Need("rate"));
+  const double duration = args.Num("duration", 5);
+  const double warmup = args.Num("warmup", 1);
+  const std::string arrival = args.Str("arrival", "poisson");
+  if (arrival != "poisson" && arrival != "uniform") Die("--arrival must be poisson or uniform");
+  const int channels = static_cast<int>(args.Int("channels", 1));
+  const int64_t bags = args.Int("bags", 64);
+  const int64_t per_bag = args.Int("ids-per-bag", 20);
+  const int64_t distinct = std::max<int64_t>(1, args.Int("distinct", 256));
+  const uint64_t seed = static_cast<uint64_t>(args.Int("seed", 1));
+  const int max_threads = static_cast<int>(args.Int("max-threads", 1));
+  const auto deadline = std::chrono::milliseconds(args.Int("deadline-ms", 2000));
+  const auto drain = std::chrono::milliseconds(args.Int("drain-ms", 3000));
+
+  // Channels: each its own TCP connection (a local subchannel pool, and an
+  // argument that differs per channel).
+  std::vector<std::unique_ptr<embstore::v1::Embstore::Stub>> stubs;
+  for (int c = 0; c < channels; ++c) {
+    grpc::ChannelArguments ca;
+    ca.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    ca.SetInt("embstore.serve_bench.channel", c);
+    ca.SetMaxReceiveMessageSize(256 << 20);
+    auto ch = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), ca);
+    if (!ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10)))
+      Die("cannot connect to " + target);
+    stubs.push_back(embstore::v1::Embstore::NewStub(ch));
+  }
+  // The table's shape, from the server.
+  embstore::v1::TableMeta meta;
+  {
+    grpc::ClientContext ctx;
+    embstore::v1::TableInfoRequest r;
+    r.set_table(table);
+    const grpc::Status st = stubs[0]->TableInfo(&ctx, r, &meta);
+    if (!st.ok()) Die("TableInfo: " + st.error_message());
+  }
+  const auto ids = MakeIds(distinct, bags, per_bag, meta.rows(), seed);
+  const auto offsets = MakeOffsets(bags, per_bag);
+  std::vector<embstore::v1::EmbeddingBagRequest> requests(static_cast<size_t>(distinct));
+  for (int64_t i = 0; i < distinct; ++i) {
+    embstore::v1::EmbeddingBagRequest& r = requests[i];
+    r.set_table(table);
+    r.mutable_indices()->Add(ids[i].begin(), ids[i].end());
+    r.mutable_offsets()->mutable_values()->Add(offsets.begin(), offsets.end());
+    r.mutable_options()->set_mode(embstore::v1::POOLING_MODE_SUM);
+    r.mutable_options()->set_max_threads(max_threads);
+  }
+  const size_t expect_bytes = static_cast<size_t>(bags * meta.dim()) * sizeof(float);
+
+  // Warm the connections and the server (untimed): a few calls each.
+  for (auto& stub : stubs) {
+    for (int i = 0; i < 20; ++i) {
+      grpc::ClientContext ctx;
+      embstore::v1::PooledReply reply;
+      const grpc::Status st = stub->EmbeddingBag(&ctx, requests[i % distinct], &reply);
+      if (!st.ok()) Die("EmbeddingBag: " + st.error_message());
+      if (reply.values().size() != expect_bytes) Die("reply of unexpected size");
+    }
+  }
+
+  for (double rate : rates) {
+    const int64_t n = static_cast<int64_t>(std::llround(rate * (warmup + duration)));
+    const int64_t first_measured = static_cast<int64_t>(std::llround(rate * warmup));
+    // The schedule, in ns from the start.
+    std::vector<int64_t> sched(static_cast<size_t>(n));
+    {
+      std::mt19937_64 rng(seed * 7919 + static_cast<uint64_t>(rate));
+      std::exponential_distribution<double> exp_dist(rate);
+      double t = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        t += arrival == "poisson" ? exp_dist(rng) : 1.0 / rate;
+        sched[i] = static_cast<int64_t>(t * 1e9);
+      }
+    }
+    const int64_t win_begin = static_cast<int64_t>(warmup * 1e9);
+    const int64_t win_end = static_cast<int64_t>((warmup + duration) * 1e9);
+    std::vector<Outcome> out(static_cast<size_t>(n));
+    std::vector<int64_t> lag_ns;
+    lag_ns.reserve(static_cast<size_t>(n - first_measured));
+    std::atomic<int64_t> completed{0};
+    std::mutex done_mu;
+    std::condition_variable done_cv;
+
+    const double cpu0 = CpuSeconds();
+    const Clock::time_point start = Clock::now() + std::chrono::milliseconds(20);
+    int64_t sent_in_window = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const Clock::time_point when = start + std::chrono::nanoseconds(sched[i]);
+      if (Clock::now() < when) std::this_thread::sleep_until(when);
+      const Clock::time_point now = Clock::now();
+      const int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now - start).count();
+      if (i >= first_measured) {
+        lag_ns.push_back(now_ns - sched[i]);
+        if (now_ns < win_end) ++sent_in_window;
+      }
+      auto* call = new Call;
+      call->index = i;
+      call->ctx.set_deadline(std::chrono::system_clock::now() + deadline);
+      stubs[static_cast<size_t>(i % channels)]->async()->EmbeddingBag(
+          &call->ctx, &requests[static_cast<size_t>(i % distinct)], &call->reply,
+          [call, start, expect_bytes, &out, &completed, &done_mu, &done_cv, n](grpc::Status st) {
+            Outcome& o = out[static_cast<size_t>(call->index)];
+            o.done_ns =
+                std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
+            o.code = static_cast<int32_t>(st.error_code());
+            o.bad_reply = st.ok() && call->reply.values().size() != expect_bytes;
+            delete call;
+            if (completed.fetch_add(1, std::memory_order_acq_rel) + 1 == n) {
+              std::lock_guard<std::mutex> lock(done_mu);
+              done_cv.notify_all();
+            }
+          });
+    }
+    const double send_end_s =
+        std::chrono::duration<double>(Clock::now() - start).count();
+    {
+      std::unique_lock<std::mutex> lock(done_mu);
+      done_cv.wait_for(lock, deadline + drain,
+                       [&] { return completed.load(std::memory_order_acquire) == n; });
+    }
+    const int64_t finished = completed.load(std::memory_order_acquire);
+    const double cpu1 = CpuSeconds();
+    if (finished != n) {
+      // Should not happen (every call has a deadline); the callbacks still
+      // hold pointers into `out`, so stop here rather than free it.
+      std::fprintf(stderr, "serve_bench: %lld calls without a reply after the deadline\n",
+                   static_cast<long long>(n - finished));
+      std::fflush(stdout);
+      std::_Exit(3);
+    }
+
+    std::vector<double> lat;
+    lat.reserve(static_cast<size_t>(n - first_measured));
+    std::map<std::string, int64_t> errors;
+    int64_t ok_in_window = 0, bad_replies = 0, ok_measured = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const Outcome& o = out[i];
+      if (o.code == 0 && o.done_ns >= win_begin && o.done_ns < win_end) ++ok_in_window;
+      if (i < first_measured) continue;
+      if (o.bad_reply) ++bad_replies;
+      if (o.code == 0) {
+        ++ok_measured;
+        lat.push_back(static_cast<double>(o.done_ns - sched[i]) * 1e-3);
+      } else {
+        ++errors[CodeName(o.code)];
+      }
+    }
+    std::sort(lat.begin(), lat.end());
+    std::vector<double> lag(lag_ns.begin(), lag_ns.end());
+    std::sort(lag.begin(), lag.end());
+    std::string err_json = "{";
+    for (const auto& [k, v] : errors) {
+      if (err_json.size() > 1) err_json += ", ";
+      err_json += "\"" + k + "\": " + std::to_string(v);
+    }
+    err_json += "}";
+    const int64_t measured = n - first_measured;
+    std::printf(
+        "{\"cmd\": \"open\", \"rate\": %.6g, \"arrival\": \"%s\", \"channels\": %d, "
+        "\"duration_s\": %.6g, \"warmup_s\": %.6g, \"bags\": %lld, \"ids_per_bag\": %lld, "
+        "\"distinct\": %lld, \"max_threads\": %d, \"measured\": %lld, \"ok\": %lld, "
+        "\"achieved_rps\": %.6g, \"measured_ok_rps\": %.6g, \"sent_rps\": %.6g, "
+        "\"send_end_s\": %.6g, \"lag_p50_us\": %.4g, \"lag_p99_us\": %.4g, "
+        "\"p50_us\": %.4g, \"p90_us\": %.4g, \"p99_us\": %.4g, \"p999_us\": %.4g, "
+        "\"max_us\": %.4g, \"mean_us\": %.4g, \"errors\": %s, \"bad_replies\": %lld, "
+        "\"client_cpu_s\": %.4g, \"client_cpu_per_req_us\": %.4g}\n",
+        rate, arrival.c_str(), channels, duration, warmup, static_cast<long long>(bags),
+        static_cast<long long>(per_bag), static_cast<long long>(distinct), max_threads,
+        static_cast<long long>(measured), static_cast<long long>(ok_measured),
+        static_cast<double>(ok_in_window) / duration, static_cast<double>(ok_measured) / duration,
+        static_cast<double>(sent_in_window) / duration, send_end_s, Percentile(lag, 0.5) * 1e-3,
+        Percentile(lag, 0.99) * 1e-3, Percentile(lat, 0.5), Percentile(lat, 0.9),
+        Percentile(lat, 0.99), Percentile(lat, 0.999), lat.empty() ? 0.0 : lat.back(),
+        lat.empty() ? 0.0 : [&] {
+          double s = 0;
+          for (double v : lat) s += v;
+          return s / static_cast<double>(lat.size());
+        }(),
+        err_json.c_str(), static_cast<long long>(bad_replies), cpu1 - cpu0,
+        (cpu1 - cpu0) / static_cast<double>(n) * 1e6);
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+// ---------------------------------------------------------------- in-process
+
+int CmdInproc(const Args& args) {
+  embstore::StoreOptions so;
+  so.create_if_missing = false;
+  auto store = embstore::Store::Open(args.Need("db"), so);
+  if (!store.ok()) Die(store.status().message());
+  auto snap = (*store)->GetSnapshot(args.Need("table"));
+  if (!snap.ok()) Die(snap.status().message());
+  const embstore::TableView view = snap->view();
+  const int threads = static_cast<int>(args.Int("threads", 1));
+  const double duration = args.Num("duration", 5);
+  const double warmup = args.Num("warmup", 1);
+  const int64_t bags = args.Int("bags", 64);
+  const int64_t per_bag = args.Int("ids-per-bag", 20);
+  const int64_t distinct = std::max<int64_t>(1, args.Int("distinct", 256));
+  const uint64_t seed = static_cast<uint64_t>(args.Int("seed", 1));
+  embstore::QueryOptions qo;
+  qo.mode = embstore::PoolingMode::kSum;
+  qo.max_threads = static_cast<int>(args.Int("max-threads", 1));
+  const auto ids = MakeIds(distinct, bags, per_bag, view.rows, seed);
+  const auto offsets = MakeOffsets(bags, per_bag);
+
+  std::vector<std::vector<double>> lat(static_cast<size_t>(threads));
+  std::vector<int64_t> calls(static_cast<size_t>(threads), 0);
+  const Clock::time_point start = Clock::now();
+  const Clock::time_point t_begin = start + std::chrono::duration_cast<Clock::duration>(
+                                                std::chrono::duration<double>(warmup));
+  const Clock::time_point t_end = t_begin + std::chrono::duration_cast<Clock::duration>(
+                                                std::chrono::duration<double>(duration));
+  const double cpu0 = CpuSeconds();
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      std::vector<float> out(static_cast<size_t>(bags * view.dim));
+      std::vector<double>& my = lat[static_cast<size_t>(t)];
+      my.reserve(1 << 20);
+      // Threads start at different requests of the same set.
+      for (int64_t i = t * distinct / std::max(1, threads);; ++i) {
+        embstore::BagRequest r;
+        r.indices = std::span<const int64_t>(ids[static_cast<size_t>(i % distinct)]);
+        r.offsets = std::span<const int64_t>(offsets);
+        const Clock::time_point a = Clock::now();
+        if (a >= t_end) break;
+        const embstore::Status s = embstore::EmbeddingBag(view, r, qo, out);
+        const Clock::time_point b = Clock::now();
+        if (!s.ok()) Die(s.message());
+        if (a >= t_begin && b < t_end) {
+          my.push_back(std::chrono::duration<double, std::micro>(b - a).count());
+          ++calls[static_cast<size_t>(t)];
+        }
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  const double cpu1 = CpuSeconds();
+  std::vector<double> all;
+  int64_t total = 0;
+  for (int t = 0; t < threads; ++t) {
+    all.insert(all.end(), lat[t].begin(), lat[t].end());
+    total += calls[t];
+  }
+  std::sort(all.begin(), all.end());
+  std::printf(
+      "{\"cmd\": \"inproc\", \"threads\": %d, \"duration_s\": %.6g, \"bags\": %lld, "
+      "\"ids_per_bag\": %lld, \"distinct\": %lld, \"max_threads\": %d, \"calls\": %lld, "
+      "\"throughput_rps\": %.6g, \"p50_us\": %.4g, \"p90_us\": %.4g, \"p99_us\": %.4g, "
+      "\"p999_us\": %.4g, \"max_us\": %.4g, \"cpu_s\": %.4g}\n",
+      threads, duration, static_cast<long long>(bags), static_cast<long long>(per_bag),
+      static_cast<long long>(distinct), qo.max_threads, static_cast<long long>(total),
+      static_cast<double>(total) / duration, Percentile(all, 0.5), Percentile(all, 0.9),
+      Percentile(all, 0.99), Percentile(all, 0.999), all.empty() ? 0.0 : all.back(), cpu1 - cpu0);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: serve_bench open|inproc ... (see the source's header)\n");
+    return 2;
+  }
+  const std::string cmd = argv[1];
+  const Args args(argc, argv);
+  if (cmd == "open") return CmdOpen(args);
+  if (cmd == "inproc") return CmdInproc(args);
+  Die("unknown command " + cmd);
+}

@@ -66,7 +66,7 @@ if [ "${EMBSTORE_SKIP_THREAD_SAFETY:-0}" != "1" ]; then
   # The analysis sees only annotated locks: library code locks embstore::Mutex
   # (util/mutex.h), never a bare std::mutex it could not check.
   if grep -rnE 'std::(mutex|shared_mutex|condition_variable|lock_guard|unique_lock|scoped_lock)\b' \
-       --include='*.cc' --include='*.h' util codec checkpoint storage engine cuda tools |
+       --include='*.cc' --include='*.h' util codec checkpoint storage engine cuda serve tools |
        grep -v '^util/mutex.h:' | grep -vE '^[^:]*:[0-9]+: *//'; then
     echo "use embstore::Mutex / MutexLock / CondVar (util/mutex.h) so that clang checks the locking" >&2
     exit 1

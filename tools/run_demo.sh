@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, from a fresh Debian machine: install missing packages, build
 # the `embstore` CLI, import the sample checkpoints committed in examples/,
-# inspect, verify and query them, and score a factorization machine; then
+# inspect, verify and query them, score a factorization machine, serve the
+# store over gRPC and query it through the server; then
 # install the Python package (offline, into the venv build/venv) and query
 # the same store from Python and through embstore.torch.EmbeddingBag.
 set -euo pipefail
@@ -39,6 +40,22 @@ $bin import --db "$db" --table items --from examples/items.npy --replace
 $bin list --db "$db" --versions
 $bin rollback --db "$db" --table items
 $bin info --db "$db" --table items
+# The same store over gRPC: `embstore serve` on a free loopback port, the
+# same query through it, the metrics scraped, a version swapped underneath,
+# then SIGTERM (drains, exits 0).
+$bin serve --db "$db" --listen 127.0.0.1:0 --metrics 127.0.0.1:0 >"$work/serve.out" &
+serve_pid=$!
+for _ in $(seq 300); do grep -q "metrics on" "$work/serve.out" && break; sleep 0.1; done
+cat "$work/serve.out"
+addr=$(sed -n 's/^embstore serve: listening on //p' "$work/serve.out")
+metrics=$(sed -n 's/^embstore serve: metrics on //p' "$work/serve.out")
+$bin query --server "$addr" --table items --indices 1,2,3,40,41 --offsets 0,3 --mode sum --stats
+$bin import --db "$db" --table items --from examples/items.npy --replace
+sleep 0.3
+$bin query --server "$addr" --table items --indices 1,2,3,40,41 --offsets 0,3 --mode sum --stats
+/usr/bin/python3 -c "import sys, urllib.request; print(''.join(l for l in urllib.request.urlopen(sys.argv[1]).read().decode().splitlines(True) if l.startswith(('embstore_requests_total', 'embstore_table_version'))), end='')" "$metrics"
+kill -TERM "$serve_pid"
+wait "$serve_pid"
 # Python: the package, built and installed offline (Debian's numpy and torch
 # through --system-site-packages), over the same store.
 [ -x build/venv/bin/python ] || /usr/bin/python3 -m venv --system-site-packages build/venv

@@ -5,12 +5,14 @@
 //   serve_bench open --target HOST:PORT --table T --rate R[,R2,...]
 //       [--duration 5] [--warmup 1] [--arrival poisson|uniform] [--channels 1]
 //       [--bags 64] [--ids-per-bag 20] [--distinct 256] [--seed 1]
-//       [--max-threads 1] [--deadline-ms 2000] [--drain-ms 3000]
+//       [--max-threads 1] [--deadline-ms 2000] [--drain-ms 3000] [--api callback|cq]
 //     OPEN loop at a fixed rate: request i has a scheduled send time taken
 //     from the schedule (Poisson: exponential inter-arrival times of mean 1/R;
 //     uniform: exactly 1/R apart), fixed before the run starts. One sender
 //     thread issues each request at its scheduled time (or at once when it is
-//     behind) through gRPC's callback API (stub->async()->EmbeddingBag); the
+//     behind) through gRPC's callback API (stub->async()->EmbeddingBag; with
+//     --api cq: PrepareAsyncEmbeddingBag on a CompletionQueue one thread
+//     polls); the
 //     sender never waits for replies, so a slow server does not slow the
 //     offered load. Latency is reply time minus the SCHEDULED send time, so
 //     time a request spent waiting for a late sender counts (no coordinated
@@ -23,7 +25,9 @@
 //     offered and achieved rates, sent rate and sender lag, p50/p90/p99/p99.9/
 //     max of the successful requests, errors by gRPC code, the generator's own
 //     CPU time.
-//       achieved_rps: OK replies received inside the measured window / its
+//       scheduled_rps: requests whose scheduled time falls in the measured
+//       window / its length (the offered load as drawn; Poisson varies around
+//       --rate); achieved_rps: OK replies received inside that window / its
 //       length (what the server sustained); measured_ok_rps: measured
 //       requests that succeeded / window length.
 //
@@ -180,6 +184,9 @@ struct Call {
   grpc::ClientContext ctx;
   embstore::v1::PooledReply reply;
   int64_t index = 0;
+  // --api cq only.
+  std::unique_ptr<grpc::ClientAsyncResponseReader<embstore::v1::PooledReply>> rpc;
+  grpc::Status status;
 };
 
 struct Outcome {
@@ -206,6 +213,11 @@ int CmdOpen(const Args& args) {
   const int max_threads = static_cast<int>(args.Int("max-threads", 1));
   const auto deadline = std::chrono::milliseconds(args.Int("deadline-ms", 2000));
   const auto drain = std::chrono::milliseconds(args.Int("drain-ms", 3000));
+  // callback: stub->async()->EmbeddingBag, replies handled on gRPC's threads.
+  // cq: PrepareAsyncEmbeddingBag on a CompletionQueue that one thread of
+  // ours polls (Next), which records each reply.
+  const std::string api = args.Str("api", "callback");
+  if (api != "callback" && api != "cq") Die("--api must be callback or cq");
 
   // Channels: each its own TCP connection (a local subchannel pool, and an
   // argument that differs per channel).
@@ -278,6 +290,31 @@ int CmdOpen(const Args& args) {
 
     const double cpu0 = CpuSeconds();
     const Clock::time_point start = Clock::now() + std::chrono::milliseconds(20);
+    auto record = [&out, &completed, &done_mu, &done_cv, start, expect_bytes, n](
+                      Call* call, const grpc::Status& st) {
+      Outcome& o = out[static_cast<size_t>(call->index)];
+      o.done_ns =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
+      o.code = static_cast<int32_t>(st.error_code());
+      o.bad_reply = st.ok() && call->reply.values().size() != expect_bytes;
+      delete call;
+      if (completed.fetch_add(1, std::memory_order_acq_rel) + 1 == n) {
+        std::lock_guard<std::mutex> lock(done_mu);
+        done_cv.notify_all();
+      }
+    };
+    grpc::CompletionQueue cq;
+    std::thread poller;
+    if (api == "cq") {
+      poller = std::thread([&cq, &record] {
+        void* tag = nullptr;
+        bool ok = false;
+        while (cq.Next(&tag, &ok)) {
+          Call* call = static_cast<Call*>(tag);
+          record(call, call->status);
+        }
+      });
+    }
     int64_t sent_in_window = 0;
     for (int64_t i = 0; i < n; ++i) {
       const Clock::time_point when = start + std::chrono::nanoseconds(sched[i]);
@@ -291,20 +328,16 @@ int CmdOpen(const Args& args) {
       auto* call = new Call;
       call->index = i;
       call->ctx.set_deadline(std::chrono::system_clock::now() + deadline);
-      stubs[static_cast<size_t>(i % channels)]->async()->EmbeddingBag(
-          &call->ctx, &requests[static_cast<size_t>(i % distinct)], &call->reply,
-          [call, start, expect_bytes, &out, &completed, &done_mu, &done_cv, n](grpc::Status st) {
-            Outcome& o = out[static_cast<size_t>(call->index)];
-            o.done_ns =
-                std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
-            o.code = static_cast<int32_t>(st.error_code());
-            o.bad_reply = st.ok() && call->reply.values().size() != expect_bytes;
-            delete call;
-            if (completed.fetch_add(1, std::memory_order_acq_rel) + 1 == n) {
-              std::lock_guard<std::mutex> lock(done_mu);
-              done_cv.notify_all();
-            }
-          });
+      embstore::v1::Embstore::Stub& stub = *stubs[static_cast<size_t>(i % channels)];
+      const embstore::v1::EmbeddingBagRequest& req = requests[static_cast<size_t>(i % distinct)];
+      if (api == "cq") {
+        call->rpc = stub.PrepareAsyncEmbeddingBag(&call->ctx, req, &cq);
+        call->rpc->StartCall();
+        call->rpc->Finish(&call->reply, &call->status, call);
+      } else {
+        stub.async()->EmbeddingBag(&call->ctx, &req, &call->reply,
+                                   [call, &record](grpc::Status st) { record(call, st); });
+      }
     }
     const double send_end_s =
         std::chrono::duration<double>(Clock::now() - start).count();
@@ -315,6 +348,10 @@ int CmdOpen(const Args& args) {
     }
     const int64_t finished = completed.load(std::memory_order_acquire);
     const double cpu1 = CpuSeconds();
+    if (poller.joinable() && finished == n) {
+      cq.Shutdown();
+      poller.join();
+    }
     if (finished != n) {
       // Should not happen (every call has a deadline); the callbacks still
       // hold pointers into `out`, so stop here rather than free it.
@@ -327,9 +364,10 @@ int CmdOpen(const Args& args) {
     std::vector<double> lat;
     lat.reserve(static_cast<size_t>(n - first_measured));
     std::map<std::string, int64_t> errors;
-    int64_t ok_in_window = 0, bad_replies = 0, ok_measured = 0;
+    int64_t ok_in_window = 0, bad_replies = 0, ok_measured = 0, scheduled_in_window = 0;
     for (int64_t i = 0; i < n; ++i) {
       const Outcome& o = out[i];
+      if (sched[i] >= win_begin && sched[i] < win_end) ++scheduled_in_window;
       if (o.code == 0 && o.done_ns >= win_begin && o.done_ns < win_end) ++ok_in_window;
       if (i < first_measured) continue;
       if (o.bad_reply) ++bad_replies;
@@ -351,17 +389,18 @@ int CmdOpen(const Args& args) {
     err_json += "}";
     const int64_t measured = n - first_measured;
     std::printf(
-        "{\"cmd\": \"open\", \"rate\": %.6g, \"arrival\": \"%s\", \"channels\": %d, "
+        "{\"cmd\": \"open\", \"api\": \"%s\", \"rate\": %.6g, \"arrival\": \"%s\", \"channels\": %d, "
         "\"duration_s\": %.6g, \"warmup_s\": %.6g, \"bags\": %lld, \"ids_per_bag\": %lld, "
         "\"distinct\": %lld, \"max_threads\": %d, \"measured\": %lld, \"ok\": %lld, "
-        "\"achieved_rps\": %.6g, \"measured_ok_rps\": %.6g, \"sent_rps\": %.6g, "
+        "\"scheduled_rps\": %.6g, \"achieved_rps\": %.6g, \"measured_ok_rps\": %.6g, \"sent_rps\": %.6g, "
         "\"send_end_s\": %.6g, \"lag_p50_us\": %.4g, \"lag_p99_us\": %.4g, "
         "\"p50_us\": %.4g, \"p90_us\": %.4g, \"p99_us\": %.4g, \"p999_us\": %.4g, "
         "\"max_us\": %.4g, \"mean_us\": %.4g, \"errors\": %s, \"bad_replies\": %lld, "
         "\"client_cpu_s\": %.4g, \"client_cpu_per_req_us\": %.4g}\n",
-        rate, arrival.c_str(), channels, duration, warmup, static_cast<long long>(bags),
+        api.c_str(), rate, arrival.c_str(), channels, duration, warmup, static_cast<long long>(bags),
         static_cast<long long>(per_bag), static_cast<long long>(distinct), max_threads,
         static_cast<long long>(measured), static_cast<long long>(ok_measured),
+        static_cast<double>(scheduled_in_window) / duration,
         static_cast<double>(ok_in_window) / duration, static_cast<double>(ok_measured) / duration,
         static_cast<double>(sent_in_window) / duration, send_end_s, Percentile(lag, 0.5) * 1e-3,
         Percentile(lag, 0.99) * 1e-3, Percentile(lat, 0.5), Percentile(lat, 0.9),

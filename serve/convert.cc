@@ -96,6 +96,10 @@ Status FromGrpc(const grpc::Status& status, const std::string& what) {
       return Status::InvalidArgument(status.error_message());
     case grpc::StatusCode::NOT_FOUND:
       return Status::NotFound(status.error_message());
+    case grpc::StatusCode::FAILED_PRECONDITION:  // the library's NotSupported
+      return Status::NotSupported(status.error_message());
+    case grpc::StatusCode::DATA_LOSS:  // the library's Corruption
+      return Status::Corruption(status.error_message());
     default:
       return Status::IOError(what + ": " + GrpcCodeName(status.error_code()) + ": " +
                              status.error_message());

@@ -22,9 +22,11 @@ namespace embstore::serve {
 // AlreadyExists -> ALREADY_EXISTS, Internal -> INTERNAL.
 grpc::Status ToGrpc(const Status& status);
 
-// A client's view of a failed call: INVALID_ARGUMENT and NOT_FOUND keep the
-// server's message as it is (so a remote query fails as a local one would);
-// other codes become IOError "<what>: <CODE>: <message>".
+// A client's view of a failed call: INVALID_ARGUMENT, NOT_FOUND,
+// FAILED_PRECONDITION and DATA_LOSS become the library's InvalidArgument,
+// NotFound, NotSupported and Corruption with the server's message as it is
+// (so a remote query fails as a local one would, exit code included); other
+// codes become IOError "<what>: <CODE>: <message>".
 Status FromGrpc(const grpc::Status& status, const std::string& what);
 
 // The name of a gRPC code, as in the gRPC docs ("OK", "INVALID_ARGUMENT", ...).

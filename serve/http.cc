@@ -18,11 +18,23 @@ namespace {
 constexpr size_t kMaxRequestBytes = 8192;
 constexpr int kIoTimeoutMs = 2000;
 
-bool SendAll(int fd, const std::string& data) {
+using Clock = std::chrono::steady_clock;
+
+int MsLeft(Clock::time_point give_up) {
+  const auto left =
+      std::chrono::duration_cast<std::chrono::milliseconds>(give_up - Clock::now()).count();
+  return left > 0 ? static_cast<int>(left) : 0;
+}
+
+// Sends all of `data` before `give_up` (one deadline for the whole reply: a
+// client reading a byte at a time cannot hold the endpoint).
+bool SendAll(int fd, Clock::time_point give_up, const std::string& data) {
   size_t sent = 0;
   while (sent < data.size()) {
+    const int left = MsLeft(give_up);
+    if (left == 0) return false;
     pollfd p{fd, POLLOUT, 0};
-    if (::poll(&p, 1, kIoTimeoutMs) <= 0) return false;
+    if (::poll(&p, 1, left) <= 0) return false;
     const ssize_t n = ::send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
     if (n <= 0) return false;
@@ -142,27 +154,44 @@ void MetricsHttpServer::Loop() {
     if (n < 0 || (p[1].revents & POLLIN) || stopped_.load()) return;
     if (!(p[0].revents & POLLIN)) continue;
     const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd < 0) continue;
+    if (fd < 0) {
+      // Out of descriptors (or the like): the socket stays readable, so
+      // wait a little instead of spinning.
+      if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED) {
+        pollfd w{wake_[0], POLLIN, 0};
+        ::poll(&w, 1, 100);
+      }
+      continue;
+    }
     Serve(fd);
+    // Half-close, then read what the client still sends (briefly), so that
+    // closing with unread bytes does not reset the connection and lose the
+    // reply.
+    ::shutdown(fd, SHUT_WR);
+    const auto linger = Clock::now() + std::chrono::milliseconds(200);
+    char sink[1024];
+    for (int left; (left = MsLeft(linger)) > 0;) {
+      pollfd p{fd, POLLIN, 0};
+      if (::poll(&p, 1, left) <= 0 || ::recv(fd, sink, sizeof sink, 0) <= 0) break;
+    }
     ::close(fd);
   }
 }
 
 void MetricsHttpServer::Serve(int fd) {
   std::string request;
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(kIoTimeoutMs);
+  // One deadline for reading the request and sending the reply.
+  const auto give_up = Clock::now() + std::chrono::milliseconds(kIoTimeoutMs);
   while (request.find("\r\n\r\n") == std::string::npos &&
          request.find("\n\n") == std::string::npos) {
     if (request.size() >= kMaxRequestBytes) {
-      SendAll(fd, Reply("431 Request Header Fields Too Large", "text/plain", "too large\n"));
+      SendAll(fd, give_up, Reply("431 Request Header Fields Too Large", "text/plain", "too large\n"));
       return;
     }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                          give_up - std::chrono::steady_clock::now())
-                          .count();
-    if (left <= 0) return;
+    const int left = MsLeft(give_up);
+    if (left == 0) return;
     pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(left)) <= 0) return;
+    if (::poll(&p, 1, left) <= 0) return;
     char buf[2048];
     const ssize_t got = ::recv(fd, buf, sizeof buf, 0);
     if (got < 0 && (errno == EINTR || errno == EAGAIN)) continue;
@@ -174,23 +203,23 @@ void MetricsHttpServer::Serve(int fd) {
   const size_t sp1 = line.find(' ');
   const size_t sp2 = sp1 == std::string::npos ? std::string::npos : line.find(' ', sp1 + 1);
   if (sp2 == std::string::npos || line.compare(sp2 + 1, 5, "HTTP/") != 0) {
-    SendAll(fd, Reply("400 Bad Request", "text/plain", "bad request\n"));
+    SendAll(fd, give_up, Reply("400 Bad Request", "text/plain", "bad request\n"));
     return;
   }
   const std::string method = line.substr(0, sp1);
   std::string target = line.substr(sp1 + 1, sp2 - sp1 - 1);
   if (const size_t q = target.find('?'); q != std::string::npos) target.resize(q);
   if (target != "/metrics") {
-    SendAll(fd, Reply("404 Not Found", "text/plain", "only /metrics is served here\n"));
+    SendAll(fd, give_up, Reply("404 Not Found", "text/plain", "only /metrics is served here\n"));
     return;
   }
   if (method != "GET" && method != "HEAD") {
-    SendAll(fd, Reply("405 Method Not Allowed", "text/plain", "GET /metrics\n"));
+    SendAll(fd, give_up, Reply("405 Method Not Allowed", "text/plain", "GET /metrics\n"));
     return;
   }
   std::string reply = Reply("200 OK", "text/plain; version=0.0.4; charset=utf-8", render_());
   if (method == "HEAD") reply.resize(reply.find("\r\n\r\n") + 4);
-  SendAll(fd, reply);
+  SendAll(fd, give_up, reply);
 }
 
 }  // namespace embstore::serve

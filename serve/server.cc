@@ -3,7 +3,11 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <sched.h>
+
 #include <atomic>
+#include <climits>
+#include <new>
 #include <deque>
 #include <fstream>
 #include <functional>
@@ -26,6 +30,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr const char* kServiceName = "embstore.v1.Embstore";
+constexpr int64_t kReplyFraming = 64 << 10;
+constexpr int kMaxThreads = 4096;
 
 Result<std::string> ReadPem(const std::string& path, const std::string& flag) {
   std::ifstream f(path, std::ios::binary);
@@ -83,6 +89,8 @@ class WorkerPool {
   std::vector<std::thread> threads_;
 };
 
+using Snap = std::shared_ptr<const TableSnapshot>;
+
 // What a finished request adds to the metrics besides its code and time.
 struct Work {
   int64_t lookups = 0;
@@ -133,13 +141,19 @@ class ServerImpl final : public Server {
   grpc::ServerUnaryReactor* Handle(grpc::CallbackServerContext* ctx, Method method,
                                    std::function<grpc::Status(Work*)> work);
 
-  Result<TableSnapshot> Resolve(const std::string& table, uint64_t version);
+  // The table's current version (version 0) or `version` if it is current
+  // or held. Shared: the last holder of a version's snapshot tells the
+  // engine to forget its rows (a GPU cache keyed by address must not serve
+  // them for another mapping at the same address later).
+  Result<Snap> Resolve(const std::string& table, uint64_t version);
   Store& store() { return *store_; }
   Engine& engine() { return *engine_; }
   int64_t max_reply_bytes() const { return options_.max_reply_bytes; }
 
  private:
-  void Remember(const TableSnapshot& snap);
+  // The held snapshot of `current`'s version, added (newest first, at most
+  // held_versions) if it is new.
+  Snap Remember(const TableSnapshot& current);
 
   ServerOptions options_;
   std::unique_ptr<Store> store_;
@@ -155,7 +169,7 @@ class ServerImpl final : public Server {
   std::atomic<bool> shut_down_{false};
   Mutex held_mu_;
   // Per table, the snapshots of recent versions, newest first.
-  std::map<std::string, std::deque<TableSnapshot>> held_ GUARDED_BY(held_mu_);
+  std::map<std::string, std::deque<Snap>> held_ GUARDED_BY(held_mu_);
 };
 
 Status ServerImpl::Init(const ServerOptions& options) {
@@ -199,8 +213,16 @@ Status ServerImpl::Init(const ServerOptions& options) {
   if (!engine.ok()) return engine.status();
   engine_ = std::move(engine).value();
 
+  if (options.threads > kMaxThreads) {
+    return Status::InvalidArgument("--threads must be at most " + std::to_string(kMaxThreads));
+  }
   int threads = options.threads;
-  if (threads == 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (threads == 0) {  // the cores this process may run on (affinity, cpusets)
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    threads = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 0;
+    if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  }
   max_inflight_ = options.max_inflight > 0 ? options.max_inflight : 64 * threads;
   workers_ = std::make_unique<WorkerPool>(threads);
 
@@ -210,7 +232,12 @@ Status ServerImpl::Init(const ServerOptions& options) {
   builder.AddListeningPort(options.listen, creds, &port_);
   builder.RegisterService(service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_request_bytes));
-  builder.SetMaxSendMessageSize(static_cast<int>(options.max_reply_bytes));
+  // The values are checked against max_reply_bytes; the rest of a reply
+  // (shape, table name, version) is small.
+  builder.SetMaxSendMessageSize(
+      static_cast<int>(std::min<int64_t>(options.max_reply_bytes + kReplyFraming, INT32_MAX)));
+  // Another process on the same port is an error, not a silent share of it.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   server_ = builder.BuildAndStart();
   if (!server_ || port_ == 0) {
     workers_->Stop();
@@ -260,27 +287,40 @@ grpc::ServerUnaryReactor* ServerImpl::Handle(grpc::CallbackServerContext* ctx, M
     inflight_.fetch_sub(1, std::memory_order_acq_rel);
     reactor->Finish(st);
   };
-  if (inflight_.fetch_add(1, std::memory_order_acq_rel) >= max_inflight_) {
-    finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        "the server is busy: " + std::to_string(max_inflight_) +
-                            " requests in flight (--max-inflight); retry later"),
-           Work());
-    return reactor;
-  }
-  workers_->Submit([ctx, finish, work = std::move(work)] {
-    if (ctx->IsCancelled()) {
-      finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request"),
-             Work());
-      return;
+  int64_t now_inflight = inflight_.load(std::memory_order_relaxed);
+  do {
+    if (now_inflight >= max_inflight_) {
+      metrics_.Record(method, grpc::StatusCode::RESOURCE_EXHAUSTED, Clock::now() - arrived, 0, 0);
+      reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                   "the server is busy: " + std::to_string(max_inflight_) +
+                                       " requests in flight (--max-inflight); retry later"));
+      return reactor;
     }
+  } while (!inflight_.compare_exchange_weak(now_inflight, now_inflight + 1,
+                                            std::memory_order_acq_rel));
+  workers_->Submit([ctx, finish, work = std::move(work)] {
+    // The deadline first: gRPC cancels a call whose deadline passed.
     if (ctx->deadline() < std::chrono::system_clock::now()) {
       finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                           "the deadline passed before the request was started"),
              Work());
       return;
     }
+    if (ctx->IsCancelled()) {
+      finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request"),
+             Work());
+      return;
+    }
     Work w;
-    const grpc::Status st = work(&w);
+    grpc::Status st;
+    try {
+      st = work(&w);
+    } catch (const std::bad_alloc&) {
+      st = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        "the server ran out of memory for this request");
+    } catch (const std::exception& e) {
+      st = grpc::Status(grpc::StatusCode::INTERNAL, std::string("internal error: ") + e.what());
+    }
     if (st.ok() && ctx->deadline() < std::chrono::system_clock::now()) {
       finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                           "the deadline passed while the request was pooled"),
@@ -292,40 +332,48 @@ grpc::ServerUnaryReactor* ServerImpl::Handle(grpc::CallbackServerContext* ctx, M
   return reactor;
 }
 
-void ServerImpl::Remember(const TableSnapshot& snap) {
-  const TableInfo& info = snap.info();
+Snap ServerImpl::Remember(const TableSnapshot& current) {
+  const TableInfo& info = current.info();
   MutexLock lock(&held_mu_);
-  std::deque<TableSnapshot>& held = held_[info.name];
-  if (!held.empty() && held.front().info().version == info.version &&
-      held.front().info().file == info.file) {
-    return;
+  std::deque<Snap>& held = held_[info.name];
+  if (!held.empty() && held.front()->info().version == info.version &&
+      held.front()->info().file == info.file) {
+    return held.front();
   }
   metrics_.SetTableVersion(info.name, info.version);
+  Engine* engine = engine_.get();
+  const bool cached = engine->device() == Device::kCuda;
+  Snap snap(new TableSnapshot(current), [engine, cached](const TableSnapshot* s) {
+    if (cached) (void)engine->Forget(s->view());
+    delete s;
+  });
   held.push_front(snap);
   while (static_cast<int>(held.size()) > options_.held_versions) held.pop_back();
+  return snap;
 }
 
-Result<TableSnapshot> ServerImpl::Resolve(const std::string& table, uint64_t version) {
+Result<Snap> ServerImpl::Resolve(const std::string& table, uint64_t version) {
   Result<TableSnapshot> current = store_->GetSnapshot(table);
-  if (current.ok()) {
-    Remember(*current);
-    if (version == 0 || current->info().version == version) return current;
-  } else if (version == 0) {
+  if (!current.ok()) {
+    if (current.status().code() != Status::Code::kNotFound) return current.status();
+    // Dropped (or never there): nothing of it stays mapped here.
+    MutexLock lock(&held_mu_);
+    held_.erase(table);
     return current.status();
   }
+  Snap snap = Remember(*current);
+  if (version == 0 || snap->info().version == version) return snap;
   MutexLock lock(&held_mu_);
   std::string held_list;
   if (auto it = held_.find(table); it != held_.end()) {
-    for (const TableSnapshot& s : it->second) {
-      if (s.info().version == version) return s;
-      held_list += (held_list.empty() ? "" : ", ") + std::to_string(s.info().version);
+    for (const Snap& h : it->second) {
+      if (h->info().version == version) return h;
+      held_list += (held_list.empty() ? "" : ", ") + std::to_string(h->info().version);
     }
   }
-  std::string msg = "version " + std::to_string(version) + " of table '" + table +
-                    "' is not held by this server (";
-  msg += current.ok() ? "current: " + std::to_string(current->info().version) : "no current";
-  msg += held_list.empty() ? std::string(")") : "; held: " + held_list + ")";
-  return Status::NotFound(msg);
+  return Status::NotFound("version " + std::to_string(version) + " of table '" + table +
+                          "' is not held by this server (current: " +
+                          std::to_string(snap->info().version) + "; held: " + held_list + ")");
 }
 
 // Library errors as gRPC errors, inside the handlers.
@@ -343,16 +391,23 @@ Result<TableSnapshot> ServerImpl::Resolve(const std::string& table, uint64_t ver
   if (!tmp.ok()) return ::embstore::serve::ToGrpc(tmp.status());    \
   lhs = std::move(tmp).value()
 
+// RESOURCE_EXHAUSTED when `count` rows of `dim` floats exceed the reply
+// limit (the values alone: the send limit leaves room for the rest).
+grpc::Status CheckReplySize(int64_t count, int64_t dim, int64_t limit) {
+  if (count > 0 && dim > 0 && count > limit / 4 / dim) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        "the reply would hold " + std::to_string(count) + " rows of " +
+                            std::to_string(dim) + " floats, more than the server's reply limit of " +
+                            std::to_string(limit) + " bytes (--max-reply-bytes)");
+  }
+  return grpc::Status::OK;
+}
+
 // The reply's values for `bags` bags of `dim`, or RESOURCE_EXHAUSTED past the
 // reply limit (checked before anything is pooled or allocated).
 grpc::Status ReplyBuffer(int64_t bags, int64_t dim, int64_t limit, std::string* values,
                          std::span<float>* out) {
-  if (dim > 0 && bags > limit / 4 / dim) {
-    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        "the reply would hold " + std::to_string(bags) + " bags of dim " +
-                            std::to_string(dim) + ", more than the server's reply limit of " +
-                            std::to_string(limit) + " bytes (--max-reply-bytes)");
-  }
+  if (grpc::Status st = CheckReplySize(bags, dim, limit); !st.ok()) return st;
   values->resize(static_cast<size_t>(bags * dim) * sizeof(float));
   *out = std::span<float>(reinterpret_cast<float*>(values->data()),  // NOLINT
                           static_cast<size_t>(bags * dim));
@@ -372,12 +427,17 @@ grpc::ServerUnaryReactor* Service::EmbeddingBag(grpc::CallbackServerContext* ctx
                                                 v1::PooledReply* reply) {
   ServerImpl* s = server_;
   return s->Handle(ctx, Method::kEmbeddingBag, [s, request, reply](Work* w) -> grpc::Status {
-    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const TableSnapshot snap,
+    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const Snap snap,
                                    s->Resolve(request->table(), request->version()));
-    const TableView view = snap.view();
+    const TableView view = snap->view();
     BagRequest req;
     QueryOptions qo;
     EMBSTORE_GRPC_RETURN_IF_ERROR(ReadBagRequest(*request, &req, &qo));
+    // At most this many bags (the library's plan has one entry per bag):
+    // refused past the reply limit before anything is planned.
+    const int64_t most = request->indices_shape_size() == 2 ? request->indices_shape(0)
+                                                             : request->offsets().values_size();
+    if (grpc::Status st = CheckReplySize(most, view.dim, s->max_reply_bytes()); !st.ok()) return st;
     EMBSTORE_GRPC_ASSIGN_OR_RETURN(const int64_t bags, CountBags(view, req, qo));
     std::span<float> out;
     if (grpc::Status st = ReplyBuffer(bags, view.dim, s->max_reply_bytes(),
@@ -386,7 +446,7 @@ grpc::ServerUnaryReactor* Service::EmbeddingBag(grpc::CallbackServerContext* ctx
       return st;
     }
     EMBSTORE_GRPC_RETURN_IF_ERROR(s->engine().EmbeddingBag(view, req, qo, out));
-    SetReply(snap, {bags, view.dim}, reply);
+    SetReply(*snap, {bags, view.dim}, reply);
     w->lookups = req.indices.size;
     w->row_bytes = req.indices.size * static_cast<int64_t>(view.row_stride);
     return grpc::Status::OK;
@@ -398,12 +458,17 @@ grpc::ServerUnaryReactor* Service::BatchedEmbeddingBag(
     v1::PooledReply* reply) {
   ServerImpl* s = server_;
   return s->Handle(ctx, Method::kBatchedEmbeddingBag, [s, request, reply](Work* w) -> grpc::Status {
-    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const TableSnapshot snap,
+    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const Snap snap,
                                    s->Resolve(request->table(), request->version()));
-    const TableView view = snap.view();
+    const TableView view = snap->view();
     BatchedBagRequest req;
     QueryOptions qo;
     EMBSTORE_GRPC_RETURN_IF_ERROR(ReadBatchedRequest(*request, &req, &qo));
+    // ends has one entry per bag.
+    if (grpc::Status st = CheckReplySize(request->ends_size(), view.dim, s->max_reply_bytes());
+        !st.ok()) {
+      return st;
+    }
     EMBSTORE_GRPC_ASSIGN_OR_RETURN(const int64_t bags, CountBags(view, req, qo));
     std::span<float> out;
     if (grpc::Status st = ReplyBuffer(bags, view.dim, s->max_reply_bytes(),
@@ -412,7 +477,7 @@ grpc::ServerUnaryReactor* Service::BatchedEmbeddingBag(
       return st;
     }
     EMBSTORE_GRPC_RETURN_IF_ERROR(s->engine().BatchedEmbeddingBag(view, req, qo, out));
-    SetReply(snap, {req.batch, req.bags_per_sample, view.dim}, reply);
+    SetReply(*snap, {req.batch, req.bags_per_sample, view.dim}, reply);
     w->lookups = req.indices.size;
     w->row_bytes = req.indices.size * static_cast<int64_t>(view.row_stride);
     return grpc::Status::OK;
@@ -424,23 +489,28 @@ grpc::ServerUnaryReactor* Service::FmScore(grpc::CallbackServerContext* ctx,
                                            v1::FmScoreReply* reply) {
   ServerImpl* s = server_;
   return s->Handle(ctx, Method::kFmScore, [s, request, reply](Work* w) -> grpc::Status {
-    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const TableSnapshot vectors,
-                                   s->Resolve(request->vectors_table(), 0));
-    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const TableSnapshot biases,
-                                   s->Resolve(request->biases_table(), 0));
+    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const Snap vectors, s->Resolve(request->vectors_table(), 0));
+    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const Snap biases, s->Resolve(request->biases_table(), 0));
     FmModel model = FmModel::kFm;
     FmRequest req;
     QueryOptions qo;
     EMBSTORE_GRPC_RETURN_IF_ERROR(ReadFmRequest(*request, &model, &req, &qo));
-    EMBSTORE_GRPC_ASSIGN_OR_RETURN(
-        std::vector<float> scores,
-        embstore::FmScore(model, vectors.view(), biases.view(), req, qo));
-    reply->mutable_scores()->Add(scores.begin(), scores.end());
-    reply->set_vectors_version(vectors.info().version);
-    reply->set_biases_version(biases.info().version);
+    // One score (a float) per sample, refused past the reply limit first.
+    if (grpc::Status st = CheckReplySize(req.bags.batch, 1, s->max_reply_bytes()); !st.ok())
+      return st;
+    if (req.bags.batch < 0) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "batch must be >= 0");
+    }
+    google::protobuf::RepeatedField<float>* scores = reply->mutable_scores();
+    scores->Resize(static_cast<int>(req.bags.batch), 0.0f);
+    EMBSTORE_GRPC_RETURN_IF_ERROR(embstore::FmScore(
+        model, vectors->view(), biases->view(), req, qo,
+        std::span<float>(scores->mutable_data(), static_cast<size_t>(scores->size()))));
+    reply->set_vectors_version(vectors->info().version);
+    reply->set_biases_version(biases->info().version);
     w->lookups = 2 * req.bags.indices.size;
-    w->row_bytes = req.bags.indices.size * static_cast<int64_t>(vectors.view().row_stride +
-                                                                biases.view().row_stride);
+    w->row_bytes = req.bags.indices.size * static_cast<int64_t>(vectors->view().row_stride +
+                                                                biases->view().row_stride);
     return grpc::Status::OK;
   });
 }

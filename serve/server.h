@@ -34,9 +34,11 @@ struct ServerOptions {
   // certificate it signed (mutual TLS).
   std::string tls_cert, tls_key, tls_client_ca;
   EngineOptions engine;
-  // Versions of each table kept mapped for requests that pin one (the
-  // current one and those served most recently before it).
-  int held_versions = 4;
+  // Versions of each table kept mapped for requests that pin one: the
+  // current one and the one served before it. (A held version's file, once
+  // the store deletes it, keeps its disk space until it is let go; a dropped
+  // table is let go at its next request.)
+  int held_versions = 2;
 };
 
 class Server {

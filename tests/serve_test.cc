@@ -21,6 +21,7 @@
 #include <sstream>
 #include <thread>
 
+#include "embstore/fm.h"
 #include "embstore/query.h"
 #include "embstore/store.h"
 #include "embstore/v1/embstore.grpc.pb.h"
@@ -426,13 +427,18 @@ TEST(ServeTest, VersionSwitchUnderLoad) {
       auto c = Connect(server.address());
       QueryOptions qo;
       qo.mode = PoolingMode::kSum;
-      for (int i = 0; i < 20000 && !stop.load(); ++i) {
+      // Until the main thread is done (bounded: 60 s); at most 300 replies
+      // per version and thread kept for checking.
+      std::map<uint64_t, int> kept;
+      const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+      while (!stop.load() && std::chrono::steady_clock::now() < give_up) {
         Request r = RandomRequest(rng, 16, 10, false);
         auto got = c->EmbeddingBag("t", r.Bag(), qo, 0);
         if (!got.ok()) {
           ++failed;
           continue;
         }
+        if (kept[got->version]++ >= 300) continue;
         std::lock_guard<std::mutex> lock(mu);
         seen.push_back({got->version, {std::move(r), std::move(got->output.values)}});
       }
@@ -486,9 +492,9 @@ TEST(ServeTest, SigtermDrainsRequestsInFlight) {
     inflight = m["embstore_inflight_requests"] >= 1;
     if (!inflight) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  ASSERT_TRUE(inflight);
   const int status = server.Stop(SIGTERM);
   caller.join();
+  ASSERT_TRUE(inflight);
   ASSERT_TRUE(WIFEXITED(status)) << status;
   EXPECT_EQ(WEXITSTATUS(status), 0) << server.err();
   ASSERT_TRUE(got.ok()) << got.status().ToString();
@@ -679,6 +685,110 @@ TEST(ServeTest, BadFlagsAreRefused) {
   const auto r = RunCli({"serve", "--db", f.dir / "missing", "--listen", "127.0.0.1:0"});
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("no embstore store"), std::string::npos) << r.err;
+}
+
+// A port another server holds is an error (exit 2, "cannot listen"), not a
+// silent share of it (gRPC's default SO_REUSEPORT is turned off).
+TEST(ServeTest, APortInUseIsRefused) {
+  Fixture f;
+  f.Import(12);
+  ServeProcess first;
+  ASSERT_TRUE(first.Start(f.db, {})) << first.err();
+  const auto r = RunCli({"serve", "--db", f.db, "--listen", first.address()});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("cannot listen on " + first.address()), std::string::npos) << r.err;
+  EXPECT_EQ(WEXITSTATUS(first.Stop()), 0);
+}
+
+// Tiny requests that ask for huge replies are refused before anything is
+// planned or allocated: 2-D indices [B, 0], FM scores of 2^31 + 1 samples
+// with no bags. FmScore itself gives the library's scores.
+TEST(ServeTest, HugeRepliesOfTinyRequestsAreRefusedFirst) {
+  Fixture f;
+  f.Import(13);
+  const std::vector<float> biases = testing::RandomFloats(kRows, 14);
+  testing::WriteF32Npy(f.dir / "b.npy", {kRows, 1}, biases);
+  ASSERT_EQ(RunCli({"import", "--db", f.db, "--table", "b", "--from", f.dir / "b.npy"}).exit_code,
+            0);
+  ServeProcess server;
+  ASSERT_TRUE(server.Start(f.db, {})) << server.err();
+  auto stub = Stub(server.address());
+  {
+    v1::EmbeddingBagRequest req;
+    req.set_table("t");
+    req.add_indices_shape(int64_t{6} << 30);
+    req.add_indices_shape(0);
+    grpc::ClientContext ctx;
+    v1::PooledReply reply;
+    const grpc::Status st = stub->EmbeddingBag(&ctx, req, &reply);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+    EXPECT_NE(st.error_message().find("--max-reply-bytes"), std::string::npos);
+  }
+  {
+    v1::BatchedEmbeddingBagRequest req;
+    req.set_table("t");
+    req.set_batch(1);
+    req.set_items(0);
+    for (int i = 0; i < 2000000; ++i) req.add_ends(-1);  // 2M bags of dim 64: 512 MB
+    req.set_bags_per_sample(2000000);
+    grpc::ClientContext ctx;
+    v1::PooledReply reply;
+    const grpc::Status st = stub->BatchedEmbeddingBag(&ctx, req, &reply);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  }
+  v1::FmScoreRequest fm;
+  fm.set_vectors_table("t");
+  fm.set_biases_table("b");
+  fm.set_batch((int64_t{1} << 31) + 1);
+  {
+    grpc::ClientContext ctx;
+    v1::FmScoreReply reply;
+    const grpc::Status st = stub->FmScore(&ctx, fm, &reply);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  }
+  // A real FM request: the library's scores.
+  std::mt19937_64 rng(15);
+  const int64_t batch = 8, items = 6, k = 3;
+  std::vector<int64_t> ids(batch * items), ends(batch * k);
+  std::vector<float> w(batch * items);
+  for (auto& id : ids) id = static_cast<int64_t>(rng() % kRows);
+  for (auto& x : w) x = static_cast<float>(rng() % 100) / 50.0f;
+  for (int64_t b = 0; b < batch; ++b) {
+    ends[b * k] = 1;
+    ends[b * k + 1] = 3;
+    ends[b * k + 2] = 5;
+  }
+  fm.set_batch(batch);
+  fm.set_items(items);
+  fm.set_bags_per_sample(k);
+  fm.set_bias(0.25);
+  for (int64_t id : ids) fm.add_indices(id);
+  for (int64_t e : ends) fm.add_ends(e);
+  for (float x : w) fm.mutable_per_sample_weights()->add_values(x);
+  grpc::ClientContext ctx;
+  v1::FmScoreReply reply;
+  const grpc::Status st = stub->FmScore(&ctx, fm, &reply);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  FmRequest lib;
+  lib.bags.indices = std::span<const int64_t>(ids);
+  lib.bags.ends = std::span<const int64_t>(ends);
+  lib.bags.weights = std::span<const float>(w);
+  lib.bags.batch = batch;
+  lib.bags.items = items;
+  lib.bags.bags_per_sample = k;
+  lib.bias = 0.25;
+  QueryOptions qo;
+  qo.mode = PoolingMode::kSum;
+  TableView bv;
+  bv.data = reinterpret_cast<const uint8_t*>(biases.data());
+  bv.rows = kRows;
+  bv.dim = 1;
+  bv.row_stride = sizeof(float);
+  auto want = FmScore(FmModel::kFm, f.View(f.values), bv, lib, qo);
+  ASSERT_TRUE(want.ok()) << want.status().ToString();
+  EXPECT_EQ(std::vector<float>(reply.scores().begin(), reply.scores().end()), *want);
+  EXPECT_EQ(reply.vectors_version(), 1u);
+  EXPECT_EQ(WEXITSTATUS(server.Stop()), 0) << server.err();
 }
 
 }  // namespace

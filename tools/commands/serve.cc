@@ -1,7 +1,10 @@
 // embstore serve: one store, read-only, over gRPC (docs/serve.md).
 #include <signal.h>
 
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <thread>
 #include <string>
 
 #include "serve/http.h"
@@ -83,6 +86,8 @@ class ServeCommand : public Command {
     sigaddset(&stop_signals, SIGTERM);
     sigaddset(&stop_signals, SIGINT);
     pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    // A closed stdout/stderr (`serve ... | head`) must not kill the drain.
+    std::signal(SIGPIPE, SIG_IGN);
 
     auto server = serve::Server::Start(o);
     if (!server.ok()) return Fail(server.status());
@@ -103,6 +108,13 @@ class ServeCommand : public Command {
     sigwait(&stop_signals, &sig);
     std::fprintf(stderr, "embstore serve: %s: draining requests in flight (at most %d s)\n",
                  sig == SIGTERM ? "SIGTERM" : "SIGINT", drain);
+    // A second signal during the drain stops at once.
+    std::thread([stop_signals] {
+      int again = 0;
+      sigwait(&stop_signals, &again);
+      std::fprintf(stderr, "embstore serve: second signal: stopping without draining\n");
+      std::_Exit(kExitIO);
+    }).detach();
     (*server)->Shutdown(std::chrono::seconds(drain));
     server->reset();
     std::fprintf(stderr, "embstore serve: stopped\n");

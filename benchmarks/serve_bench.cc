@@ -6,6 +6,7 @@
 //       [--duration 5] [--warmup 1] [--arrival poisson|uniform] [--channels 1]
 //       [--bags 64] [--ids-per-bag 20] [--distinct 256] [--seed 1]
 //       [--max-threads 1] [--deadline-ms 2000] [--drain-ms 3000] [--api callback|cq]
+//       [--spin-us 0]
 //     OPEN loop at a fixed rate: request i has a scheduled send time taken
 //     from the schedule (Poisson: exponential inter-arrival times of mean 1/R;
 //     uniform: exactly 1/R apart), fixed before the run starts. One sender
@@ -217,6 +218,9 @@ int CmdOpen(const Args& args) {
   // cq: PrepareAsyncEmbeddingBag on a CompletionQueue that one thread of
   // ours polls (Next), which records each reply.
   const std::string api = args.Str("api", "callback");
+  // --spin-us S: the sender sleeps until S us before each send time and
+  // spins from there (0: sleeps until the send time).
+  const auto spin = std::chrono::microseconds(args.Int("spin-us", 0));
   if (api != "callback" && api != "cq") Die("--api must be callback or cq");
 
   // Channels: each its own TCP connection (a local subchannel pool, and an
@@ -318,7 +322,15 @@ int CmdOpen(const Args& args) {
     int64_t sent_in_window = 0;
     for (int64_t i = 0; i < n; ++i) {
       const Clock::time_point when = start + std::chrono::nanoseconds(sched[i]);
-      if (Clock::now() < when) std::this_thread::sleep_until(when);
+      if (spin.count() > 0) {
+        // Sleep to `spin` before the send time, then spin: a sleeping thread
+        // of this VM wakes up to ms late (RESULTS.md).
+        if (Clock::now() < when - spin) std::this_thread::sleep_until(when - spin);
+        while (Clock::now() < when) {
+        }
+      } else if (Clock::now() < when) {
+        std::this_thread::sleep_until(when);
+      }
       const Clock::time_point now = Clock::now();
       const int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now - start).count();
       if (i >= first_measured) {
@@ -389,7 +401,7 @@ int CmdOpen(const Args& args) {
     err_json += "}";
     const int64_t measured = n - first_measured;
     std::printf(
-        "{\"cmd\": \"open\", \"api\": \"%s\", \"rate\": %.6g, \"arrival\": \"%s\", \"channels\": %d, "
+        "{\"cmd\": \"open\", \"api\": \"%s\", \"spin_us\": %lld, \"rate\": %.6g, \"arrival\": \"%s\", \"channels\": %d, "
         "\"duration_s\": %.6g, \"warmup_s\": %.6g, \"bags\": %lld, \"ids_per_bag\": %lld, "
         "\"distinct\": %lld, \"max_threads\": %d, \"measured\": %lld, \"ok\": %lld, "
         "\"scheduled_rps\": %.6g, \"achieved_rps\": %.6g, \"measured_ok_rps\": %.6g, \"sent_rps\": %.6g, "
@@ -397,7 +409,7 @@ int CmdOpen(const Args& args) {
         "\"p50_us\": %.4g, \"p90_us\": %.4g, \"p99_us\": %.4g, \"p999_us\": %.4g, "
         "\"max_us\": %.4g, \"mean_us\": %.4g, \"errors\": %s, \"bad_replies\": %lld, "
         "\"client_cpu_s\": %.4g, \"client_cpu_per_req_us\": %.4g}\n",
-        api.c_str(), rate, arrival.c_str(), channels, duration, warmup, static_cast<long long>(bags),
+        api.c_str(), static_cast<long long>(spin.count()), rate, arrival.c_str(), channels, duration, warmup, static_cast<long long>(bags),
         static_cast<long long>(per_bag), static_cast<long long>(distinct), max_threads,
         static_cast<long long>(measured), static_cast<long long>(ok_measured),
         static_cast<double>(scheduled_in_window) / duration,

@@ -152,6 +152,10 @@ def main():
     ap.add_argument("--client-cpus", default="1", help="taskset -c list for the load generator")
     ap.add_argument("--channels", type=int, default=1)
     ap.add_argument("--api", default="cq", help="serve_bench open --api: cq or callback")
+    ap.add_argument("--spin-us", type=int, default=5000, help="serve_bench open --spin-us (the "
+                    "sender spins this long before each send instead of sleeping to it)")
+    ap.add_argument("--append", action="store_true", help="add this run to --out's "
+                    "`other_runs` instead of replacing the file")
     ap.add_argument("--arrival", default="poisson")
     ap.add_argument("--duration", type=float, default=5)
     ap.add_argument("--warmup", type=float, default=1)
@@ -183,7 +187,7 @@ def main():
         "config": {"rows": a.rows, "dim": a.dim, "dtype": "f32", "bags": 64, "ids_per_bag": 20,
                    "mode": "sum", "distinct_requests": 256, "max_threads": 1,
                    "server_threads": a.threads, "server_cpus": a.server_cpus,
-                   "client_cpus": a.client_cpus, "channels": a.channels, "api": a.api, "arrival": a.arrival,
+                   "client_cpus": a.client_cpus, "channels": a.channels, "api": a.api, "spin_us": a.spin_us, "arrival": a.arrival,
                    "duration_s": a.duration, "warmup_s": a.warmup},
     }
 
@@ -205,7 +209,7 @@ def main():
     result["server_threads_os"] = proc_threads(server.pid)
     target = f"127.0.0.1:{port}"
     gen = taskset(a.client_cpus) + [bench, "open", "--target", target, "--arrival", a.arrival,
-                                    "--channels", str(a.channels), "--api", a.api] + common
+                                    "--channels", str(a.channels), "--api", a.api, "--spin-us", str(a.spin_us)] + common
 
     def at_rate(rate):
         c0, s0 = proc_cpu_s(server.pid), proc_ctxsw(server.pid)
@@ -259,8 +263,14 @@ def main():
         "saturation_at_least_70pct": sat >= 0.7 * base["throughput_rps"],
     }
 
+    if a.append:
+        with open(a.out) as f:
+            main_result = json.load(f)
+        main_result.setdefault("other_runs", []).append(result)
+    else:
+        main_result = result
     with open(a.out, "w") as f:
-        json.dump(result, f, indent=1)
+        json.dump(main_result, f, indent=1)
         f.write("\n")
 
     print(f"\nin-process baseline ({base['threads']} thread(s), cpus {base['cpus'] or 'all'}): "

@@ -234,36 +234,14 @@ class QueryCommand : public Command {
     auto client = serve::Client::Connect(co);
     if (!client.ok()) return Fail(client.status());
     Result<serve::RemoteResult> result = Status::Internal("no request");
+    std::optional<IntArray> held;  // the --offsets or --bag-ends the request points into
     if (Has("bag-ends")) {
-      if (Has("offsets")) return Usage("--bag-ends and --offsets cannot be combined");
-      if (qo_.include_last_offset)
-        return Usage("--include-last-offset does not apply to --bag-ends");
-      auto ends = ParseIntSpec(Str("bag-ends"), "--bag-ends");
-      if (!ends.ok()) return Fail(ends.status());
-      auto req = BatchedBags(*indices, *ends);
-      if (!req.ok()) return Fail(req.status());
-      if (*weights) {
-        if (const Status ws = CheckWeightsShape(**weights, indices->shape); !ws.ok())
-          return Fail(ws);
-        req->weights = (*weights)->values();
-      }
-      result = (*client)->BatchedEmbeddingBag(Str("table"), *req, qo_, version);
+      BatchedBagRequest req;
+      if (const int rc = ReadBatched(*indices, *weights, &held, &req); rc != kExitOk) return rc;
+      result = (*client)->BatchedEmbeddingBag(Str("table"), req, qo_, version);
     } else {
       BagRequest req;
-      req.indices = indices->view();
-      req.indices_shape = indices->shape;
-      auto offsets = IntSpec("offsets");
-      if (!offsets.ok()) return Fail(offsets.status());
-      if (*offsets) {
-        if ((*offsets)->shape.size() != 1)
-          return Fail(Status::InvalidArgument("--offsets must be 1-D"));
-        req.offsets = (*offsets)->view();
-      }
-      if (*weights) {
-        if (const Status ws = CheckWeightsShape(**weights, indices->shape); !ws.ok())
-          return Fail(ws);
-        req.weights = (*weights)->values();
-      }
+      if (const int rc = ReadBags(*indices, *weights, &held, &req); rc != kExitOk) return rc;
       result = (*client)->EmbeddingBag(Str("table"), req, qo_, version);
     }
     if (!result.ok()) return Fail(result.status());
@@ -347,20 +325,53 @@ class QueryCommand : public Command {
     return kExitOk;
   }
 
+  // --bag-ends over --indices [B, N] and --weights, into *req; the parsed
+  // ends are kept in *ends. kExitOk or the exit code of the error printed.
+  int ReadBatched(const IntArray& indices, const std::optional<FloatArray>& weights,
+                  std::optional<IntArray>* ends, BatchedBagRequest* req) const {
+    if (Has("offsets")) return Usage("--bag-ends and --offsets cannot be combined");
+    if (qo_.include_last_offset) return Usage("--include-last-offset does not apply to --bag-ends");
+    auto parsed = ParseIntSpec(Str("bag-ends"), "--bag-ends");
+    if (!parsed.ok()) return Fail(parsed.status());
+    *ends = std::move(parsed).value();
+    auto batched = BatchedBags(indices, **ends);
+    if (!batched.ok()) return Fail(batched.status());
+    *req = *batched;
+    if (weights) {
+      if (const Status ws = CheckWeightsShape(*weights, indices.shape); !ws.ok()) return Fail(ws);
+      req->weights = weights->values();
+    }
+    return kExitOk;
+  }
+
+  // --indices (1-D with --offsets, or 2-D [B, N]) and --weights, into *req;
+  // the parsed offsets are kept in *offsets.
+  int ReadBags(const IntArray& indices, const std::optional<FloatArray>& weights,
+               std::optional<IntArray>* offsets, BagRequest* req) const {
+    req->indices = indices.view();
+    req->indices_shape = indices.shape;
+    auto parsed = IntSpec("offsets");
+    if (!parsed.ok()) return Fail(parsed.status());
+    *offsets = std::move(parsed).value();
+    if (*offsets) {
+      if ((*offsets)->shape.size() != 1)
+        return Fail(Status::InvalidArgument("--offsets must be 1-D"));
+      req->offsets = (*offsets)->view();
+    }
+    if (weights) {
+      if (const Status ws = CheckWeightsShape(*weights, indices.shape); !ws.ok()) return Fail(ws);
+      req->weights = weights->values();
+    }
+    return kExitOk;
+  }
+
   // --bag-ends: batched bags [B, K] over indices [B, N], in batches of samples.
   int PoolBatched(const TableView& view, const IntArray& indices,
                   const std::optional<FloatArray>& weights) {
-    if (Has("offsets")) return Usage("--bag-ends and --offsets cannot be combined");
-    if (qo_.include_last_offset) return Usage("--include-last-offset does not apply to --bag-ends");
-    auto ends = ParseIntSpec(Str("bag-ends"), "--bag-ends");
-    if (!ends.ok()) return Fail(ends.status());
-    auto req = BatchedBags(indices, *ends);
-    if (!req.ok()) return Fail(req.status());
-    if (weights) {
-      const Status ws = CheckWeightsShape(*weights, indices.shape);
-      if (!ws.ok()) return Fail(ws);
-      req->weights = weights->values();
-    }
+    std::optional<IntArray> ends;
+    BatchedBagRequest batched;
+    if (const int rc = ReadBatched(indices, weights, &ends, &batched); rc != kExitOk) return rc;
+    const BatchedBagRequest* req = &batched;
     times_.Lap(PhaseTimes::kInputs);
     Result<int64_t> bags = Counted(view, *req);
     if (!bags.ok()) return Fail(bags.status());
@@ -402,21 +413,9 @@ class QueryCommand : public Command {
   // batches of bags.
   int PoolBags(const TableView& view, const IntArray& indices,
                const std::optional<FloatArray>& weights) {
+    std::optional<IntArray> offsets;
     BagRequest req;
-    req.indices = indices.view();
-    req.indices_shape = indices.shape;
-    auto offsets = IntSpec("offsets");
-    if (!offsets.ok()) return Fail(offsets.status());
-    if (*offsets) {
-      if ((*offsets)->shape.size() != 1)
-        return Fail(Status::InvalidArgument("--offsets must be 1-D"));
-      req.offsets = (*offsets)->view();
-    }
-    if (weights) {
-      const Status ws = CheckWeightsShape(*weights, indices.shape);
-      if (!ws.ok()) return Fail(ws);
-      req.weights = weights->values();
-    }
+    if (const int rc = ReadBags(indices, weights, &offsets, &req); rc != kExitOk) return rc;
     times_.Lap(PhaseTimes::kInputs);
     Result<int64_t> counted = Counted(view, req);
     if (!counted.ok()) return Fail(counted.status());

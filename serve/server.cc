@@ -74,7 +74,7 @@ class WorkerPool {
       std::function<void()> job;
       {
         MutexLock lock(&mu_);
-        while (jobs_.empty() && !stopping_) cv_.Wait();
+        while (jobs_.empty() && !stopping_) cv_.Wait(&mu_);
         if (jobs_.empty()) return;
         job = std::move(jobs_.front());
         jobs_.pop_front();

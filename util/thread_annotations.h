@@ -11,6 +11,22 @@
 #define EMBSTORE_THREAD_ANNOTATION(x)
 #endif
 
+// Other libraries (absl, under gRPC's headers) define some of these names
+// too, with the same meaning: ours replace theirs, in any include order.
+#undef CAPABILITY
+#undef SCOPED_CAPABILITY
+#undef GUARDED_BY
+#undef PT_GUARDED_BY
+#undef ACQUIRED_AFTER
+#undef ACQUIRED_BEFORE
+#undef EXCLUSIVE_LOCKS_REQUIRED
+#undef LOCKS_EXCLUDED
+#undef EXCLUSIVE_LOCK_FUNCTION
+#undef UNLOCK_FUNCTION
+#undef EXCLUSIVE_TRYLOCK_FUNCTION
+#undef ASSERT_EXCLUSIVE_LOCK
+#undef RETURN_CAPABILITY
+#undef NO_THREAD_SAFETY_ANALYSIS
 // A type that is a lock (a "capability").
 #define CAPABILITY(x) EMBSTORE_THREAD_ANNOTATION(capability(x))
 // An RAII type that holds a capability for its lifetime.

@@ -119,9 +119,9 @@ std::vector<double> NumList(const std::string& s) {
 // Nearest-rank percentile of sorted values.
 double Percentile(const std::vector<double>& sorted, double q) {
   if (sorted.empty()) return 0;
-  const size_t i = std::min(sorted.size() - 1,
-                            static_cast<size_t>(std::ceil(q * static_cast<double>(sorted.size()))) -
-                                (q > 0 ? 1 : 0));
+  const size_t i = std::min(
+      sorted.size() - 1,
+      static_cast<size_t>(std::ceil(q * static_cast<double>(sorted.size()))) - (q > 0 ? 1 : 0));
   return sorted[i];
 }
 
@@ -332,7 +332,8 @@ int CmdOpen(const Args& args) {
         std::this_thread::sleep_until(when);
       }
       const Clock::time_point now = Clock::now();
-      const int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now - start).count();
+      const int64_t now_ns =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(now - start).count();
       if (i >= first_measured) {
         lag_ns.push_back(now_ns - sched[i]);
         if (now_ns < win_end) ++sent_in_window;
@@ -351,8 +352,7 @@ int CmdOpen(const Args& args) {
                                    [call, &record](grpc::Status st) { record(call, st); });
       }
     }
-    const double send_end_s =
-        std::chrono::duration<double>(Clock::now() - start).count();
+    const double send_end_s = std::chrono::duration<double>(Clock::now() - start).count();
     {
       std::unique_lock<std::mutex> lock(done_mu);
       done_cv.wait_for(lock, deadline + drain,
@@ -455,8 +455,8 @@ int CmdInproc(const Args& args) {
   std::vector<std::vector<double>> lat(static_cast<size_t>(threads));
   std::vector<int64_t> calls(static_cast<size_t>(threads), 0);
   const Clock::time_point start = Clock::now();
-  const Clock::time_point t_begin = start + std::chrono::duration_cast<Clock::duration>(
-                                                std::chrono::duration<double>(warmup));
+  const Clock::time_point t_begin =
+      start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(warmup));
   const Clock::time_point t_end = t_begin + std::chrono::duration_cast<Clock::duration>(
                                                 std::chrono::duration<double>(duration));
   const double cpu0 = CpuSeconds();

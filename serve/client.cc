@@ -46,8 +46,7 @@ class GrpcClient final : public Client {
   }
   Result<RemoteResult> BatchedEmbeddingBag(const std::string& table,
                                            const BatchedBagRequest& request,
-                                           const QueryOptions& options,
-                                           uint64_t version) override {
+                                           const QueryOptions& options, uint64_t version) override {
     v1::BatchedEmbeddingBagRequest req;
     req.set_table(table);
     req.set_version(version);

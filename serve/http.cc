@@ -185,7 +185,8 @@ void MetricsHttpServer::Serve(int fd) {
   while (request.find("\r\n\r\n") == std::string::npos &&
          request.find("\n\n") == std::string::npos) {
     if (request.size() >= kMaxRequestBytes) {
-      SendAll(fd, give_up, Reply("431 Request Header Fields Too Large", "text/plain", "too large\n"));
+      SendAll(fd, give_up,
+              Reply("431 Request Header Fields Too Large", "text/plain", "too large\n"));
       return;
     }
     const int left = MsLeft(give_up);

@@ -27,7 +27,7 @@ class MetricsHttpServer {
   // Listens on `address` (port 0: any free port) and serves `render()` at
   // /metrics from a thread of its own.
   static Result<std::unique_ptr<MetricsHttpServer>> Start(const std::string& address,
-                                                           std::function<std::string()> render);
+                                                          std::function<std::string()> render);
   ~MetricsHttpServer();  // Stop()
   int port() const { return port_; }
   // Stops accepting and joins the thread (idempotent).

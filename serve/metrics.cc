@@ -126,14 +126,13 @@ std::string Metrics::Render(int64_t inflight, const std::optional<CacheStats>& c
     for (size_t b = 0; b <= kLatencyBuckets.size(); ++b) {
       cumulative += m.buckets[b].load(std::memory_order_relaxed);
       const std::string le = b < kLatencyBuckets.size() ? Number(kLatencyBuckets[b]) : "+Inf";
-      Line(&out, "embstore_request_duration_seconds_bucket{method=\"%s\",le=\"%s\"} %" PRIu64,
-           name, le.c_str(), cumulative);
+      Line(&out, "embstore_request_duration_seconds_bucket{method=\"%s\",le=\"%s\"} %" PRIu64, name,
+           le.c_str(), cumulative);
     }
     const double sum = static_cast<double>(m.sum_ns.load(std::memory_order_relaxed)) / 1e9;
     Line(&out, "embstore_request_duration_seconds_sum{method=\"%s\"} %s", name,
          Number(sum).c_str());
-    Line(&out, "embstore_request_duration_seconds_count{method=\"%s\"} %" PRIu64, name,
-         cumulative);
+    Line(&out, "embstore_request_duration_seconds_count{method=\"%s\"} %" PRIu64, name, cumulative);
   }
   Header(&out, "embstore_lookups_total", "counter",
          "Ids pooled (every position of every bag a successful request pooled).");
@@ -148,8 +147,8 @@ std::string Metrics::Render(int64_t inflight, const std::optional<CacheStats>& c
   {
     MutexLock lock(&mu_);
     for (const auto& [table, version] : versions_) {
-      out += "embstore_table_version{table=\"" + EscapeLabelValue(table) +
-             "\"} " + std::to_string(version) + "\n";
+      out += "embstore_table_version{table=\"" + EscapeLabelValue(table) + "\"} " +
+             std::to_string(version) + "\n";
     }
   }
   if (cache) {

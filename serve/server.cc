@@ -2,16 +2,15 @@
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
-
 #include <sched.h>
 
 #include <atomic>
 #include <climits>
-#include <new>
 #include <deque>
 #include <fstream>
 #include <functional>
 #include <map>
+#include <new>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -285,8 +284,8 @@ grpc::ServerUnaryReactor* ServerImpl::Handle(grpc::CallbackServerContext* ctx, M
   const Clock::time_point arrived = Clock::now();
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   auto finish = [this, reactor, method, arrived](const grpc::Status& st, const Work& w) {
-    metrics_.Record(method, st.error_code(), Clock::now() - arrived,
-                    st.ok() ? w.lookups : 0, st.ok() ? w.row_bytes : 0);
+    metrics_.Record(method, st.error_code(), Clock::now() - arrived, st.ok() ? w.lookups : 0,
+                    st.ok() ? w.row_bytes : 0);
     inflight_.fetch_sub(1, std::memory_order_acq_rel);
     reactor->Finish(st);
   };
@@ -299,8 +298,8 @@ grpc::ServerUnaryReactor* ServerImpl::Handle(grpc::CallbackServerContext* ctx, M
                                        " requests in flight (--max-inflight); retry later"));
       return reactor;
     }
-  } while (!inflight_.compare_exchange_weak(now_inflight, now_inflight + 1,
-                                            std::memory_order_acq_rel));
+  } while (
+      !inflight_.compare_exchange_weak(now_inflight, now_inflight + 1, std::memory_order_acq_rel));
   auto job = [ctx, finish, work = std::move(work)] {
     // The deadline first: gRPC cancels a call whose deadline passed.
     if (ctx->deadline() < std::chrono::system_clock::now()) {
@@ -310,8 +309,7 @@ grpc::ServerUnaryReactor* ServerImpl::Handle(grpc::CallbackServerContext* ctx, M
       return;
     }
     if (ctx->IsCancelled()) {
-      finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request"),
-             Work());
+      finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request"), Work());
       return;
     }
     Work w;
@@ -393,18 +391,18 @@ Result<Snap> ServerImpl::Resolve(const std::string& table, uint64_t version) {
 }
 
 // Library errors as gRPC errors, inside the handlers.
-#define EMBSTORE_GRPC_RETURN_IF_ERROR(expr)             \
-  do {                                                  \
-    const ::embstore::Status _st = (expr);              \
+#define EMBSTORE_GRPC_RETURN_IF_ERROR(expr)               \
+  do {                                                    \
+    const ::embstore::Status _st = (expr);                \
     if (!_st.ok()) return ::embstore::serve::ToGrpc(_st); \
   } while (0)
-#define EMBSTORE_GRPC_ASSIGN_OR_RETURN(lhs, expr)                 \
+#define EMBSTORE_GRPC_ASSIGN_OR_RETURN(lhs, expr) \
   EMBSTORE_GRPC_ASSIGN_OR_RETURN_IMPL(EMBSTORE_GRPC_CONCAT(_r, __LINE__), lhs, expr)
 #define EMBSTORE_GRPC_CONCAT_INNER(a, b) a##b
 #define EMBSTORE_GRPC_CONCAT(a, b) EMBSTORE_GRPC_CONCAT_INNER(a, b)
-#define EMBSTORE_GRPC_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr)         \
-  auto tmp = (expr);                                                \
-  if (!tmp.ok()) return ::embstore::serve::ToGrpc(tmp.status());    \
+#define EMBSTORE_GRPC_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr)      \
+  auto tmp = (expr);                                             \
+  if (!tmp.ok()) return ::embstore::serve::ToGrpc(tmp.status()); \
   lhs = std::move(tmp).value()
 
 // RESOURCE_EXHAUSTED when `count` rows of `dim` floats exceed the reply
@@ -413,7 +411,8 @@ grpc::Status CheckReplySize(int64_t count, int64_t dim, int64_t limit) {
   if (count > 0 && dim > 0 && count > limit / 4 / dim) {
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                         "the reply would hold " + std::to_string(count) + " rows of " +
-                            std::to_string(dim) + " floats, more than the server's reply limit of " +
+                            std::to_string(dim) +
+                            " floats, more than the server's reply limit of " +
                             std::to_string(limit) + " bytes (--max-reply-bytes)");
   }
   return grpc::Status::OK;
@@ -452,12 +451,12 @@ grpc::ServerUnaryReactor* Service::EmbeddingBag(grpc::CallbackServerContext* ctx
     // At most this many bags (the library's plan has one entry per bag):
     // refused past the reply limit before anything is planned.
     const int64_t most = request->indices_shape_size() == 2 ? request->indices_shape(0)
-                                                             : request->offsets().values_size();
+                                                            : request->offsets().values_size();
     if (grpc::Status st = CheckReplySize(most, view.dim, s->max_reply_bytes()); !st.ok()) return st;
     EMBSTORE_GRPC_ASSIGN_OR_RETURN(const int64_t bags, CountBags(view, req, qo));
     std::span<float> out;
-    if (grpc::Status st = ReplyBuffer(bags, view.dim, s->max_reply_bytes(),
-                                      reply->mutable_values(), &out);
+    if (grpc::Status st =
+            ReplyBuffer(bags, view.dim, s->max_reply_bytes(), reply->mutable_values(), &out);
         !st.ok()) {
       return st;
     }
@@ -487,8 +486,8 @@ grpc::ServerUnaryReactor* Service::BatchedEmbeddingBag(
     }
     EMBSTORE_GRPC_ASSIGN_OR_RETURN(const int64_t bags, CountBags(view, req, qo));
     std::span<float> out;
-    if (grpc::Status st = ReplyBuffer(bags, view.dim, s->max_reply_bytes(),
-                                      reply->mutable_values(), &out);
+    if (grpc::Status st =
+            ReplyBuffer(bags, view.dim, s->max_reply_bytes(), reply->mutable_values(), &out);
         !st.ok()) {
       return st;
     }
@@ -525,8 +524,8 @@ grpc::ServerUnaryReactor* Service::FmScore(grpc::CallbackServerContext* ctx,
     reply->set_vectors_version(vectors->info().version);
     reply->set_biases_version(biases->info().version);
     w->lookups = 2 * req.bags.indices.size;
-    w->row_bytes = req.bags.indices.size * static_cast<int64_t>(vectors->view().row_stride +
-                                                                biases->view().row_stride);
+    w->row_bytes = req.bags.indices.size *
+                   static_cast<int64_t>(vectors->view().row_stride + biases->view().row_stride);
     return grpc::Status::OK;
   });
 }

@@ -23,11 +23,11 @@
 namespace embstore::serve {
 
 struct ServerOptions {
-  std::string db;                         // the store's directory
+  std::string db;                          // the store's directory
   std::string listen = "127.0.0.1:50051";  // HOST:PORT; port 0 picks a free one
-  std::string metrics;                    // HOST:PORT of GET /metrics; empty: none
-  int threads = 0;                        // workers; 0: the cores this process may use
-  int max_inflight = 0;                   // queued + running; 0: 64 x threads
+  std::string metrics;                     // HOST:PORT of GET /metrics; empty: none
+  int threads = 0;                         // workers; 0: the cores this process may use
+  int max_inflight = 0;                    // queued + running; 0: 64 x threads
   int64_t max_request_bytes = int64_t{64} << 20;
   int64_t max_reply_bytes = int64_t{256} << 20;
   // PEM files. cert + key: TLS. client_ca too: clients must present a

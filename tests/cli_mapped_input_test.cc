@@ -310,12 +310,12 @@ TEST(CliMappedInput, BadIdInALateBatchNamesItsPositionInTheRequest) {
   // Fixed, the same query succeeds and --stats names every phase.
   ids[bad] = 3;
   WriteI64(dir / "ids.npy", ids);
-  const auto r = RunCli({"query", "--db", db, "--table", "t", "--stats", "--indices",
-                         "@" + (dir / "ids.npy"), "--offsets", "@" + (dir / "off.npy"), "--out",
-                         out});
+  const auto r =
+      RunCli({"query", "--db", db, "--table", "t", "--stats", "--indices", "@" + (dir / "ids.npy"),
+              "--offsets", "@" + (dir / "off.npy"), "--out", out});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  for (const char* phase : {"time: inputs=", " open=", " validate=", " copy=", " pool=",
-                            " write=", " commit="})
+  for (const char* phase :
+       {"time: inputs=", " open=", " validate=", " copy=", " pool=", " write=", " commit="})
     EXPECT_NE(r.err.find(phase), std::string::npos) << phase << " in " << r.err;
   std::vector<int64_t> shape;
   EXPECT_EQ(testing::ReadF32Npy(out, &shape).size(), static_cast<size_t>(n / 4 * dim));

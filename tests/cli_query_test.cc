@@ -165,8 +165,8 @@ TEST_F(CliGoldenTest, TorchAndExtensionGoldensThroughTheServer) {
   EXPECT_EQ(n, kTorchGoldenCases + kExtensionGoldenCases);
   // A bad request fails as the local one does: the same message and exit code.
   const std::vector<std::string> bad = {"--table", "t_d8", "--indices", "1,10", "--offsets", "0"};
-  std::vector<std::string> local = {"query", "--db", *db_}, remote = {"query", "--server",
-                                                                       server.address()};
+  std::vector<std::string> local = {"query", "--db", *db_},
+                           remote = {"query", "--server", server.address()};
   local.insert(local.end(), bad.begin(), bad.end());
   remote.insert(remote.end(), bad.begin(), bad.end());
   const auto l = RunCli(local), r = RunCli(remote);
@@ -175,8 +175,8 @@ TEST_F(CliGoldenTest, TorchAndExtensionGoldensThroughTheServer) {
   EXPECT_EQ(r.err, l.err);
   EXPECT_THAT(r.err, HasSubstr("out of range"));
   // Printed output too (not only --out).
-  const std::vector<std::string> ok = {"--table", "t_d8", "--indices", "1,2,9", "--offsets",
-                                       "0,1", "--mode", "max"};
+  const std::vector<std::string> ok = {"--table",   "t_d8", "--indices", "1,2,9",
+                                       "--offsets", "0,1",  "--mode",    "max"};
   local.resize(3);
   remote.resize(3);
   local.insert(local.end(), ok.begin(), ok.end());

@@ -6,8 +6,8 @@
 // (The torch goldens through the server: cli_query_test; from Python:
 // python/tests/test_serve.py.)
 #include <arpa/inet.h>
-#include <gtest/gtest.h>
 #include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
@@ -323,8 +323,8 @@ TEST(ServeTest, BadRequestsGetTheirCodesAndTheLibrarysMessages) {
     v1::TableMeta meta;
     EXPECT_EQ(stub->TableInfo(&ctx, req, &meta).error_code(), grpc::StatusCode::NOT_FOUND);
   }
-  const auto r = RunCli({"query", "--server", server.address(), "--table", "nope", "--indices",
-                         "1", "--offsets", "0"});
+  const auto r = RunCli({"query", "--server", server.address(), "--table", "nope", "--indices", "1",
+                         "--offsets", "0"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("nope"), std::string::npos) << r.err;
   EXPECT_EQ(WEXITSTATUS(server.Stop()), 0) << server.err();
@@ -350,8 +350,8 @@ TEST(ServeTest, DeadlinesAreHonoured) {
   auto patient = Connect(server.address(), std::chrono::milliseconds(120000));
   auto ok = patient->EmbeddingBag("t", big.Bag(), qo, 0);
   EXPECT_TRUE(ok.ok()) << ok.status().ToString();
-  const auto r = RunCli({"query", "--server", server.address(), "--table", "t", "--indices",
-                         "1,2", "--offsets", "0", "--deadline-ms", "1"});
+  const auto r = RunCli({"query", "--server", server.address(), "--table", "t", "--indices", "1,2",
+                         "--offsets", "0", "--deadline-ms", "1"});
   // 1 ms may be enough for a tiny request on a fast machine: either it
   // succeeded or it failed with the code.
   if (r.exit_code != 0) {
@@ -367,8 +367,8 @@ TEST(ServeTest, PastMaxInflightIsResourceExhausted) {
   Fixture f;
   f.Import(4);
   ServeProcess server;
-  ASSERT_TRUE(server.Start(f.db, {"--threads", "1", "--max-inflight", "1", "--metrics",
-                                  "127.0.0.1:0"}))
+  ASSERT_TRUE(
+      server.Start(f.db, {"--threads", "1", "--max-inflight", "1", "--metrics", "127.0.0.1:0"}))
       << server.err();
   std::mt19937_64 rng(6);
   const Request big = RandomRequest(rng, 4000, 100, false);  // ~400k lookups per request
@@ -474,8 +474,7 @@ TEST(ServeTest, SigtermDrainsRequestsInFlight) {
   Fixture f;
   f.Import(5);
   ServeProcess server;
-  ASSERT_TRUE(server.Start(f.db, {"--threads", "1", "--metrics", "127.0.0.1:0"}))
-      << server.err();
+  ASSERT_TRUE(server.Start(f.db, {"--threads", "1", "--metrics", "127.0.0.1:0"})) << server.err();
   std::mt19937_64 rng(7);
   const Request big = RandomRequest(rng, 40000, 200, false);  // ~8M lookups
   QueryOptions qo;
@@ -567,10 +566,11 @@ TEST(ServeTest, MetricsEndpointParsesAndCounts) {
     (void)prev;
   }
   EXPECT_EQ(buckets, 19);
-  const std::string prefix = "embstore_request_duration_seconds_bucket{method=\"EmbeddingBag\",le=\"";
-  for (const char* le : {"5e-05", "0.0001", "0.0002", "0.0003", "0.0005", "0.001", "0.002",
-                         "0.005", "0.01", "0.02", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5",
-                         "10", "+Inf"}) {
+  const std::string prefix =
+      "embstore_request_duration_seconds_bucket{method=\"EmbeddingBag\",le=\"";
+  for (const char* le :
+       {"5e-05", "0.0001", "0.0002", "0.0003", "0.0005", "0.001", "0.002", "0.005", "0.01", "0.02",
+        "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "+Inf"}) {
     ASSERT_EQ(m.count(prefix + le + "\"}"), 1u) << le;
     EXPECT_GE(m[prefix + le + "\"}"], prev) << le;
     prev = m[prefix + le + "\"}"];
@@ -617,8 +617,8 @@ TEST(ServeTest, TlsAndMutualTls) {
   ASSERT_TRUE(want.ok());
   {
     ServeProcess server;
-    ASSERT_TRUE(server.Start(f.db, {"--tls-cert", d + "/server.crt", "--tls-key",
-                                    d + "/server.key"}))
+    ASSERT_TRUE(
+        server.Start(f.db, {"--tls-cert", d + "/server.crt", "--tls-key", d + "/server.key"}))
         << server.err();
     serve::ClientOptions o;
     o.target = server.address();
@@ -633,17 +633,17 @@ TEST(ServeTest, TlsAndMutualTls) {
     auto plain = Connect(server.address(), std::chrono::milliseconds(3000));
     EXPECT_FALSE(plain->EmbeddingBag("t", r.Bag(), qo, 0).ok());
     // The CLI with --tls-ca.
-    const auto cli = RunCli({"query", "--server", server.address(), "--tls-ca",
-                             d + "/server.crt", "--table", "t", "--indices", "1,2,3", "--offsets",
-                             "0,1", "--mode", "max"});
+    const auto cli =
+        RunCli({"query", "--server", server.address(), "--tls-ca", d + "/server.crt", "--table",
+                "t", "--indices", "1,2,3", "--offsets", "0,1", "--mode", "max"});
     EXPECT_EQ(cli.exit_code, 0) << cli.err;
     EXPECT_EQ(std::count(cli.out.begin(), cli.out.end(), '\n'), 2);
     EXPECT_EQ(WEXITSTATUS(server.Stop()), 0);
   }
   {
     ServeProcess server;
-    ASSERT_TRUE(server.Start(f.db, {"--tls-cert", d + "/server.crt", "--tls-key",
-                                    d + "/server.key", "--tls-client-ca", d + "/client.crt"}))
+    ASSERT_TRUE(server.Start(f.db, {"--tls-cert", d + "/server.crt", "--tls-key", d + "/server.key",
+                                    "--tls-client-ca", d + "/client.crt"}))
         << server.err();
     serve::ClientOptions o;
     o.target = server.address();

@@ -41,7 +41,7 @@ struct PhaseTimes {
     mark = now;
   }
   std::string ToString() const {
-    static const char* const kNames[kCount] = {"inputs", "open", "validate", "copy",
+    static const char* const kNames[kCount] = {"inputs", "open",  "validate", "copy",
                                                "pool",   "write", "commit"};
     std::string s = "time:";
     char buf[48];
@@ -205,8 +205,8 @@ class QueryCommand : public Command {
   // --server: the same request, pooled by `embstore serve`, written the same
   // way.
   int RunRemote() {
-    for (const char* local : {"db", "device", "cache-rows", "cache-mb", "cache-policy", "prefetch",
-                              "prefetch-depth"}) {
+    for (const char* local :
+         {"db", "device", "cache-rows", "cache-mb", "cache-policy", "prefetch", "prefetch-depth"}) {
       if (Has(local)) {
         return Usage(std::string("--") + local +
                      " does not apply with --server (the server has its own store and engine)");
@@ -525,7 +525,7 @@ class QueryCommand : public Command {
   }
 
   QueryOptions qo_;
-  PhaseTimes times_;  // --stats
+  PhaseTimes times_;                // --stats
   std::unique_ptr<Engine> engine_;  // --device: the CPU or the CUDA engine, one interface
 };
 

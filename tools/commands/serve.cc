@@ -4,8 +4,8 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <thread>
 #include <string>
+#include <thread>
 
 #include "serve/http.h"
 #include "serve/server.h"

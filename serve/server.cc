@@ -168,6 +168,7 @@ class ServerImpl final : public Server {
   std::atomic<int> inline_running_{0};
   std::atomic<int64_t> inflight_{0};
   std::atomic<bool> shut_down_{false};
+  std::atomic<bool> draining_{false};  // set by Shutdown: new requests are refused
   Mutex held_mu_;
   // Per table, the snapshots of recent versions, newest first.
   std::map<std::string, std::deque<Snap>> held_ GUARDED_BY(held_mu_);
@@ -272,7 +273,16 @@ void ServerImpl::Shutdown(std::chrono::milliseconds drain) {
       health->SetServingStatus(kServiceName, false);
       health->SetServingStatus(false);
     }
-    server_->Shutdown(std::chrono::system_clock::now() + drain);
+    // Drain here rather than in gRPC's Shutdown: it would also wait (about
+    // 5 s) on idle connections of clients that keep their channel open.
+    // New requests are refused from now on; those admitted may finish
+    // within `drain`; then gRPC shuts down what is left.
+    draining_.store(true);
+    const Clock::time_point give_up = Clock::now() + drain;
+    while (inflight_.load() > 0 && Clock::now() < give_up) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
   }
   if (workers_) workers_->Stop();
   if (server_) server_->Wait();
@@ -298,8 +308,14 @@ grpc::ServerUnaryReactor* ServerImpl::Handle(grpc::CallbackServerContext* ctx, M
                                        " requests in flight (--max-inflight); retry later"));
       return reactor;
     }
-  } while (
-      !inflight_.compare_exchange_weak(now_inflight, now_inflight + 1, std::memory_order_acq_rel));
+  } while (!inflight_.compare_exchange_weak(now_inflight, now_inflight + 1));
+  // Counted first, then the check: Shutdown sets draining_ and then waits
+  // for the count to reach 0, so a request is either refused here or waited
+  // for there.
+  if (draining_.load()) {
+    finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"), Work());
+    return reactor;
+  }
   auto job = [ctx, finish, work = std::move(work)] {
     // The deadline first: gRPC cancels a call whose deadline passed.
     if (ctx->deadline() < std::chrono::system_clock::now()) {

@@ -491,9 +491,19 @@ TEST(ServeTest, SigtermDrainsRequestsInFlight) {
     inflight = m["embstore_inflight_requests"] >= 1;
     if (!inflight) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  const int status = server.Stop(SIGTERM);
+  ::kill(server.pid(), SIGTERM);
+  // While it drains, a new request is refused (UNAVAILABLE), not queued.
+  bool refused = false;
+  for (int i = 0; i < 200 && !refused && inflight; ++i) {
+    auto late = Connect(server.address(), std::chrono::milliseconds(5000));
+    auto r = late->EmbeddingBag("t", Request{{1}, {0}, {}}.Bag(), qo, 0);
+    refused = !r.ok() && r.status().message().find("UNAVAILABLE") != std::string::npos;
+    if (!refused) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  const int status = server.Stop(0);  // already signalled: wait for the exit
   caller.join();
   ASSERT_TRUE(inflight);
+  EXPECT_TRUE(refused);
   ASSERT_TRUE(WIFEXITED(status)) << status;
   EXPECT_EQ(WEXITSTATUS(status), 0) << server.err();
   ASSERT_TRUE(got.ok()) << got.status().ToString();

@@ -61,6 +61,7 @@
 #include <thread>
 #include <vector>
 
+#include "benchmarks/bench_args.h"
 #include "embstore/query.h"
 #include "embstore/store.h"
 #include "embstore/v1/embstore.grpc.pb.h"
@@ -69,40 +70,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-[[noreturn]] void Die(const std::string& what) {
-  std::fprintf(stderr, "serve_bench: %s\n", what.c_str());
-  std::exit(2);
-}
-
-class Args {
- public:
-  Args(int argc, char** argv) {
-    for (int i = 2; i < argc; ++i) {
-      std::string k = argv[i];
-      if (k.rfind("--", 0) != 0) Die("unexpected argument " + k);
-      k = k.substr(2);
-      if (i + 1 < argc && std::strncmp(argv[i + 1], "--", 2) != 0) {
-        values_[k] = argv[++i];
-      } else {
-        values_[k] = "";
-      }
-    }
-  }
-  bool Has(const std::string& k) const { return values_.count(k) > 0; }
-  std::string Str(const std::string& k, const std::string& def = "") const {
-    auto it = values_.find(k);
-    return it == values_.end() ? def : it->second;
-  }
-  std::string Need(const std::string& k) const {
-    if (!Has(k)) Die("--" + k + " is required");
-    return Str(k);
-  }
-  int64_t Int(const std::string& k, int64_t def) const { return Has(k) ? std::stoll(Str(k)) : def; }
-  double Num(const std::string& k, double def) const { return Has(k) ? std::stod(Str(k)) : def; }
-
- private:
-  std::map<std::string, std::string> values_;
-};
+using embstore::bench::Args;
+using embstore::bench::Die;
 
 std::vector<double> NumList(const std::string& s) {
   std::vector<double> out;
@@ -507,6 +476,7 @@ int CmdInproc(const Args& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  embstore::bench::ProgramName() = "serve_bench";
   if (argc < 2) {
     std::fprintf(stderr, "usage: serve_bench open|inproc ... (see the source's header)\n");
     return 2;

@@ -64,6 +64,7 @@
 #include <thread>
 #include <vector>
 
+#include "benchmarks/bench_args.h"
 #include "checkpoint/npy.h"
 #include "embstore/query.h"
 #include "embstore/store.h"
@@ -77,41 +78,8 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-[[noreturn]] void Die(const std::string& what) {
-  std::fprintf(stderr, "side_by_side_bench: %s\n", what.c_str());
-  std::exit(2);
-}
-
-// --key value / --flag arguments after the command.
-class Args {
- public:
-  Args(int argc, char** argv) {
-    for (int i = 2; i < argc; ++i) {
-      std::string k = argv[i];
-      if (k.rfind("--", 0) != 0) Die("unexpected argument " + k);
-      k = k.substr(2);
-      if (i + 1 < argc && std::strncmp(argv[i + 1], "--", 2) != 0) {
-        values_[k] = argv[++i];
-      } else {
-        values_[k] = "";
-      }
-    }
-  }
-  bool Has(const std::string& k) const { return values_.count(k) > 0; }
-  std::string Str(const std::string& k, const std::string& def = "") const {
-    auto it = values_.find(k);
-    return it == values_.end() ? def : it->second;
-  }
-  std::string Need(const std::string& k) const {
-    if (!Has(k)) Die("--" + k + " is required");
-    return Str(k);
-  }
-  int64_t Int(const std::string& k, int64_t def) const { return Has(k) ? std::stoll(Str(k)) : def; }
-  double Num(const std::string& k, double def) const { return Has(k) ? std::stod(Str(k)) : def; }
-
- private:
-  std::map<std::string, std::string> values_;
-};
+using embstore::bench::Args;
+using embstore::bench::Die;
 
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -533,6 +501,7 @@ int CmdLatency(const Args& args) {
 }  // namespace embstore
 
 int main(int argc, char** argv) {
+  embstore::bench::ProgramName() = "side_by_side_bench";
   if (argc < 2) {
     std::fprintf(stderr, "usage: side_by_side_bench pool|bandwidth|latency --help in the source\n");
     return 2;

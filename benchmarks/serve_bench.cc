@@ -39,6 +39,7 @@
 //     --seed/--distinct) pooled by embstore::EmbeddingBag on a Store's
 //     snapshot, CLOSED loop, from --threads threads, each call after the
 //     last. Prints calls/s over the measured window and the per-call latency.
+#include <grpc/support/time.h>
 #include <grpcpp/grpcpp.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -190,7 +191,7 @@ int CmdOpen(const Args& args) {
   // --spin-us S: the sender sleeps until S us before each send time and
   // spins from there (0: sleeps until the send time).
   const auto spin = std::chrono::microseconds(args.Int("spin-us", 0));
-  if (api != "callback" && api != "cq") Die("--api must be callback or cq");
+  if (api != "callback" && api != "cq" && api != "poll") Die("--api must be callback, cq or poll");
 
   // Channels: each its own TCP connection (a local subchannel pool, and an
   // argument that differs per channel).
@@ -278,6 +279,21 @@ int CmdOpen(const Args& args) {
     };
     grpc::CompletionQueue cq;
     std::thread poller;
+    // poll: this thread both sends and collects the replies, polling the
+    // queue without blocking until the next send time (it never sleeps, and
+    // no second thread competes with it for its core).
+    const bool poll = api == "poll";
+    auto poll_until = [&cq, &record](Clock::time_point until) {
+      void* tag = nullptr;
+      bool ok = false;
+      do {
+        while (cq.AsyncNext(&tag, &ok, gpr_time_0(GPR_CLOCK_MONOTONIC)) ==
+               grpc::CompletionQueue::GOT_EVENT) {
+          Call* call = static_cast<Call*>(tag);
+          record(call, call->status);
+        }
+      } while (Clock::now() < until);
+    };
     if (api == "cq") {
       poller = std::thread([&cq, &record] {
         void* tag = nullptr;
@@ -291,7 +307,9 @@ int CmdOpen(const Args& args) {
     int64_t sent_in_window = 0;
     for (int64_t i = 0; i < n; ++i) {
       const Clock::time_point when = start + std::chrono::nanoseconds(sched[i]);
-      if (spin.count() > 0) {
+      if (poll) {
+        poll_until(when);
+      } else if (spin.count() > 0) {
         // Sleep to `spin` before the send time, then spin: a sleeping thread
         // of this VM wakes up to ms late (RESULTS.md).
         if (Clock::now() < when - spin) std::this_thread::sleep_until(when - spin);
@@ -312,7 +330,7 @@ int CmdOpen(const Args& args) {
       call->ctx.set_deadline(std::chrono::system_clock::now() + deadline);
       embstore::v1::Embstore::Stub& stub = *stubs[static_cast<size_t>(i % channels)];
       const embstore::v1::EmbeddingBagRequest& req = requests[static_cast<size_t>(i % distinct)];
-      if (api == "cq") {
+      if (api != "callback") {
         call->rpc = stub.PrepareAsyncEmbeddingBag(&call->ctx, req, &cq);
         call->rpc->StartCall();
         call->rpc->Finish(&call->reply, &call->status, call);
@@ -322,6 +340,11 @@ int CmdOpen(const Args& args) {
       }
     }
     const double send_end_s = std::chrono::duration<double>(Clock::now() - start).count();
+    if (poll) {
+      const Clock::time_point give_up = Clock::now() + deadline + drain;
+      while (completed.load(std::memory_order_acquire) < n && Clock::now() < give_up)
+        poll_until(Clock::now() + std::chrono::milliseconds(1));
+    }
     {
       std::unique_lock<std::mutex> lock(done_mu);
       done_cv.wait_for(lock, deadline + drain,
@@ -329,9 +352,16 @@ int CmdOpen(const Args& args) {
     }
     const int64_t finished = completed.load(std::memory_order_acquire);
     const double cpu1 = CpuSeconds();
-    if (poller.joinable() && finished == n) {
+    if (finished == n && (poller.joinable() || poll)) {
       cq.Shutdown();
-      poller.join();
+      if (poller.joinable()) {
+        poller.join();
+      } else {
+        void* tag = nullptr;
+        bool ok = false;
+        while (cq.Next(&tag, &ok)) {
+        }
+      }
     }
     if (finished != n) {
       // Should not happen (every call has a deadline); the callbacks still

@@ -1,16 +1,17 @@
 #include "serve/server.h"
 
+#include <grpc/support/time.h>
+#include <grpcpp/alarm.h>
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <sched.h>
 
 #include <atomic>
 #include <climits>
 #include <deque>
 #include <fstream>
-#include <functional>
 #include <map>
 #include <new>
+#include <set>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -19,6 +20,7 @@
 #include "embstore/query.h"
 #include "embstore/store.h"
 #include "embstore/v1/embstore.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "serve/convert.h"
 #include "serve/http.h"
 #include "serve/metrics.h"
@@ -28,9 +30,17 @@ namespace embstore::serve {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using grpc::health::v1::HealthCheckRequest;
+using grpc::health::v1::HealthCheckResponse;
 constexpr const char* kServiceName = "embstore.v1.Embstore";
 constexpr int64_t kReplyFraming = 64 << 10;
 constexpr int kMaxThreads = 4096;
+// Calls of a pooling method each serving thread keeps asked for (gRPC
+// matches an arriving call to one of them; past that it would hold the call
+// where admission cannot see it). A thread collects what arrived between
+// every two calls it runs, so these only cover what arrives during one.
+constexpr int kPoolingSlots = 32;
+constexpr int kOtherSlots = 2;
 
 Result<std::string> ReadPem(const std::string& path, const std::string& flag) {
   std::ifstream f(path, std::ios::binary);
@@ -43,51 +53,6 @@ Result<std::string> ReadPem(const std::string& path, const std::string& flag) {
   return s.str();
 }
 
-// Fixed workers over an unbounded queue (admission bounds what enters it).
-class WorkerPool {
- public:
-  explicit WorkerPool(int threads) {
-    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
-  }
-  ~WorkerPool() { Stop(); }
-  void Submit(std::function<void()> job) {
-    MutexLock lock(&mu_);
-    jobs_.push_back(std::move(job));
-    cv_.Signal();
-  }
-  // Runs what is queued, then joins the workers.
-  void Stop() {
-    {
-      MutexLock lock(&mu_);
-      stopping_ = true;
-      cv_.SignalAll();
-    }
-    for (std::thread& t : threads_)
-      if (t.joinable()) t.join();
-    threads_.clear();
-  }
-
- private:
-  void Run() {
-    for (;;) {
-      std::function<void()> job;
-      {
-        MutexLock lock(&mu_);
-        while (jobs_.empty() && !stopping_) cv_.Wait(&mu_);
-        if (jobs_.empty()) return;
-        job = std::move(jobs_.front());
-        jobs_.pop_front();
-      }
-      job();
-    }
-  }
-  Mutex mu_;
-  CondVar cv_{&mu_};
-  std::deque<std::function<void()>> jobs_ GUARDED_BY(mu_);
-  bool stopping_ GUARDED_BY(mu_) = false;
-  std::vector<std::thread> threads_;
-};
-
 using Snap = std::shared_ptr<const TableSnapshot>;
 
 // What a finished request adds to the metrics besides its code and time.
@@ -98,27 +63,163 @@ struct Work {
 
 class ServerImpl;
 
-class Service final : public v1::Embstore::CallbackService {
+// What a completion-queue event carries: the object whose operation
+// completed.
+class Tag {
  public:
-  explicit Service(ServerImpl* server) : server_(server) {}
-  grpc::ServerUnaryReactor* EmbeddingBag(grpc::CallbackServerContext* ctx,
-                                         const v1::EmbeddingBagRequest* request,
-                                         v1::PooledReply* reply) override;
-  grpc::ServerUnaryReactor* BatchedEmbeddingBag(grpc::CallbackServerContext* ctx,
-                                                const v1::BatchedEmbeddingBagRequest* request,
-                                                v1::PooledReply* reply) override;
-  grpc::ServerUnaryReactor* FmScore(grpc::CallbackServerContext* ctx,
-                                    const v1::FmScoreRequest* request,
-                                    v1::FmScoreReply* reply) override;
-  grpc::ServerUnaryReactor* ListTables(grpc::CallbackServerContext* ctx,
-                                       const v1::ListTablesRequest* request,
-                                       v1::ListTablesReply* reply) override;
-  grpc::ServerUnaryReactor* TableInfo(grpc::CallbackServerContext* ctx,
-                                      const v1::TableInfoRequest* request,
-                                      v1::TableMeta* reply) override;
+  virtual ~Tag() = default;
+  virtual void Done(bool ok) = 0;
+};
+
+// A serving thread and the completion queue it polls. Operations are
+// started on the queue only under ops_mu while `shut` is false, so that
+// none starts after the queue's Shutdown.
+struct Poller {
+  int index = 0;
+  std::unique_ptr<grpc::ServerCompletionQueue> cq;
+  Mutex ops_mu;
+  bool shut GUARDED_BY(ops_mu) = false;
+  std::atomic<bool> blocked{false};     // waiting in Next
+  std::atomic<bool> wake_armed{false};  // a wake-up alarm is set on cq
+  std::thread thread;
+};
+
+// Starts an operation on `p`'s queue; false (nothing started) once it is
+// shut down.
+template <class F>
+bool StartOp(Poller* p, F&& start) {
+  MutexLock lock(&p->ops_mu);
+  if (p->shut) return false;
+  start();
+  return true;
+}
+
+// A wake-up for a thread blocked in Next: an alarm that expires at once.
+class Wake final : public Tag {
+ public:
+  explicit Wake(Poller* p) : poller_(p) {}
+  void Set() { alarm_.Set(poller_->cq.get(), gpr_now(GPR_CLOCK_MONOTONIC), this); }
+  void Done(bool) override {
+    poller_->wake_armed.store(false);
+    delete this;
+  }
 
  private:
-  ServerImpl* server_;
+  Poller* poller_;
+  grpc::Alarm alarm_;
+};
+
+// One unary call. Posted on a poller's queue (asked for), it comes back
+// when gRPC matches a call to it; then a fresh one is posted in its place,
+// and this one is admitted and queued (or refused at once); a serving thread
+// runs it and starts the reply; it is freed when the reply is sent.
+class UnaryCall : public Tag {
+ public:
+  // `method` < 0: not counted, not admitted, run as it arrives (health).
+  UnaryCall(ServerImpl* server, Poller* poller, int method)
+      : server_(server), poller_(poller), method_(method) {}
+  virtual void Post() = 0;
+  virtual UnaryCall* Fresh() const = 0;
+  void Done(bool ok) override;
+  // Runs an admitted call, replies, and counts it.
+  void Run();
+  // Replies `st` without running (refused, or at shutdown), and counts it.
+  void Refuse(const grpc::Status& st);
+
+ protected:
+  virtual grpc::Status Execute(Work* w) = 0;
+  // Starts the reply: the response if st is OK, else the error.
+  virtual void Reply(const grpc::Status& st) = 0;
+  grpc::ServerContext ctx_;
+  ServerImpl* const server_;
+  Poller* const poller_;
+  const int method_;
+
+ private:
+  void Finish(const grpc::Status& st, const Work& w, bool admitted);
+  bool finishing_ = false;
+  Clock::time_point arrived_;
+};
+
+template <class Service, class Req, class Rep>
+class Unary final : public UnaryCall {
+ public:
+  using RequestFn = void (Service::*)(grpc::ServerContext*, Req*,
+                                      grpc::ServerAsyncResponseWriter<Rep>*, grpc::CompletionQueue*,
+                                      grpc::ServerCompletionQueue*, void*);
+  using Handler = grpc::Status (*)(ServerImpl*, const Req&, Rep*, Work*);
+  Unary(ServerImpl* server, Poller* poller, int method, Service* service, RequestFn request,
+        Handler handler)
+      : UnaryCall(server, poller, method),
+        service_(service),
+        request_fn_(request),
+        handler_(handler),
+        responder_(&ctx_) {}
+  void Post() override {
+    (service_->*request_fn_)(&ctx_, &request_, &responder_, poller_->cq.get(), poller_->cq.get(),
+                             this);
+  }
+  UnaryCall* Fresh() const override {
+    return new Unary(server_, poller_, method_, service_, request_fn_, handler_);
+  }
+
+ protected:
+  grpc::Status Execute(Work* w) override { return handler_(server_, request_, &reply_, w); }
+  void Reply(const grpc::Status& st) override {
+    if (st.ok()) {
+      responder_.Finish(reply_, st, this);
+    } else {
+      responder_.FinishWithError(st, this);
+    }
+  }
+
+ private:
+  Service* const service_;
+  const RequestFn request_fn_;
+  const Handler handler_;
+  Req request_;
+  Rep reply_;
+  grpc::ServerAsyncResponseWriter<Rep> responder_;
+};
+
+// grpc.health.v1.Health/Watch: the status now, then each change, until the
+// client goes or the server stops.
+class WatchCall final : public Tag {
+ public:
+  WatchCall(ServerImpl* server, Poller* poller, grpc::health::v1::Health::AsyncService* service)
+      : server_(server), poller_(poller), service_(service), writer_(&ctx_) {}
+  void Post();
+  void Done(bool ok) override;
+  // The status of its service changed (under the server's health lock).
+  void Notify();
+
+ private:
+  // Fires when the call ends, whatever ends it.
+  class Ended final : public Tag {
+   public:
+    explicit Ended(WatchCall* call) : call_(call) {}
+    void Done(bool) override { call_->OnEnded(); }
+
+   private:
+    WatchCall* call_;
+  };
+  void OnEnded();
+  // Starts a write of the current status, or parks; false if nothing was
+  // started. REQUIRES the server's health lock.
+  void WriteOrPark();
+  void Release();  // one of the two outstanding tags is done
+
+  ServerImpl* const server_;
+  Poller* const poller_;
+  grpc::health::v1::Health::AsyncService* const service_;
+  grpc::ServerContext ctx_;
+  HealthCheckRequest request_;
+  grpc::ServerAsyncWriter<HealthCheckResponse> writer_;
+  Ended ended_{this};
+  enum class State { kPosted, kWriting, kParked, kFinishing, kDone } state_ = State::kPosted;
+  HealthCheckResponse::ServingStatus sent_ = HealthCheckResponse::UNKNOWN;
+  bool ended_seen_ = false;
+  std::atomic<int> refs_{2};  // the call's own tag and Ended's
 };
 
 class ServerImpl final : public Server {
@@ -134,12 +235,6 @@ class ServerImpl final : public Server {
     return metrics_.Render(inflight_.load(std::memory_order_relaxed), cache);
   }
 
-  // Admits the request (or refuses it at once) and queues `work` for a
-  // worker; replies with the status `work` returns (checking the deadline
-  // before and after).
-  grpc::ServerUnaryReactor* Handle(grpc::CallbackServerContext* ctx, Method method,
-                                   std::function<grpc::Status(Work*)> work);
-
   // The table's current version (version 0) or `version` if it is current
   // or held. Shared: the last holder of a version's snapshot tells the
   // engine to forget its rows (a GPU cache keyed by address must not serve
@@ -148,220 +243,213 @@ class ServerImpl final : public Server {
   Store& store() { return *store_; }
   Engine& engine() { return *engine_; }
   int64_t max_reply_bytes() const { return options_.max_reply_bytes; }
+  Metrics& metrics() { return metrics_; }
+
+  // A call arrived: admitted and queued for a serving thread, or refused
+  // at once (past max_inflight: RESOURCE_EXHAUSTED; shutting down:
+  // UNAVAILABLE).
+  void Admit(UnaryCall* call);
+  // An admitted call finished (its reply started).
+  void Release() { inflight_.fetch_sub(1, std::memory_order_acq_rel); }
+
+  // Health, as grpc.health.v1 reports it: SERVING until Shutdown.
+  HealthCheckResponse::ServingStatus HealthOf(const std::string& service) const
+      EXCLUSIVE_LOCKS_REQUIRED(health_mu_) {
+    if (!service.empty() && service != kServiceName) return HealthCheckResponse::SERVICE_UNKNOWN;
+    return serving_ ? HealthCheckResponse::SERVING : HealthCheckResponse::NOT_SERVING;
+  }
+  bool health_stopped() const EXCLUSIVE_LOCKS_REQUIRED(health_mu_) { return !serving_; }
+  void Park(WatchCall* w) EXCLUSIVE_LOCKS_REQUIRED(health_mu_) { watchers_.insert(w); }
+  void Unpark(WatchCall* w) EXCLUSIVE_LOCKS_REQUIRED(health_mu_) { watchers_.erase(w); }
+  Mutex health_mu_;
 
  private:
   // The held snapshot of `current`'s version, added (newest first, at most
   // held_versions) if it is new.
   Snap Remember(const TableSnapshot& current);
+  // Posts each method's calls on `p`'s queue.
+  void PostCalls(Poller* p);
+  // A serving thread: collects what completed on its queue, runs one
+  // admitted call, and again; waits (after busy_poll of spinning) when
+  // there is nothing to do. Returns once its queue is shut down and drained.
+  void Serve(Poller* p);
+  UnaryCall* PopReady();
+  // Wakes one serving thread blocked in Next, if any (calls are waiting).
+  void WakeOne();
 
   ServerOptions options_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<Engine> engine_;
   Metrics metrics_;
-  std::unique_ptr<Service> service_;
+  v1::Embstore::AsyncService service_;
+  grpc::health::v1::Health::AsyncService health_service_;
   std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<WorkerPool> workers_;
+  std::vector<std::unique_ptr<Poller>> pollers_;
   std::unique_ptr<MetricsHttpServer> http_;
   int port_ = 0;
   int max_inflight_ = 0;
-  int threads_ = 1;
-  std::atomic<int> inline_running_{0};
+  std::chrono::microseconds busy_poll_{0};
   std::atomic<int64_t> inflight_{0};
   std::atomic<bool> shut_down_{false};
   std::atomic<bool> draining_{false};  // set by Shutdown: new requests are refused
+  Mutex ready_mu_;
+  std::deque<UnaryCall*> ready_ GUARDED_BY(ready_mu_);
+  std::atomic<int64_t> ready_count_{0};
+  bool serving_ GUARDED_BY(health_mu_) = true;
+  std::set<WatchCall*> watchers_ GUARDED_BY(health_mu_);  // parked Watch calls
   Mutex held_mu_;
   // Per table, the snapshots of recent versions, newest first.
   std::map<std::string, std::deque<Snap>> held_ GUARDED_BY(held_mu_);
 };
 
-Status ServerImpl::Init(const ServerOptions& options) {
-  options_ = options;
-  if (options.threads < 0) return Status::InvalidArgument("--threads must be >= 0");
-  if (options.max_inflight < 0) return Status::InvalidArgument("--max-inflight must be >= 0");
-  if (options.max_request_bytes < 1 || options.max_request_bytes > (int64_t{2} << 30) - 1)
-    return Status::InvalidArgument("--max-request-bytes must be between 1 and 2147483647");
-  if (options.max_reply_bytes < 1 || options.max_reply_bytes > (int64_t{2} << 30) - 1)
-    return Status::InvalidArgument("--max-reply-bytes must be between 1 and 2147483647");
-  if (options.held_versions < 1) return Status::InvalidArgument("held versions must be >= 1");
-  std::string host;
-  int port = 0;
-  EMBSTORE_RETURN_IF_ERROR(SplitHostPort(options.listen, "--listen", &host, &port));
-  if (options.tls_cert.empty() != options.tls_key.empty()) {
-    return Status::InvalidArgument("--tls-cert and --tls-key go together");
-  }
-  if (!options.tls_client_ca.empty() && options.tls_cert.empty()) {
-    return Status::InvalidArgument("--tls-client-ca needs --tls-cert and --tls-key");
-  }
-  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
-  if (!options.tls_cert.empty()) {
-    grpc::SslServerCredentialsOptions ssl;
-    EMBSTORE_ASSIGN_OR_RETURN(std::string cert, ReadPem(options.tls_cert, "--tls-cert"));
-    EMBSTORE_ASSIGN_OR_RETURN(std::string key, ReadPem(options.tls_key, "--tls-key"));
-    ssl.pem_key_cert_pairs.push_back({key, cert});
-    if (!options.tls_client_ca.empty()) {
-      EMBSTORE_ASSIGN_OR_RETURN(ssl.pem_root_certs,
-                                ReadPem(options.tls_client_ca, "--tls-client-ca"));
-      ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
-    }
-    creds = grpc::SslServerCredentials(ssl);
-  }
+// ---------------------------------------------------------------- calls
 
-  StoreOptions store_options;
-  store_options.create_if_missing = false;
-  auto store = Store::Open(options.db, store_options);
-  if (!store.ok()) return store.status();
-  store_ = std::move(store).value();
-  auto engine = Engine::Create(options.engine);
-  if (!engine.ok()) return engine.status();
-  engine_ = std::move(engine).value();
-
-  if (options.threads > kMaxThreads) {
-    return Status::InvalidArgument("--threads must be at most " + std::to_string(kMaxThreads));
+void UnaryCall::Done(bool ok) {
+  if (finishing_ || !ok) {  // the reply went out (or not), or the server stopped
+    delete this;
+    return;
   }
-  int threads = options.threads;
-  if (threads == 0) {  // the cores this process may run on (affinity, cpusets)
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    threads = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 0;
-    if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  arrived_ = Clock::now();
+  UnaryCall* fresh = Fresh();
+  if (!StartOp(poller_, [fresh] { fresh->Post(); })) delete fresh;
+  if (method_ < 0) {
+    Run();
+  } else {
+    server_->Admit(this);
   }
-  max_inflight_ = options.max_inflight > 0 ? options.max_inflight : 64 * threads;
-  threads_ = threads;
-  workers_ = std::make_unique<WorkerPool>(threads);
-
-  service_ = std::make_unique<Service>(this);
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, creds, &port_);
-  builder.RegisterService(service_.get());
-  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_request_bytes));
-  // The values are checked against max_reply_bytes; the rest of a reply
-  // (shape, table name, version) is small.
-  builder.SetMaxSendMessageSize(
-      static_cast<int>(std::min<int64_t>(options.max_reply_bytes + kReplyFraming, INT32_MAX)));
-  // Another process on the same port is an error, not a silent share of it.
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  server_ = builder.BuildAndStart();
-  if (!server_ || port_ == 0) {
-    workers_->Stop();
-    return Status::IOError("cannot listen on " + options.listen +
-                           " (in use, or not an address of this machine)");
-  }
-  if (auto* health = server_->GetHealthCheckService()) {
-    health->SetServingStatus(kServiceName, true);
-    health->SetServingStatus(true);
-  }
-  if (!options.metrics.empty()) {
-    auto http = MetricsHttpServer::Start(options.metrics, [this] { return RenderMetrics(); });
-    if (!http.ok()) {
-      Shutdown(std::chrono::milliseconds(0));
-      return http.status();
-    }
-    http_ = std::move(http).value();
-  }
-  // The tables' versions from the start, for the metrics.
-  if (auto tables = store_->ListTables(); tables.ok()) {
-    for (const TableInfo& t : *tables) metrics_.SetTableVersion(t.name, t.version);
-  }
-  return Status::OK();
 }
 
-void ServerImpl::Shutdown(std::chrono::milliseconds drain) {
-  if (shut_down_.exchange(true)) return;
-  if (server_) {
-    if (auto* health = server_->GetHealthCheckService()) {
-      health->SetServingStatus(kServiceName, false);
-      health->SetServingStatus(false);
-    }
-    // Drain here rather than in gRPC's Shutdown: it would also wait (about
-    // 5 s) on idle connections of clients that keep their channel open.
-    // New requests are refused from now on; those admitted may finish
-    // within `drain`; then gRPC shuts down what is left.
-    draining_.store(true);
-    const Clock::time_point give_up = Clock::now() + drain;
-    while (inflight_.load() > 0 && Clock::now() < give_up) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
-  }
-  if (workers_) workers_->Stop();
-  if (server_) server_->Wait();
-  if (http_) http_->Stop();
-}
-
-grpc::ServerUnaryReactor* ServerImpl::Handle(grpc::CallbackServerContext* ctx, Method method,
-                                             std::function<grpc::Status(Work*)> work) {
-  const Clock::time_point arrived = Clock::now();
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  auto finish = [this, reactor, method, arrived](const grpc::Status& st, const Work& w) {
-    metrics_.Record(method, st.error_code(), Clock::now() - arrived, st.ok() ? w.lookups : 0,
-                    st.ok() ? w.row_bytes : 0);
-    inflight_.fetch_sub(1, std::memory_order_acq_rel);
-    reactor->Finish(st);
-  };
-  int64_t now_inflight = inflight_.load(std::memory_order_relaxed);
-  do {
-    if (now_inflight >= max_inflight_) {
-      metrics_.Record(method, grpc::StatusCode::RESOURCE_EXHAUSTED, Clock::now() - arrived, 0, 0);
-      reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                                   "the server is busy: " + std::to_string(max_inflight_) +
-                                       " requests in flight (--max-inflight); retry later"));
-      return reactor;
-    }
-  } while (!inflight_.compare_exchange_weak(now_inflight, now_inflight + 1));
-  // Counted first, then the check: Shutdown sets draining_ and then waits
-  // for the count to reach 0, so a request is either refused here or waited
-  // for there.
-  if (draining_.load()) {
-    finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"), Work());
-    return reactor;
-  }
-  auto job = [ctx, finish, work = std::move(work)] {
-    // The deadline first: gRPC cancels a call whose deadline passed.
-    if (ctx->deadline() < std::chrono::system_clock::now()) {
-      finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                          "the deadline passed before the request was started"),
-             Work());
-      return;
-    }
-    if (ctx->IsCancelled()) {
-      finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request"), Work());
-      return;
-    }
-    Work w;
-    grpc::Status st;
+void UnaryCall::Run() {
+  Work w;
+  grpc::Status st;
+  // The deadline first: gRPC cancels a call whose deadline passed.
+  if (ctx_.deadline() < std::chrono::system_clock::now()) {
+    st = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                      "the deadline passed before the request was started");
+  } else {
     try {
-      st = work(&w);
+      st = Execute(&w);
     } catch (const std::bad_alloc&) {
       st = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                         "the server ran out of memory for this request");
     } catch (const std::exception& e) {
       st = grpc::Status(grpc::StatusCode::INTERNAL, std::string("internal error: ") + e.what());
     }
-    if (st.ok() && ctx->deadline() < std::chrono::system_clock::now()) {
-      finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                          "the deadline passed while the request was pooled"),
-             Work());
-      return;
-    }
-    finish(st, w);
-  };
-  // While fewer than `threads` requests run here, this one runs on the
-  // thread gRPC called us on (no hand-off to a worker: two thread wake-ups
-  // fewer, the larger part of a small request's cost); past that it waits
-  // for a worker.
-  int running = inline_running_.load(std::memory_order_relaxed);
-  while (running < threads_) {
-    if (inline_running_.compare_exchange_weak(running, running + 1, std::memory_order_acq_rel)) {
-      job();
-      inline_running_.fetch_sub(1, std::memory_order_acq_rel);
-      return reactor;
+    if (st.ok() && ctx_.deadline() < std::chrono::system_clock::now()) {
+      st = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                        "the deadline passed while the request was pooled");
+      w = Work();
     }
   }
-  workers_->Submit(std::move(job));
-  return reactor;
+  Finish(st, w, /*admitted=*/method_ >= 0);
 }
 
+void UnaryCall::Refuse(const grpc::Status& st) { Finish(st, Work(), /*admitted=*/false); }
+
+void UnaryCall::Finish(const grpc::Status& st, const Work& w, bool admitted) {
+  ServerImpl* server = server_;
+  if (method_ >= 0) {
+    server->metrics().Record(static_cast<Method>(method_), st.error_code(), Clock::now() - arrived_,
+                             st.ok() ? w.lookups : 0, st.ok() ? w.row_bytes : 0);
+  }
+  finishing_ = true;
+  // Once started, the reply's completion may free this call on its
+  // poller's thread: nothing of it is touched after.
+  if (!StartOp(poller_, [this, &st] { Reply(st); })) delete this;
+  // Counted out after the reply started: Shutdown waits for the count, then
+  // stops gRPC, which would cancel a reply not yet started.
+  if (admitted) server->Release();
+}
+
+void WatchCall::Post() {
+  ctx_.AsyncNotifyWhenDone(&ended_);
+  service_->RequestWatch(&ctx_, &request_, &writer_, poller_->cq.get(), poller_->cq.get(), this);
+}
+
+void WatchCall::WriteOrPark() {
+  const HealthCheckResponse::ServingStatus now = server_->HealthOf(request_.service());
+  if (now != sent_ || state_ == State::kPosted) {
+    HealthCheckResponse reply;
+    reply.set_status(now);
+    state_ = State::kWriting;
+    sent_ = now;
+    if (!StartOp(poller_, [this, &reply] { writer_.Write(reply, this); })) {
+      state_ = State::kDone;
+      Release();
+    }
+  } else if (server_->health_stopped()) {
+    state_ = State::kFinishing;
+    if (!StartOp(poller_, [this] {
+          writer_.Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"),
+                         this);
+        })) {
+      state_ = State::kDone;
+      Release();
+    }
+  } else {
+    state_ = State::kParked;
+    server_->Park(this);
+  }
+}
+
+void WatchCall::Done(bool ok) {
+  if (state_ == State::kPosted && !ok) {  // never matched: no Ended either
+    delete this;
+    return;
+  }
+  bool release = false;
+  {
+    MutexLock lock(&server_->health_mu_);
+    switch (state_) {
+      case State::kPosted: {
+        WatchCall* fresh = new WatchCall(server_, poller_, service_);
+        if (!StartOp(poller_, [fresh] { fresh->Post(); })) delete fresh;
+        WriteOrPark();
+        break;
+      }
+      case State::kWriting:
+        if (ok && !ended_seen_) {
+          WriteOrPark();
+        } else {  // the stream is gone
+          state_ = State::kDone;
+          release = true;
+        }
+        break;
+      default:  // kFinishing
+        state_ = State::kDone;
+        release = true;
+        break;
+    }
+  }
+  if (release) Release();
+}
+
+void WatchCall::Notify() {
+  if (state_ != State::kParked) return;
+  server_->Unpark(this);
+  WriteOrPark();
+}
+
+void WatchCall::OnEnded() {
+  bool parked = false;
+  {
+    MutexLock lock(&server_->health_mu_);
+    ended_seen_ = true;
+    if (state_ == State::kParked) {
+      server_->Unpark(this);
+      state_ = State::kDone;
+      parked = true;
+    }
+  }
+  if (parked) Release();
+  Release();
+}
+
+void WatchCall::Release() {
+  if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+}
+
+// ---------------------------------------------------------------- server
 Snap ServerImpl::Remember(const TableSnapshot& current) {
   const TableInfo& info = current.info();
   MutexLock lock(&held_mu_);
@@ -451,124 +539,385 @@ void SetReply(const TableSnapshot& snap, const std::vector<int64_t>& shape, v1::
   r->set_version(snap.info().version);
 }
 
+// ---------------------------------------------------------------- handlers
+
+grpc::Status HandleEmbeddingBag(ServerImpl* s, const v1::EmbeddingBagRequest& request,
+                                v1::PooledReply* reply, Work* w) {
+  EMBSTORE_GRPC_ASSIGN_OR_RETURN(const Snap snap, s->Resolve(request.table(), request.version()));
+  const TableView view = snap->view();
+  BagRequest req;
+  QueryOptions qo;
+  EMBSTORE_GRPC_RETURN_IF_ERROR(ReadBagRequest(request, &req, &qo));
+  // At most this many bags (the library's plan has one entry per bag):
+  // refused past the reply limit before anything is planned.
+  const int64_t most = request.indices_shape_size() == 2 ? request.indices_shape(0)
+                                                         : request.offsets().values_size();
+  if (grpc::Status st = CheckReplySize(most, view.dim, s->max_reply_bytes()); !st.ok()) return st;
+  EMBSTORE_GRPC_ASSIGN_OR_RETURN(const int64_t bags, CountBags(view, req, qo));
+  std::span<float> out;
+  if (grpc::Status st =
+          ReplyBuffer(bags, view.dim, s->max_reply_bytes(), reply->mutable_values(), &out);
+      !st.ok()) {
+    return st;
+  }
+  EMBSTORE_GRPC_RETURN_IF_ERROR(s->engine().EmbeddingBag(view, req, qo, out));
+  SetReply(*snap, {bags, view.dim}, reply);
+  w->lookups = req.indices.size;
+  w->row_bytes = req.indices.size * static_cast<int64_t>(view.row_stride);
+  return grpc::Status::OK;
+}
+
+grpc::Status HandleBatchedEmbeddingBag(ServerImpl* s, const v1::BatchedEmbeddingBagRequest& request,
+                                       v1::PooledReply* reply, Work* w) {
+  EMBSTORE_GRPC_ASSIGN_OR_RETURN(const Snap snap, s->Resolve(request.table(), request.version()));
+  const TableView view = snap->view();
+  BatchedBagRequest req;
+  QueryOptions qo;
+  EMBSTORE_GRPC_RETURN_IF_ERROR(ReadBatchedRequest(request, &req, &qo));
+  // ends has one entry per bag.
+  if (grpc::Status st = CheckReplySize(request.ends_size(), view.dim, s->max_reply_bytes());
+      !st.ok()) {
+    return st;
+  }
+  EMBSTORE_GRPC_ASSIGN_OR_RETURN(const int64_t bags, CountBags(view, req, qo));
+  std::span<float> out;
+  if (grpc::Status st =
+          ReplyBuffer(bags, view.dim, s->max_reply_bytes(), reply->mutable_values(), &out);
+      !st.ok()) {
+    return st;
+  }
+  EMBSTORE_GRPC_RETURN_IF_ERROR(s->engine().BatchedEmbeddingBag(view, req, qo, out));
+  SetReply(*snap, {req.batch, req.bags_per_sample, view.dim}, reply);
+  w->lookups = req.indices.size;
+  w->row_bytes = req.indices.size * static_cast<int64_t>(view.row_stride);
+  return grpc::Status::OK;
+}
+
+grpc::Status HandleFmScore(ServerImpl* s, const v1::FmScoreRequest& request,
+                           v1::FmScoreReply* reply, Work* w) {
+  EMBSTORE_GRPC_ASSIGN_OR_RETURN(const Snap vectors, s->Resolve(request.vectors_table(), 0));
+  EMBSTORE_GRPC_ASSIGN_OR_RETURN(const Snap biases, s->Resolve(request.biases_table(), 0));
+  FmModel model = FmModel::kFm;
+  FmRequest req;
+  QueryOptions qo;
+  EMBSTORE_GRPC_RETURN_IF_ERROR(ReadFmRequest(request, &model, &req, &qo));
+  // One score (a float) per sample, refused past the reply limit first.
+  if (grpc::Status st = CheckReplySize(req.bags.batch, 1, s->max_reply_bytes()); !st.ok())
+    return st;
+  if (req.bags.batch < 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "batch must be >= 0");
+  }
+  google::protobuf::RepeatedField<float>* scores = reply->mutable_scores();
+  scores->Resize(static_cast<int>(req.bags.batch), 0.0f);
+  EMBSTORE_GRPC_RETURN_IF_ERROR(embstore::FmScore(
+      model, vectors->view(), biases->view(), req, qo,
+      std::span<float>(scores->mutable_data(), static_cast<size_t>(scores->size()))));
+  reply->set_vectors_version(vectors->info().version);
+  reply->set_biases_version(biases->info().version);
+  w->lookups = 2 * req.bags.indices.size;
+  w->row_bytes = req.bags.indices.size *
+                 static_cast<int64_t>(vectors->view().row_stride + biases->view().row_stride);
+  return grpc::Status::OK;
+}
+
+grpc::Status HandleListTables(ServerImpl* s, const v1::ListTablesRequest& /*request*/,
+                              v1::ListTablesReply* reply, Work* /*w*/) {
+  EMBSTORE_GRPC_ASSIGN_OR_RETURN(const std::vector<embstore::TableInfo> tables,
+                                 s->store().ListTables());
+  for (const embstore::TableInfo& t : tables) WriteTableMeta(t, reply->add_tables());
+  return grpc::Status::OK;
+}
+
+grpc::Status HandleTableInfo(ServerImpl* s, const v1::TableInfoRequest& request,
+                             v1::TableMeta* reply, Work* /*w*/) {
+  EMBSTORE_GRPC_ASSIGN_OR_RETURN(const embstore::TableInfo info,
+                                 s->store().GetInfo(request.table()));
+  WriteTableMeta(info, reply);
+  return grpc::Status::OK;
+}
+
+grpc::Status HandleCheck(ServerImpl* s, const HealthCheckRequest& request,
+                         HealthCheckResponse* reply, Work* /*w*/) {
+  MutexLock lock(&s->health_mu_);
+  const HealthCheckResponse::ServingStatus st = s->HealthOf(request.service());
+  // As gRPC's own health service: an unknown service is NOT_FOUND.
+  if (st == HealthCheckResponse::SERVICE_UNKNOWN) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown service '" + request.service() + "'");
+  }
+  reply->set_status(st);
+  return grpc::Status::OK;
+}
+
+Status ServerImpl::Init(const ServerOptions& options) {
+  options_ = options;
+  if (options.threads < 0) return Status::InvalidArgument("--threads must be >= 0");
+  if (options.max_inflight < 0) return Status::InvalidArgument("--max-inflight must be >= 0");
+  if (options.busy_poll_us < 0 || options.busy_poll_us > 1000000)
+    return Status::InvalidArgument("--busy-poll-us must be between 0 and 1000000");
+  if (options.max_request_bytes < 1 || options.max_request_bytes > (int64_t{2} << 30) - 1)
+    return Status::InvalidArgument("--max-request-bytes must be between 1 and 2147483647");
+  if (options.max_reply_bytes < 1 || options.max_reply_bytes > (int64_t{2} << 30) - 1)
+    return Status::InvalidArgument("--max-reply-bytes must be between 1 and 2147483647");
+  if (options.held_versions < 1) return Status::InvalidArgument("held versions must be >= 1");
+  std::string host;
+  int port = 0;
+  EMBSTORE_RETURN_IF_ERROR(SplitHostPort(options.listen, "--listen", &host, &port));
+  if (options.tls_cert.empty() != options.tls_key.empty()) {
+    return Status::InvalidArgument("--tls-cert and --tls-key go together");
+  }
+  if (!options.tls_client_ca.empty() && options.tls_cert.empty()) {
+    return Status::InvalidArgument("--tls-client-ca needs --tls-cert and --tls-key");
+  }
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+  if (!options.tls_cert.empty()) {
+    grpc::SslServerCredentialsOptions ssl;
+    EMBSTORE_ASSIGN_OR_RETURN(std::string cert, ReadPem(options.tls_cert, "--tls-cert"));
+    EMBSTORE_ASSIGN_OR_RETURN(std::string key, ReadPem(options.tls_key, "--tls-key"));
+    ssl.pem_key_cert_pairs.push_back({key, cert});
+    if (!options.tls_client_ca.empty()) {
+      EMBSTORE_ASSIGN_OR_RETURN(ssl.pem_root_certs,
+                                ReadPem(options.tls_client_ca, "--tls-client-ca"));
+      ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
+    creds = grpc::SslServerCredentials(ssl);
+  }
+
+  StoreOptions store_options;
+  store_options.create_if_missing = false;
+  auto store = Store::Open(options.db, store_options);
+  if (!store.ok()) return store.status();
+  store_ = std::move(store).value();
+  auto engine = Engine::Create(options.engine);
+  if (!engine.ok()) return engine.status();
+  engine_ = std::move(engine).value();
+
+  if (options.threads > kMaxThreads) {
+    return Status::InvalidArgument("--threads must be at most " + std::to_string(kMaxThreads));
+  }
+  int threads = options.threads;
+  if (threads == 0) {  // the cores this process may run on (affinity, cpusets)
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    threads = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 0;
+    if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  }
+  max_inflight_ = options.max_inflight > 0 ? options.max_inflight : 64 * threads;
+  busy_poll_ = std::chrono::microseconds(options.busy_poll_us);
+
+  // Only asynchronous services: no thread of gRPC's own takes calls, each
+  // serving thread polls its completion queue and runs what it takes.
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, creds, &port_);
+  builder.RegisterService(&service_);
+  builder.RegisterService(&health_service_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_request_bytes));
+  // The values are checked against max_reply_bytes; the rest of a reply
+  // (shape, table name, version) is small.
+  builder.SetMaxSendMessageSize(
+      static_cast<int>(std::min<int64_t>(options.max_reply_bytes + kReplyFraming, INT32_MAX)));
+  // Another process on the same port is an error, not a silent share of it.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  for (int i = 0; i < threads; ++i) {
+    auto p = std::make_unique<Poller>();
+    p->index = i;
+    p->cq = builder.AddCompletionQueue();
+    pollers_.push_back(std::move(p));
+  }
+  server_ = builder.BuildAndStart();
+  if (!server_ || port_ == 0) {
+    if (server_) server_->Shutdown();
+    for (auto& p : pollers_) {
+      p->cq->Shutdown();
+      void* tag = nullptr;
+      bool ok = false;
+      while (p->cq->Next(&tag, &ok)) {
+      }
+    }
+    pollers_.clear();
+    return Status::IOError("cannot listen on " + options.listen +
+                           " (in use, or not an address of this machine)");
+  }
+  for (auto& p : pollers_) {
+    PostCalls(p.get());
+    p->thread = std::thread([this, raw = p.get()] { Serve(raw); });
+  }
+  if (!options.metrics.empty()) {
+    auto http = MetricsHttpServer::Start(options.metrics, [this] { return RenderMetrics(); });
+    if (!http.ok()) {
+      Shutdown(std::chrono::milliseconds(0));
+      return http.status();
+    }
+    http_ = std::move(http).value();
+  }
+  // The tables' versions from the start, for the metrics.
+  if (auto tables = store_->ListTables(); tables.ok()) {
+    for (const embstore::TableInfo& t : *tables) metrics_.SetTableVersion(t.name, t.version);
+  }
+  return Status::OK();
+}
+
+void ServerImpl::Shutdown(std::chrono::milliseconds drain) {
+  if (shut_down_.exchange(true)) return;
+  if (server_) {
+    {
+      // NOT_SERVING to health checks and watchers, whose streams then end.
+      MutexLock lock(&health_mu_);
+      serving_ = false;
+      const std::vector<WatchCall*> parked(watchers_.begin(), watchers_.end());
+      for (WatchCall* w : parked) w->Notify();
+    }
+    // New requests are refused from now on; those admitted may finish
+    // within `drain`; then gRPC shuts down what is left (rather than
+    // draining in gRPC's Shutdown, which also waits, about 5 s, on idle
+    // connections of clients that keep their channel open).
+    draining_.store(true);
+    const Clock::time_point give_up = Clock::now() + drain;
+    while (inflight_.load() > 0 && Clock::now() < give_up) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    // The serving threads keep polling meanwhile: gRPC completes what is
+    // started, and fails the calls still asked for.
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
+    for (auto& p : pollers_) {
+      {
+        MutexLock lock(&p->ops_mu);
+        p->shut = true;
+      }
+      p->cq->Shutdown();
+    }
+    for (auto& p : pollers_)
+      if (p->thread.joinable()) p->thread.join();
+    // Admitted calls no thread ran (none is started on a queue shut down).
+    for (;;) {
+      UnaryCall* c = PopReady();
+      if (c == nullptr) break;
+      c->Refuse(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
+      Release();
+    }
+  }
+  if (http_) http_->Stop();
+}
+
+void ServerImpl::PostCalls(Poller* p) {
+  using S = v1::Embstore::AsyncService;
+  using H = grpc::health::v1::Health::AsyncService;
+  auto post = [p](UnaryCall* c, int n) {
+    for (int i = 0; i < n; ++i) {
+      UnaryCall* fresh = i + 1 < n ? c->Fresh() : c;
+      if (!StartOp(p, [fresh] { fresh->Post(); })) delete fresh;
+    }
+  };
+  post(new Unary<S, v1::EmbeddingBagRequest, v1::PooledReply>(
+           this, p, static_cast<int>(Method::kEmbeddingBag), &service_, &S::RequestEmbeddingBag,
+           &HandleEmbeddingBag),
+       kPoolingSlots);
+  post(new Unary<S, v1::BatchedEmbeddingBagRequest, v1::PooledReply>(
+           this, p, static_cast<int>(Method::kBatchedEmbeddingBag), &service_,
+           &S::RequestBatchedEmbeddingBag, &HandleBatchedEmbeddingBag),
+       kPoolingSlots);
+  post(new Unary<S, v1::FmScoreRequest, v1::FmScoreReply>(
+           this, p, static_cast<int>(Method::kFmScore), &service_, &S::RequestFmScore,
+           &HandleFmScore),
+       kPoolingSlots);
+  post(new Unary<S, v1::ListTablesRequest, v1::ListTablesReply>(
+           this, p, static_cast<int>(Method::kListTables), &service_, &S::RequestListTables,
+           &HandleListTables),
+       kOtherSlots);
+  post(new Unary<S, v1::TableInfoRequest, v1::TableMeta>(
+           this, p, static_cast<int>(Method::kTableInfo), &service_, &S::RequestTableInfo,
+           &HandleTableInfo),
+       kOtherSlots);
+  post(new Unary<H, HealthCheckRequest, HealthCheckResponse>(this, p, -1, &health_service_,
+                                                             &H::RequestCheck, &HandleCheck),
+       kOtherSlots);
+  for (int i = 0; i < kOtherSlots; ++i) {
+    auto* w = new WatchCall(this, p, &health_service_);
+    if (!StartOp(p, [w] { w->Post(); })) delete w;
+  }
+}
+
+void ServerImpl::Admit(UnaryCall* call) {
+  int64_t now_inflight = inflight_.load(std::memory_order_relaxed);
+  do {
+    if (now_inflight >= max_inflight_) {
+      call->Refuse(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                "the server is busy: " + std::to_string(max_inflight_) +
+                                    " requests in flight (--max-inflight); retry later"));
+      return;
+    }
+  } while (!inflight_.compare_exchange_weak(now_inflight, now_inflight + 1));
+  // Counted first, then the check: Shutdown sets draining_ and then waits
+  // for the count to reach 0, so a request is either refused here or waited
+  // for there.
+  if (draining_.load()) {
+    call->Refuse(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
+    Release();
+    return;
+  }
+  MutexLock lock(&ready_mu_);
+  ready_.push_back(call);
+  ready_count_.fetch_add(1);
+}
+
+UnaryCall* ServerImpl::PopReady() {
+  if (ready_count_.load() == 0) return nullptr;
+  MutexLock lock(&ready_mu_);
+  if (ready_.empty()) return nullptr;
+  UnaryCall* c = ready_.front();
+  ready_.pop_front();
+  ready_count_.fetch_sub(1);
+  return c;
+}
+
+void ServerImpl::WakeOne() {
+  for (auto& p : pollers_) {
+    if (!p->blocked.load() || p->wake_armed.exchange(true)) continue;
+    auto* wake = new Wake(p.get());
+    if (!StartOp(p.get(), [wake] { wake->Set(); })) {
+      delete wake;
+      p->wake_armed.store(false);
+    }
+    return;
+  }
+}
+
+void ServerImpl::Serve(Poller* p) {
+  grpc::CompletionQueue* cq = p->cq.get();
+  Clock::time_point idle_since = Clock::now();
+  for (;;) {
+    // Whatever completed, without waiting: arrivals are admitted and
+    // queued, replies sent are freed.
+    void* tag = nullptr;
+    bool ok = false;
+    grpc::CompletionQueue::NextStatus got;
+    while ((got = cq->AsyncNext(&tag, &ok, gpr_time_0(GPR_CLOCK_MONOTONIC))) ==
+           grpc::CompletionQueue::GOT_EVENT) {
+      static_cast<Tag*>(tag)->Done(ok);
+    }
+    if (got == grpc::CompletionQueue::SHUTDOWN) return;
+    if (UnaryCall* call = PopReady()) {
+      if (ready_count_.load() > 0) WakeOne();  // more waiting than this thread takes
+      call->Run();
+      idle_since = Clock::now();
+      continue;
+    }
+    // Nothing to run: keep polling for busy_poll (no sleep and wake-up
+    // between a request's arrival and its pooling), then wait.
+    if (busy_poll_.count() > 0 && Clock::now() - idle_since < busy_poll_) continue;
+    p->blocked.store(true);
+    if (ready_count_.load() > 0) {  // queued before `blocked` was seen
+      p->blocked.store(false);
+      continue;
+    }
+    const bool open = cq->Next(&tag, &ok);
+    p->blocked.store(false);
+    if (!open) return;
+    static_cast<Tag*>(tag)->Done(ok);
+    idle_since = Clock::now();
+  }
+}
+
 }  // namespace
-
-grpc::ServerUnaryReactor* Service::EmbeddingBag(grpc::CallbackServerContext* ctx,
-                                                const v1::EmbeddingBagRequest* request,
-                                                v1::PooledReply* reply) {
-  ServerImpl* s = server_;
-  return s->Handle(ctx, Method::kEmbeddingBag, [s, request, reply](Work* w) -> grpc::Status {
-    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const Snap snap,
-                                   s->Resolve(request->table(), request->version()));
-    const TableView view = snap->view();
-    BagRequest req;
-    QueryOptions qo;
-    EMBSTORE_GRPC_RETURN_IF_ERROR(ReadBagRequest(*request, &req, &qo));
-    // At most this many bags (the library's plan has one entry per bag):
-    // refused past the reply limit before anything is planned.
-    const int64_t most = request->indices_shape_size() == 2 ? request->indices_shape(0)
-                                                            : request->offsets().values_size();
-    if (grpc::Status st = CheckReplySize(most, view.dim, s->max_reply_bytes()); !st.ok()) return st;
-    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const int64_t bags, CountBags(view, req, qo));
-    std::span<float> out;
-    if (grpc::Status st =
-            ReplyBuffer(bags, view.dim, s->max_reply_bytes(), reply->mutable_values(), &out);
-        !st.ok()) {
-      return st;
-    }
-    EMBSTORE_GRPC_RETURN_IF_ERROR(s->engine().EmbeddingBag(view, req, qo, out));
-    SetReply(*snap, {bags, view.dim}, reply);
-    w->lookups = req.indices.size;
-    w->row_bytes = req.indices.size * static_cast<int64_t>(view.row_stride);
-    return grpc::Status::OK;
-  });
-}
-
-grpc::ServerUnaryReactor* Service::BatchedEmbeddingBag(
-    grpc::CallbackServerContext* ctx, const v1::BatchedEmbeddingBagRequest* request,
-    v1::PooledReply* reply) {
-  ServerImpl* s = server_;
-  return s->Handle(ctx, Method::kBatchedEmbeddingBag, [s, request, reply](Work* w) -> grpc::Status {
-    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const Snap snap,
-                                   s->Resolve(request->table(), request->version()));
-    const TableView view = snap->view();
-    BatchedBagRequest req;
-    QueryOptions qo;
-    EMBSTORE_GRPC_RETURN_IF_ERROR(ReadBatchedRequest(*request, &req, &qo));
-    // ends has one entry per bag.
-    if (grpc::Status st = CheckReplySize(request->ends_size(), view.dim, s->max_reply_bytes());
-        !st.ok()) {
-      return st;
-    }
-    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const int64_t bags, CountBags(view, req, qo));
-    std::span<float> out;
-    if (grpc::Status st =
-            ReplyBuffer(bags, view.dim, s->max_reply_bytes(), reply->mutable_values(), &out);
-        !st.ok()) {
-      return st;
-    }
-    EMBSTORE_GRPC_RETURN_IF_ERROR(s->engine().BatchedEmbeddingBag(view, req, qo, out));
-    SetReply(*snap, {req.batch, req.bags_per_sample, view.dim}, reply);
-    w->lookups = req.indices.size;
-    w->row_bytes = req.indices.size * static_cast<int64_t>(view.row_stride);
-    return grpc::Status::OK;
-  });
-}
-
-grpc::ServerUnaryReactor* Service::FmScore(grpc::CallbackServerContext* ctx,
-                                           const v1::FmScoreRequest* request,
-                                           v1::FmScoreReply* reply) {
-  ServerImpl* s = server_;
-  return s->Handle(ctx, Method::kFmScore, [s, request, reply](Work* w) -> grpc::Status {
-    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const Snap vectors, s->Resolve(request->vectors_table(), 0));
-    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const Snap biases, s->Resolve(request->biases_table(), 0));
-    FmModel model = FmModel::kFm;
-    FmRequest req;
-    QueryOptions qo;
-    EMBSTORE_GRPC_RETURN_IF_ERROR(ReadFmRequest(*request, &model, &req, &qo));
-    // One score (a float) per sample, refused past the reply limit first.
-    if (grpc::Status st = CheckReplySize(req.bags.batch, 1, s->max_reply_bytes()); !st.ok())
-      return st;
-    if (req.bags.batch < 0) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "batch must be >= 0");
-    }
-    google::protobuf::RepeatedField<float>* scores = reply->mutable_scores();
-    scores->Resize(static_cast<int>(req.bags.batch), 0.0f);
-    EMBSTORE_GRPC_RETURN_IF_ERROR(embstore::FmScore(
-        model, vectors->view(), biases->view(), req, qo,
-        std::span<float>(scores->mutable_data(), static_cast<size_t>(scores->size()))));
-    reply->set_vectors_version(vectors->info().version);
-    reply->set_biases_version(biases->info().version);
-    w->lookups = 2 * req.bags.indices.size;
-    w->row_bytes = req.bags.indices.size *
-                   static_cast<int64_t>(vectors->view().row_stride + biases->view().row_stride);
-    return grpc::Status::OK;
-  });
-}
-
-grpc::ServerUnaryReactor* Service::ListTables(grpc::CallbackServerContext* ctx,
-                                              const v1::ListTablesRequest* /*request*/,
-                                              v1::ListTablesReply* reply) {
-  ServerImpl* s = server_;
-  return s->Handle(ctx, Method::kListTables, [s, reply](Work*) -> grpc::Status {
-    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const std::vector<embstore::TableInfo> tables,
-                                   s->store().ListTables());
-    for (const embstore::TableInfo& t : tables) WriteTableMeta(t, reply->add_tables());
-    return grpc::Status::OK;
-  });
-}
-
-grpc::ServerUnaryReactor* Service::TableInfo(grpc::CallbackServerContext* ctx,
-                                             const v1::TableInfoRequest* request,
-                                             v1::TableMeta* reply) {
-  ServerImpl* s = server_;
-  return s->Handle(ctx, Method::kTableInfo, [s, request, reply](Work*) -> grpc::Status {
-    EMBSTORE_GRPC_ASSIGN_OR_RETURN(const embstore::TableInfo info,
-                                   s->store().GetInfo(request->table()));
-    WriteTableMeta(info, reply);
-    return grpc::Status::OK;
-  });
-}
 
 Server::~Server() = default;
 

@@ -1,14 +1,17 @@
 // `embstore serve`: one store, read-only, over gRPC (proto/embstore/v1), with
 // grpc.health.v1 and Prometheus metrics (docs/serve.md).
 //
-// Requests arrive on gRPC's threads (the callback API), pass admission
-// (at most max_inflight at once, queued or running; more are refused with
-// RESOURCE_EXHAUSTED at once) and wait in a queue for one of `threads`
-// workers, which resolves the table's snapshot (the current version, or a
-// pinned one the server holds), checks the deadline, validates and pools with
-// the engine, and replies. New versions published by other processes
-// (`embstore import --replace`) are served from the next request on; each
-// reply names its version. Nothing is ever written to the store.
+// Each of `threads` serving threads polls its own gRPC completion queue (the
+// asynchronous API: no thread of gRPC's own takes calls) and runs the calls
+// it takes on itself. An arriving call passes admission (at most
+// max_inflight at once, queued or running; more are refused with
+// RESOURCE_EXHAUSTED at once) and waits in one queue that every serving
+// thread takes from (an idle thread is woken when calls wait). A thread
+// resolves the table's snapshot (the current version, or a pinned one the
+// server holds), checks the deadline, validates and pools with the engine,
+// and replies. New versions published by other processes (`embstore import
+// --replace`) are served from the next request on; each reply names its
+// version. Nothing is ever written to the store.
 #ifndef EMBSTORE_SERVE_SERVER_H_
 #define EMBSTORE_SERVE_SERVER_H_
 
@@ -26,8 +29,12 @@ struct ServerOptions {
   std::string db;                          // the store's directory
   std::string listen = "127.0.0.1:50051";  // HOST:PORT; port 0 picks a free one
   std::string metrics;                     // HOST:PORT of GET /metrics; empty: none
-  int threads = 0;                         // workers; 0: the cores this process may use
+  int threads = 0;                         // serving threads; 0: the cores this process may use
   int max_inflight = 0;                    // queued + running; 0: 64 x threads
+  // A serving thread with nothing to do keeps polling this long before it
+  // sleeps (0: sleeps at once). Spends a core per thread while it spins; in
+  // exchange no request waits for a sleeping thread to wake.
+  int busy_poll_us = 0;
   int64_t max_request_bytes = int64_t{64} << 20;
   int64_t max_reply_bytes = int64_t{256} << 20;
   // PEM files. cert + key: TLS. client_ca too: clients must present a

@@ -2,7 +2,8 @@
 // loopback port: results equal to the library's from concurrent clients,
 // error codes and messages, deadlines, admission (RESOURCE_EXHAUSTED),
 // message-size limits, a version switch under load, SIGTERM drain, SIGKILL
-// and restart, the metrics endpoint parsed, health, TLS and mutual TLS.
+// and restart, the metrics endpoint parsed, health (Check and Watch), busy
+// polling threads sharing one connection, TLS and mutual TLS.
 // (The torch goldens through the server: cli_query_test; from Python:
 // python/tests/test_serve.py.)
 #include <arpa/inet.h>
@@ -25,6 +26,7 @@
 #include "embstore/query.h"
 #include "embstore/store.h"
 #include "embstore/v1/embstore.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "serve/client.h"
 #include "serve/convert.h"
 #include "serve_test_util.h"
@@ -183,11 +185,15 @@ std::map<std::string, double> Scrape(int port) {
 
 // Many clients on threads: every result equals the library's on the same
 // table; ListTables, health.
-TEST(ServeTest, ConcurrentClientsGetTheLibrarysResults) {
+// 4 client threads x 40 random requests, each equal to the library's
+// result. shared_channel: the threads share one connection (its calls then
+// all arrive on one serving thread's queue, which the others take from).
+void ExpectConcurrentClientsGetTheLibrarysResults(const std::vector<std::string>& server_args,
+                                                  bool shared_channel) {
   Fixture f;
   f.Import(1);
   ServeProcess server;
-  ASSERT_TRUE(server.Start(f.db, {"--threads", "2"})) << server.err();
+  ASSERT_TRUE(server.Start(f.db, server_args)) << server.err();
   auto client = Connect(server.address());
   ASSERT_NE(client, nullptr);
   auto healthy = client->Healthy("");
@@ -209,7 +215,8 @@ TEST(ServeTest, ConcurrentClientsGetTheLibrarysResults) {
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
       std::mt19937_64 rng(100 + t);
-      auto c = Connect(server.address());
+      std::unique_ptr<serve::Client> own = shared_channel ? nullptr : Connect(server.address());
+      serve::Client* c = shared_channel ? client.get() : own.get();
       for (int i = 0; i < 40 && c; ++i) {
         const Request r = RandomRequest(rng, 1 + static_cast<int64_t>(rng() % 64), 20, i % 2);
         QueryOptions qo;
@@ -231,6 +238,79 @@ TEST(ServeTest, ConcurrentClientsGetTheLibrarysResults) {
   EXPECT_EQ(failed.load(), 0);
   EXPECT_EQ(checked.load(), 160);
   EXPECT_EQ(WEXITSTATUS(server.Stop()), 0) << server.err();
+}
+
+TEST(ServeTest, ConcurrentClientsGetTheLibrarysResults) {
+  ExpectConcurrentClientsGetTheLibrarysResults({"--threads", "2"}, /*shared_channel=*/false);
+}
+
+// One connection, 3 serving threads that spin before they sleep: the same.
+TEST(ServeTest, BusyPollingThreadsSharingOneConnectionGetTheLibrarysResults) {
+  ExpectConcurrentClientsGetTheLibrarysResults({"--threads", "3", "--busy-poll-us", "2000"},
+                                               /*shared_channel=*/true);
+}
+
+// grpc.health.v1: Check and Watch. Watch streams SERVING, then NOT_SERVING
+// when SIGTERM arrives, and then the stream ends; unknown services are
+// NOT_FOUND (Check) and SERVICE_UNKNOWN (Watch).
+TEST(ServeTest, HealthCheckAndWatchFollowTheServer) {
+  using grpc::health::v1::HealthCheckRequest;
+  using grpc::health::v1::HealthCheckResponse;
+  Fixture f;
+  f.Import(2);
+  ServeProcess server;
+  ASSERT_TRUE(server.Start(f.db, {"--threads", "2"})) << server.err();
+  auto channel = grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials());
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  auto deadline = [] { return std::chrono::system_clock::now() + std::chrono::seconds(20); };
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(deadline());
+    HealthCheckRequest req;
+    req.set_service("no.such.Service");
+    HealthCheckResponse rep;
+    EXPECT_EQ(health->Check(&ctx, req, &rep).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+    HealthCheckRequest req;
+    req.set_service("no.such.Service");
+    auto stream = health->Watch(&ctx, req);
+    HealthCheckResponse rep;
+    ASSERT_TRUE(stream->Read(&rep));
+    EXPECT_EQ(rep.status(), HealthCheckResponse::SERVICE_UNKNOWN);
+    ctx.TryCancel();
+    while (stream->Read(&rep)) {
+    }
+    stream->Finish();
+  }
+  // Two watchers, of the server and of the embstore service.
+  std::vector<std::unique_ptr<grpc::ClientContext>> ctxs;
+  std::vector<std::unique_ptr<grpc::ClientReader<HealthCheckResponse>>> streams;
+  for (const char* service : {"", "embstore.v1.Embstore"}) {
+    ctxs.push_back(std::make_unique<grpc::ClientContext>());
+    ctxs.back()->set_deadline(deadline());
+    HealthCheckRequest req;
+    req.set_service(service);
+    streams.push_back(health->Watch(ctxs.back().get(), req));
+    HealthCheckResponse rep;
+    ASSERT_TRUE(streams.back()->Read(&rep)) << service;
+    EXPECT_EQ(rep.status(), HealthCheckResponse::SERVING) << service;
+  }
+  ::kill(server.pid(), SIGTERM);
+  for (auto& stream : streams) {
+    HealthCheckResponse rep;
+    ASSERT_TRUE(stream->Read(&rep));
+    EXPECT_EQ(rep.status(), HealthCheckResponse::NOT_SERVING);
+    int more = 0;
+    while (stream->Read(&rep) && more < 100) ++more;
+    EXPECT_EQ(more, 0);
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+  }
+  const int status = server.Stop(0);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << server.err();
 }
 
 // Each error has its gRPC code and the library's message.
@@ -683,6 +763,8 @@ TEST(ServeTest, BadFlagsAreRefused) {
            {{"--tls-cert", "x.pem"}, "--tls-cert and --tls-key go together"},
            {{"--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"}, "cannot read"},
            {{"--max-inflight", "-1"}, "--max-inflight must be >= 0"},
+           {{"--busy-poll-us", "-1"}, "--busy-poll-us must be between 0 and 1000000"},
+           {{"--busy-poll-us", "1000001"}, "--busy-poll-us must be between 0 and 1000000"},
            {{"--metrics", "127.0.0.1:99999"}, "over 65535"},
        }) {
     std::vector<std::string> a = {"serve", "--db", f.db};

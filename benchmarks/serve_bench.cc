@@ -13,8 +13,9 @@
 //     thread issues each request at its scheduled time (or at once when it is
 //     behind) through gRPC's callback API (stub->async()->EmbeddingBag; with
 //     --api cq: PrepareAsyncEmbeddingBag on a CompletionQueue one thread
-//     polls); the
-//     sender never waits for replies, so a slow server does not slow the
+//     polls; with --api poll: on a CompletionQueue the sender itself polls
+//     without blocking between sends, so one thread that never sleeps does
+//     both); the sender never waits for replies, so a slow server does not slow the
 //     offered load. Latency is reply time minus the SCHEDULED send time, so
 //     time a request spent waiting for a late sender counts (no coordinated
 //     omission). Requests are `--distinct` EmbeddingBagRequest messages built
@@ -39,6 +40,16 @@
 //     --seed/--distinct) pooled by embstore::EmbeddingBag on a Store's
 //     snapshot, CLOSED loop, from --threads threads, each call after the
 //     last. Prints calls/s over the measured window and the per-call latency.
+//
+//   serve_bench inproc-open --db DIR --table T --rate R[,R2,...]
+//       [--duration 5] [--warmup 1] [--arrival poisson|uniform] [--bags 64]
+//       [--ids-per-bag 20] [--distinct 256] [--seed 1] [--max-threads 1]
+//     The ideal single-threaded server: the library in-process under the
+//     open loop's schedule (the same draw as `open` for the same rate and
+//     seed). One thread takes request i at max(now, its scheduled time)
+//     (spinning until then: it never sleeps), pools it, and records its
+//     completion minus its scheduled time. No network, no gRPC: what queueing
+//     alone costs a server whose every request takes the library's time.
 #include <grpc/support/time.h>
 #include <grpcpp/grpcpp.h>
 #include <sys/prctl.h>
@@ -150,6 +161,20 @@ const char* CodeName(int code) {
 
 // ---------------------------------------------------------------- open loop
 
+// Send times, in ns from the start, of n requests at `rate`: Poisson
+// (exponential gaps of mean 1/rate) or uniform, fixed by seed and rate.
+std::vector<int64_t> Schedule(int64_t n, double rate, const std::string& arrival, uint64_t seed) {
+  std::vector<int64_t> sched(static_cast<size_t>(n));
+  std::mt19937_64 rng(seed * 7919 + static_cast<uint64_t>(rate));
+  std::exponential_distribution<double> exp_dist(rate);
+  double t = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    t += arrival == "poisson" ? exp_dist(rng) : 1.0 / rate;
+    sched[i] = static_cast<int64_t>(t * 1e9);
+  }
+  return sched;
+}
+
 // One request in flight; freed by its callback.
 struct Call {
   grpc::ClientContext ctx;
@@ -242,17 +267,7 @@ int CmdOpen(const Args& args) {
   for (double rate : rates) {
     const int64_t n = static_cast<int64_t>(std::llround(rate * (warmup + duration)));
     const int64_t first_measured = static_cast<int64_t>(std::llround(rate * warmup));
-    // The schedule, in ns from the start.
-    std::vector<int64_t> sched(static_cast<size_t>(n));
-    {
-      std::mt19937_64 rng(seed * 7919 + static_cast<uint64_t>(rate));
-      std::exponential_distribution<double> exp_dist(rate);
-      double t = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        t += arrival == "poisson" ? exp_dist(rng) : 1.0 / rate;
-        sched[i] = static_cast<int64_t>(t * 1e9);
-      }
-    }
+    const std::vector<int64_t> sched = Schedule(n, rate, arrival, seed);
     const int64_t win_begin = static_cast<int64_t>(warmup * 1e9);
     const int64_t win_end = static_cast<int64_t>((warmup + duration) * 1e9);
     std::vector<Outcome> out(static_cast<size_t>(n));
@@ -503,17 +518,90 @@ int CmdInproc(const Args& args) {
   return 0;
 }
 
+int CmdInprocOpen(const Args& args) {
+  embstore::StoreOptions so;
+  so.create_if_missing = false;
+  auto store = embstore::Store::Open(args.Need("db"), so);
+  if (!store.ok()) Die(store.status().message());
+  auto snap = (*store)->GetSnapshot(args.Need("table"));
+  if (!snap.ok()) Die(snap.status().message());
+  const embstore::TableView view = snap->view();
+  const std::vector<double> rates = NumList(args.Need("rate"));
+  const double duration = args.Num("duration", 5);
+  const double warmup = args.Num("warmup", 1);
+  const std::string arrival = args.Str("arrival", "poisson");
+  if (arrival != "poisson" && arrival != "uniform") Die("--arrival must be poisson or uniform");
+  const int64_t bags = args.Int("bags", 64);
+  const int64_t per_bag = args.Int("ids-per-bag", 20);
+  const int64_t distinct = std::max<int64_t>(1, args.Int("distinct", 256));
+  const uint64_t seed = static_cast<uint64_t>(args.Int("seed", 1));
+  embstore::QueryOptions qo;
+  qo.mode = embstore::PoolingMode::kSum;
+  qo.max_threads = static_cast<int>(args.Int("max-threads", 1));
+  const auto ids = MakeIds(distinct, bags, per_bag, view.rows, seed);
+  const auto offsets = MakeOffsets(bags, per_bag);
+  std::vector<float> out(static_cast<size_t>(bags * view.dim));
+  for (double rate : rates) {
+    const int64_t n = static_cast<int64_t>(std::llround(rate * (warmup + duration)));
+    const int64_t first_measured = static_cast<int64_t>(std::llround(rate * warmup));
+    const std::vector<int64_t> sched = Schedule(n, rate, arrival, seed);
+    std::vector<double> lat, service;
+    lat.reserve(static_cast<size_t>(n));
+    service.reserve(static_cast<size_t>(n));
+    const Clock::time_point start = Clock::now() + std::chrono::milliseconds(20);
+    const int64_t win_end = static_cast<int64_t>((warmup + duration) * 1e9);
+    int64_t done_in_window = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const Clock::time_point when = start + std::chrono::nanoseconds(sched[i]);
+      while (Clock::now() < when) {
+      }
+      embstore::BagRequest r;
+      r.indices = std::span<const int64_t>(ids[static_cast<size_t>(i % distinct)]);
+      r.offsets = std::span<const int64_t>(offsets);
+      const Clock::time_point a = Clock::now();
+      const embstore::Status st = embstore::EmbeddingBag(view, r, qo, out);
+      const Clock::time_point b = Clock::now();
+      if (!st.ok()) Die(st.message());
+      if (i < first_measured) continue;
+      const int64_t done_ns =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(b - start).count();
+      if (done_ns < win_end) ++done_in_window;
+      lat.push_back(static_cast<double>(done_ns - sched[i]) * 1e-3);
+      service.push_back(std::chrono::duration<double, std::micro>(b - a).count());
+    }
+    std::sort(lat.begin(), lat.end());
+    std::sort(service.begin(), service.end());
+    const int64_t win_begin_ns = static_cast<int64_t>(warmup * 1e9);
+    int64_t scheduled_in_window = 0;
+    for (int64_t t : sched) scheduled_in_window += t >= win_begin_ns && t < win_end;
+    std::printf(
+        "{\"cmd\": \"inproc-open\", \"rate\": %.6g, \"arrival\": \"%s\", \"duration_s\": %.6g, "
+        "\"measured\": %lld, \"scheduled_rps\": %.6g, \"achieved_rps\": %.6g, "
+        "\"p50_us\": %.4g, \"p90_us\": %.4g, \"p99_us\": %.4g, \"p999_us\": %.4g, "
+        "\"service_p50_us\": %.4g, \"service_p99_us\": %.4g}\n",
+        rate, arrival.c_str(), duration, static_cast<long long>(n - first_measured),
+        static_cast<double>(scheduled_in_window) / duration,
+        static_cast<double>(done_in_window) / duration, Percentile(lat, 0.5), Percentile(lat, 0.9),
+        Percentile(lat, 0.99), Percentile(lat, 0.999), Percentile(service, 0.5),
+        Percentile(service, 0.99));
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   embstore::bench::ProgramName() = "serve_bench";
   if (argc < 2) {
-    std::fprintf(stderr, "usage: serve_bench open|inproc ... (see the source's header)\n");
+    std::fprintf(stderr,
+                 "usage: serve_bench open|inproc|inproc-open ... (see the source's header)\n");
     return 2;
   }
   const std::string cmd = argv[1];
   const Args args(argc, argv);
   if (cmd == "open") return CmdOpen(args);
   if (cmd == "inproc") return CmdInproc(args);
+  if (cmd == "inproc-open") return CmdInprocOpen(args);
   Die("unknown command " + cmd);
 }

@@ -25,7 +25,10 @@ What it does:
     more than 1 % of the requests fail, or p99 exceeds --p99-limit-us; saturation = the
     highest achieved rate seen.
  5. The same at half the saturation rate (the p99 target), --half-repeats times.
- 6. SIGTERM to the server; writes --out (benchmarks/results_serve.json) and prints a table.
+ 6. The ideal server (`serve_bench inproc-open`, on the server's CPUs): the library in-process
+    under the same open-loop schedule, at half the server's saturation rate and at half the
+    in-process throughput: what queueing alone costs when every request takes the library's time.
+ 7. SIGTERM to the server; writes --out (benchmarks/results_serve.json) and prints a table.
 
 Per rate it also records the server's CPU time (/proc/PID/stat) per request.
 """
@@ -151,7 +154,7 @@ def main():
                     "baseline ('' = unpinned)")
     ap.add_argument("--client-cpus", default="1", help="taskset -c list for the load generator")
     ap.add_argument("--channels", type=int, default=1)
-    ap.add_argument("--api", default="cq", help="serve_bench open --api: cq or callback")
+    ap.add_argument("--api", default="poll", help="serve_bench open --api: poll, cq or callback")
     ap.add_argument("--spin-us", type=int, default=5000, help="serve_bench open --spin-us (the "
                     "sender spins this long before each send instead of sleeping to it)")
     ap.add_argument("--append", action="store_true", help="add this run to --out's "
@@ -253,6 +256,16 @@ def main():
         rc, err = stop_server(server)
         result["server_exit"] = rc
         result["server_stderr"] = err.strip().splitlines()[-3:]
+    # 6. The ideal server at the same rates, on the server's CPUs.
+    ideal_rates = [half, round(base["throughput_rps"] / 2)]
+    result["ideal"] = run_json(taskset(a.server_cpus) + [
+        bench, "inproc-open", "--db", db, "--arrival", a.arrival,
+        "--rate", ",".join(str(r) for r in ideal_rates)] + common)
+    for r in result["ideal"]:
+        log(f"ideal server (library in-process, open loop) at {r['rate']:.0f}/s: "
+            f"achieved {r['achieved_rps']:.0f}/s  p50 {r['p50_us']:.1f}  p99 {r['p99_us']:.1f}  "
+            f"p99.9 {r['p999_us']:.1f} us (service p50 {r['service_p50_us']:.1f}, "
+            f"p99 {r['service_p99_us']:.1f})")
     result["load_after"] = os.getloadavg()
 
     half_p99 = max(r["p99_us"] for r in result["half"])
@@ -290,6 +303,9 @@ def main():
           f"({'met' if t['saturation_at_least_70pct'] else 'NOT met'}: >= 70 %)")
     print(f"p99 at half saturation ({half}/s): {half_p99:.0f} us "
           f"({'met' if t['p99_under_300us'] else 'NOT met'}: < 300 us)")
+    for r in result["ideal"]:
+        print(f"ideal server (the library in-process, same open loop) at {r['rate']:.0f}/s: "
+              f"p50 {r['p50_us']:.0f} us, p99 {r['p99_us']:.0f} us, p99.9 {r['p999_us']:.0f} us")
 
 
 if __name__ == "__main__":

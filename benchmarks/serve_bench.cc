@@ -41,6 +41,13 @@
 //     snapshot, CLOSED loop, from --threads threads, each call after the
 //     last. Prints calls/s over the measured window and the per-call latency.
 //
+//   serve_bench rtt --target HOST:PORT --table T [--calls 2000] [--bags 64]
+//       [--ids-per-bag 20] [--seed 1] [--max-threads 1]
+//     CLOSED loop, one call at a time, each sent when the last reply is in,
+//     through a CompletionQueue this thread polls without blocking (it never
+//     sleeps): the round trip of one EmbeddingBag call (the open loop's first
+//     request) and of one TableInfo call (one field each way), p50/p90/p99.
+//
 //   serve_bench inproc-open --db DIR --table T --rate R[,R2,...]
 //       [--duration 5] [--warmup 1] [--arrival poisson|uniform] [--bags 64]
 //       [--ids-per-bag 20] [--distinct 256] [--seed 1] [--max-threads 1]
@@ -518,6 +525,78 @@ int CmdInproc(const Args& args) {
   return 0;
 }
 
+int CmdRtt(const Args& args) {
+  const std::string target = args.Need("target");
+  const std::string table = args.Need("table");
+  const int64_t calls = std::max<int64_t>(100, args.Int("calls", 2000));
+  grpc::ChannelArguments ca;
+  ca.SetMaxReceiveMessageSize(256 << 20);
+  auto ch = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), ca);
+  auto stub = embstore::v1::Embstore::NewStub(ch);
+  embstore::v1::TableInfoRequest info_req;
+  info_req.set_table(table);
+  embstore::v1::TableMeta meta;
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    const grpc::Status st = stub->TableInfo(&ctx, info_req, &meta);
+    if (!st.ok()) Die("TableInfo: " + st.error_message());
+  }
+  const int64_t bags = args.Int("bags", 64);
+  const int64_t per_bag = args.Int("ids-per-bag", 20);
+  const auto ids =
+      MakeIds(1, bags, per_bag, meta.rows(), static_cast<uint64_t>(args.Int("seed", 1)));
+  const auto offsets = MakeOffsets(bags, per_bag);
+  embstore::v1::EmbeddingBagRequest bag_req;
+  bag_req.set_table(table);
+  bag_req.mutable_indices()->Add(ids[0].begin(), ids[0].end());
+  bag_req.mutable_offsets()->mutable_values()->Add(offsets.begin(), offsets.end());
+  bag_req.mutable_options()->set_mode(embstore::v1::POOLING_MODE_SUM);
+  bag_req.mutable_options()->set_max_threads(static_cast<int>(args.Int("max-threads", 1)));
+  grpc::CompletionQueue cq;
+  // One call, waited for by polling; its time in us.
+  auto once = [&](bool bag) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::Status st;
+    embstore::v1::PooledReply bag_reply;
+    embstore::v1::TableMeta info_reply;
+    const Clock::time_point a = Clock::now();
+    if (bag) {
+      auto rpc = stub->AsyncEmbeddingBag(&ctx, bag_req, &cq);
+      rpc->Finish(&bag_reply, &st, &cq);
+    } else {
+      auto rpc = stub->AsyncTableInfo(&ctx, info_req, &cq);
+      rpc->Finish(&info_reply, &st, &cq);
+    }
+    void* tag = nullptr;
+    bool ok = false;
+    while (cq.AsyncNext(&tag, &ok, gpr_time_0(GPR_CLOCK_MONOTONIC)) !=
+           grpc::CompletionQueue::GOT_EVENT) {
+    }
+    const Clock::time_point b = Clock::now();
+    if (!st.ok()) Die(st.error_message());
+    return std::chrono::duration<double, std::micro>(b - a).count();
+  };
+  for (const bool bag : {true, false}) {
+    for (int i = 0; i < 50; ++i) once(bag);  // warm-up
+    std::vector<double> lat;
+    for (int64_t i = 0; i < calls; ++i) lat.push_back(once(bag));
+    std::sort(lat.begin(), lat.end());
+    std::printf(
+        "{\"cmd\": \"rtt\", \"rpc\": \"%s\", \"calls\": %lld, \"p50_us\": %.4g, "
+        "\"p90_us\": %.4g, \"p99_us\": %.4g}\n",
+        bag ? "EmbeddingBag" : "TableInfo", static_cast<long long>(calls), Percentile(lat, 0.5),
+        Percentile(lat, 0.9), Percentile(lat, 0.99));
+  }
+  cq.Shutdown();
+  void* tag = nullptr;
+  bool ok = false;
+  while (cq.Next(&tag, &ok)) {
+  }
+  return 0;
+}
+
 int CmdInprocOpen(const Args& args) {
   embstore::StoreOptions so;
   so.create_if_missing = false;
@@ -595,7 +674,7 @@ int main(int argc, char** argv) {
   embstore::bench::ProgramName() = "serve_bench";
   if (argc < 2) {
     std::fprintf(stderr,
-                 "usage: serve_bench open|inproc|inproc-open ... (see the source's header)\n");
+                 "usage: serve_bench open|inproc|inproc-open|rtt ... (see the source's header)\n");
     return 2;
   }
   const std::string cmd = argv[1];
@@ -603,5 +682,6 @@ int main(int argc, char** argv) {
   if (cmd == "open") return CmdOpen(args);
   if (cmd == "inproc") return CmdInproc(args);
   if (cmd == "inproc-open") return CmdInprocOpen(args);
+  if (cmd == "rtt") return CmdRtt(args);
   Die("unknown command " + cmd);
 }

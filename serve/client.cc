@@ -112,7 +112,7 @@ class GrpcClient final : public Client {
 
 Client::~Client() = default;
 
-Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
+Result<std::shared_ptr<grpc::Channel>> OpenChannel(const ClientOptions& options) {
   if (options.target.empty()) return Status::InvalidArgument("--server must be HOST:PORT");
   if (options.tls_cert.empty() != options.tls_key.empty()) {
     return Status::InvalidArgument("--tls-cert and --tls-key go together");
@@ -133,7 +133,11 @@ Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);  // the server bounds its replies
   args.SetMaxSendMessageSize(-1);     // ... and its requests
-  auto channel = grpc::CreateCustomChannel(options.target, creds, args);
+  return grpc::CreateCustomChannel(options.target, creds, args);
+}
+
+Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
+  EMBSTORE_ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel, OpenChannel(options));
   return std::unique_ptr<Client>(new GrpcClient(std::move(channel), options));
 }
 

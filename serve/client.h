@@ -15,6 +15,10 @@
 #include "embstore/status.h"
 #include "embstore/store.h"
 
+namespace grpc {
+class Channel;
+}
+
 namespace embstore::serve {
 
 struct ClientOptions {
@@ -51,6 +55,10 @@ class Client {
  protected:
   Client() = default;
 };
+
+// A gRPC channel to options.target with its TLS settings (no deadline:
+// that is per call).
+Result<std::shared_ptr<grpc::Channel>> OpenChannel(const ClientOptions& options);
 
 }  // namespace embstore::serve
 

@@ -52,6 +52,14 @@ const char* MethodName(Method method) {
       return "ListTables";
     case Method::kTableInfo:
       return "TableInfo";
+    case Method::kPoolPartial:
+      return "PoolPartial";
+    case Method::kPutShardRows:
+      return "PutShardRows";
+    case Method::kCommitShard:
+      return "CommitShard";
+    case Method::kListShards:
+      return "ListShards";
   }
   return "unknown";
 }

@@ -23,8 +23,19 @@
 
 namespace embstore::serve {
 
-enum class Method { kEmbeddingBag, kBatchedEmbeddingBag, kFmScore, kListTables, kTableInfo };
-inline constexpr int kMethods = 5;
+enum class Method {
+  kEmbeddingBag,
+  kBatchedEmbeddingBag,
+  kFmScore,
+  kListTables,
+  kTableInfo,
+  // Cluster nodes (serve --cluster).
+  kPoolPartial,
+  kPutShardRows,
+  kCommitShard,
+  kListShards,
+};
+inline constexpr int kMethods = 9;
 const char* MethodName(Method method);
 
 // Latency histogram bucket bounds, seconds (then +Inf).

@@ -1,12 +1,18 @@
 #include "serve/server.h"
 
+#include <fcntl.h>
 #include <grpc/support/time.h>
 #include <grpcpp/alarm.h>
 #include <grpcpp/grpcpp.h>
 #include <sched.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <climits>
+#include <cstring>
+#include <ctime>
 #include <deque>
 #include <fstream>
 #include <map>
@@ -20,7 +26,9 @@
 #include "embstore/query.h"
 #include "embstore/store.h"
 #include "embstore/v1/embstore.grpc.pb.h"
+#include "engine/plan.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "serve/cluster.h"
 #include "serve/convert.h"
 #include "serve/http.h"
 #include "serve/metrics.h"
@@ -244,6 +252,10 @@ class ServerImpl final : public Server {
   Engine& engine() { return *engine_; }
   int64_t max_reply_bytes() const { return options_.max_reply_bytes; }
   Metrics& metrics() { return metrics_; }
+  bool cluster_node() const { return !options_.cluster.empty(); }
+  // Where shards arrive before they are committed as tables.
+  std::string staging_dir() const { return options_.db + "/cluster-staging"; }
+  Mutex staging_mu_;  // one shard transfer step at a time
 
   // A call arrived: admitted and queued for a serving thread, or refused
   // at once (past max_inflight: RESOURCE_EXHAUSTED; shutting down:
@@ -274,6 +286,9 @@ class ServerImpl final : public Server {
   // there is nothing to do. Returns once its queue is shut down and drained.
   void Serve(Poller* p);
   UnaryCall* PopReady();
+  // Re-verifies the shard tables this node holds (a damaged one is dropped,
+  // for `embstore cluster rebalance` to restore) and registers the node.
+  Status JoinCluster(const std::string& listen_host);
   // Wakes one serving thread blocked in Next, if any (calls are waiting).
   void WakeOne();
 
@@ -286,6 +301,7 @@ class ServerImpl final : public Server {
   std::unique_ptr<grpc::Server> server_;
   std::vector<std::unique_ptr<Poller>> pollers_;
   std::unique_ptr<MetricsHttpServer> http_;
+  std::unique_ptr<ClusterMember> member_;
   int port_ = 0;
   int max_inflight_ = 0;
   std::chrono::microseconds busy_poll_{0};
@@ -636,6 +652,187 @@ grpc::Status HandleTableInfo(ServerImpl* s, const v1::TableInfoRequest& request,
   return grpc::Status::OK;
 }
 
+grpc::Status NotANode() {
+  return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                      "this server is not a cluster node (start it with --cluster)");
+}
+
+// A shard table's name as the publisher makes it: TABLE.vV.sS.
+bool IsShardName(const std::string& name) {
+  const size_t s = name.rfind(".s");
+  const size_t v = s == std::string::npos ? std::string::npos : name.rfind(".v", s - 1);
+  if (v == std::string::npos || v == 0 || s + 2 >= name.size() || v + 2 >= s) return false;
+  const auto digits = [](const std::string& d) {
+    return !d.empty() && d.find_first_not_of("0123456789") == std::string::npos;
+  };
+  return digits(name.substr(v + 2, s - v - 2)) && digits(name.substr(s + 2)) &&
+         ValidateTableName(name).ok();
+}
+
+grpc::Status BadShard(const std::string& name) {
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                      "'" + name + "' is not a shard table name (TABLE.vVERSION.sSHARD)");
+}
+
+grpc::Status HandlePoolPartial(ServerImpl* s, const v1::PoolPartialRequest& request,
+                               v1::PartialReply* reply, Work* w) {
+  if (!s->cluster_node()) return NotANode();
+  const v1::EmbeddingBagRequest& bag = request.bag();
+  if (!IsShardName(bag.table())) return BadShard(bag.table());
+  EMBSTORE_GRPC_ASSIGN_OR_RETURN(const Snap snap, s->Resolve(bag.table(), 0));
+  const TableView view = snap->view();
+  BagRequest req;
+  QueryOptions qo;
+  EMBSTORE_GRPC_RETURN_IF_ERROR(ReadBagRequest(bag, &req, &qo));
+  if (qo.mode == PoolingMode::kMean) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "PoolPartial pools SUM or MAX (a mean is merged from sums and counts)");
+  }
+  const int64_t most =
+      bag.indices_shape_size() == 2 ? bag.indices_shape(0) : bag.offsets().values_size();
+  if (grpc::Status st = CheckReplySize(most, view.dim, s->max_reply_bytes()); !st.ok()) return st;
+  EMBSTORE_GRPC_ASSIGN_OR_RETURN(const engine::BagPlan plan, engine::PlanBags(view, req, qo));
+  const int64_t bags = plan.num_bags();
+  std::span<float> out;
+  if (grpc::Status st =
+          ReplyBuffer(bags, view.dim, s->max_reply_bytes(), reply->mutable_values(), &out);
+      !st.ok()) {
+    return st;
+  }
+  EMBSTORE_GRPC_RETURN_IF_ERROR(s->engine().EmbeddingBag(view, req, qo, out));
+  reply->add_shape(bags);
+  reply->add_shape(view.dim);
+  google::protobuf::RepeatedField<int64_t>* counts = reply->mutable_counts();
+  counts->Reserve(static_cast<int>(bags));
+  for (int64_t b = 0; b < bags; ++b) {
+    int64_t c = 0;
+    for (int64_t k = plan.bag_begin[b]; k < plan.bag_end[b]; ++k)
+      c += plan.indices[k] != plan.padding_row;
+    counts->Add(c);
+  }
+  w->lookups = req.indices.size;
+  w->row_bytes = req.indices.size * static_cast<int64_t>(view.row_stride);
+  return grpc::Status::OK;
+}
+
+grpc::Status HandlePutShardRows(ServerImpl* s, const v1::PutShardRowsRequest& request,
+                                v1::PutShardRowsReply* /*reply*/, Work* /*w*/) {
+  if (!s->cluster_node()) return NotANode();
+  if (!IsShardName(request.shard())) return BadShard(request.shard());
+  const int64_t dim = request.dim();
+  if (dim < 1 || dim > (int64_t{1} << 24) || request.first_row() < 0 ||
+      request.rows().size() % (static_cast<size_t>(dim) * sizeof(float)) != 0 ||
+      request.first_row() > (int64_t{1} << 40)) {
+    return grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        "PutShardRows: bad dim, first_row or row bytes for '" + request.shard() + "'");
+  }
+  MutexLock lock(&s->staging_mu_);
+  const std::string dir = s->staging_dir();
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "cannot create " + dir + ": " + std::strerror(errno));
+  }
+  const std::string path = dir + "/" + request.shard() + ".f32";
+  const int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (request.first_row() == 0 ? O_TRUNC : 0);
+  const int fd = ::open(path.c_str(), flags, 0644);
+  if (fd < 0) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "cannot open " + path + ": " + std::strerror(errno));
+  }
+  const off_t at =
+      static_cast<off_t>(request.first_row() * dim * static_cast<int64_t>(sizeof(float)));
+  const std::string& bytes = request.rows();
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n =
+        ::pwrite(fd, bytes.data() + done, bytes.size() - done, at + static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int e = errno;
+      ::close(fd);
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          "cannot write " + path + ": " + std::strerror(e));
+    }
+    done += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  return grpc::Status::OK;
+}
+
+grpc::Status HandleCommitShard(ServerImpl* s, const v1::CommitShardRequest& request,
+                               v1::CommitShardReply* reply, Work* /*w*/) {
+  if (!s->cluster_node()) return NotANode();
+  const std::string& name = request.shard();
+  if (!IsShardName(name)) return BadShard(name);
+  const std::optional<DType> dtype = ParseDType(request.dtype());
+  if (!dtype) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "CommitShard: unknown dtype '" + request.dtype() + "'");
+  }
+  if (request.rows() < 1 || request.dim() < 1 || request.dim() > (int64_t{1} << 24)) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "CommitShard: bad rows or dim");
+  }
+  MutexLock lock(&s->staging_mu_);
+  const std::string path = s->staging_dir() + "/" + name + ".f32";
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "CommitShard: no rows were sent for '" + name + "'");
+  }
+  struct stat st {};
+  const int64_t want = request.rows() * request.dim() * static_cast<int64_t>(sizeof(float));
+  if (::fstat(fd, &st) != 0 || st.st_size != want) {
+    ::close(fd);
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "CommitShard: '" + name + "' has " + std::to_string(st.st_size) +
+                            " bytes of rows staged, not " + std::to_string(want));
+  }
+  TableSpec spec;
+  spec.rows = request.rows();
+  spec.dim = request.dim();
+  spec.dtype = *dtype;
+  spec.source = request.source();
+  spec.replace = true;
+  const int64_t dim = request.dim();
+  auto info =
+      s->store().WriteTable(name, spec, [fd, dim](int64_t first, int64_t count, float* out) {
+        const size_t n = static_cast<size_t>(count * dim) * sizeof(float);
+        const off_t at = static_cast<off_t>(first * dim * static_cast<int64_t>(sizeof(float)));
+        size_t done = 0;
+        while (done < n) {
+          const ssize_t r = ::pread(fd, reinterpret_cast<char*>(out) + done, n - done,  // NOLINT
+                                    at + static_cast<off_t>(done));
+          if (r < 0 && errno == EINTR) continue;
+          if (r <= 0) return Status::IOError("cannot read the staged rows");
+          done += static_cast<size_t>(r);
+        }
+        return Status::OK();
+      });
+  ::close(fd);
+  ::unlink(path.c_str());
+  EMBSTORE_GRPC_RETURN_IF_ERROR(info.status());
+  if (info->checksum != request.checksum()) {
+    (void)s->store().DropTable(name);
+    return grpc::Status(grpc::StatusCode::DATA_LOSS,
+                        "shard '" + name + "' arrived with checksum " +
+                            std::to_string(info->checksum) + ", not the " +
+                            std::to_string(request.checksum()) + " it was sent with; dropped");
+  }
+  WriteTableMeta(*info, reply->mutable_table());
+  return grpc::Status::OK;
+}
+
+grpc::Status HandleListShards(ServerImpl* s, const v1::ListShardsRequest& /*request*/,
+                              v1::ListShardsReply* reply, Work* /*w*/) {
+  if (!s->cluster_node()) return NotANode();
+  EMBSTORE_GRPC_ASSIGN_OR_RETURN(const std::vector<embstore::TableInfo> tables,
+                                 s->store().ListTables());
+  for (const embstore::TableInfo& t : tables)
+    if (IsShardName(t.name)) WriteTableMeta(t, reply->add_shards());
+  return grpc::Status::OK;
+}
+
 grpc::Status HandleCheck(ServerImpl* s, const HealthCheckRequest& request,
                          HealthCheckResponse* reply, Work* /*w*/) {
   MutexLock lock(&s->health_mu_);
@@ -683,7 +880,7 @@ Status ServerImpl::Init(const ServerOptions& options) {
   }
 
   StoreOptions store_options;
-  store_options.create_if_missing = false;
+  store_options.create_if_missing = !options.cluster.empty();  // a node's store fills with shards
   auto store = Store::Open(options.db, store_options);
   if (!store.ok()) return store.status();
   store_ = std::move(store).value();
@@ -749,6 +946,12 @@ Status ServerImpl::Init(const ServerOptions& options) {
     }
     http_ = std::move(http).value();
   }
+  if (!options.cluster.empty()) {
+    if (Status st = JoinCluster(host); !st.ok()) {
+      Shutdown(std::chrono::milliseconds(0));
+      return st;
+    }
+  }
   // The tables' versions from the start, for the metrics.
   if (auto tables = store_->ListTables(); tables.ok()) {
     for (const embstore::TableInfo& t : *tables) metrics_.SetTableVersion(t.name, t.version);
@@ -758,6 +961,8 @@ Status ServerImpl::Init(const ServerOptions& options) {
 
 void ServerImpl::Shutdown(std::chrono::milliseconds drain) {
   if (shut_down_.exchange(true)) return;
+  // Out of the cluster first: clients route elsewhere while this drains.
+  if (member_) member_->Leave();
   if (server_) {
     {
       // NOT_SERVING to health checks and watchers, whose streams then end.
@@ -798,6 +1003,48 @@ void ServerImpl::Shutdown(std::chrono::milliseconds drain) {
   if (http_) http_->Stop();
 }
 
+Status ServerImpl::JoinCluster(const std::string& listen_host) {
+  if (auto tables = store_->ListTables(); tables.ok()) {
+    for (const embstore::TableInfo& t : *tables) {
+      if (!IsShardName(t.name)) continue;
+      if (Status st = store_->VerifyTable(t.name); !st.ok()) {
+        std::fprintf(stderr, "embstore serve: cluster: shard '%s' failed its check (%s); dropped\n",
+                     t.name.c_str(), st.message().c_str());
+        (void)store_->DropTable(t.name);
+      }
+    }
+  }
+  NodeInfo node;
+  node.address = options_.advertise;
+  if (node.address.empty()) {
+    if (listen_host == "0.0.0.0" || listen_host == "::" || listen_host.empty()) {
+      return Status::InvalidArgument(
+          "--listen " + options_.listen +
+          " binds every address: give --advertise HOST:PORT, where the cluster's clients reach "
+          "this node");
+    }
+    const std::string h =
+        listen_host.find(':') != std::string::npos ? "[" + listen_host + "]" : listen_host;
+    node.address = h + ":" + std::to_string(port_);
+  }
+  node.name = options_.node;
+  if (node.name.empty()) {
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    node.name = std::string(host) + "-" + std::to_string(port_);
+  }
+  if (Status st = ValidateTableName(node.name); !st.ok() || node.name.size() > 64) {
+    return Status::InvalidArgument("--node '" + node.name +
+                                   "': 1..64 characters of [A-Za-z0-9_.-], not starting with '.'");
+  }
+  node.started_unix = static_cast<int64_t>(std::time(nullptr));
+  ClusterKeys keys;
+  keys.prefix = options_.cluster_prefix;
+  EMBSTORE_ASSIGN_OR_RETURN(
+      member_, ClusterMember::Join(options_.cluster, keys, node, options_.lease_ttl_s));
+  return Status::OK();
+}
+
 void ServerImpl::PostCalls(Poller* p) {
   using S = v1::Embstore::AsyncService;
   using H = grpc::health::v1::Health::AsyncService;
@@ -826,6 +1073,22 @@ void ServerImpl::PostCalls(Poller* p) {
   post(new Unary<S, v1::TableInfoRequest, v1::TableMeta>(
            this, p, static_cast<int>(Method::kTableInfo), &service_, &S::RequestTableInfo,
            &HandleTableInfo),
+       kOtherSlots);
+  post(new Unary<S, v1::PoolPartialRequest, v1::PartialReply>(
+           this, p, static_cast<int>(Method::kPoolPartial), &service_, &S::RequestPoolPartial,
+           &HandlePoolPartial),
+       kPoolingSlots);
+  post(new Unary<S, v1::PutShardRowsRequest, v1::PutShardRowsReply>(
+           this, p, static_cast<int>(Method::kPutShardRows), &service_, &S::RequestPutShardRows,
+           &HandlePutShardRows),
+       kOtherSlots);
+  post(new Unary<S, v1::CommitShardRequest, v1::CommitShardReply>(
+           this, p, static_cast<int>(Method::kCommitShard), &service_, &S::RequestCommitShard,
+           &HandleCommitShard),
+       kOtherSlots);
+  post(new Unary<S, v1::ListShardsRequest, v1::ListShardsReply>(
+           this, p, static_cast<int>(Method::kListShards), &service_, &S::RequestListShards,
+           &HandleListShards),
        kOtherSlots);
   post(new Unary<H, HealthCheckRequest, HealthCheckResponse>(this, p, -1, &health_service_,
                                                              &H::RequestCheck, &HandleCheck),

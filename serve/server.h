@@ -46,6 +46,16 @@ struct ServerOptions {
   // the store deletes it, keeps its disk space until it is let go; a dropped
   // table is let go at its next request.)
   int held_versions = 2;
+
+  // Cluster node (docs/cluster.md): etcd endpoints ("http://HOST:PORT,...").
+  // Empty: a stand-alone server, read-only. Set: the node registers itself
+  // under a lease, accepts shards from `embstore publish` into its store
+  // (created if missing), and serves PoolPartial.
+  std::string cluster;
+  std::string cluster_prefix = "/embstore/";
+  std::string node;       // its name in the cluster; empty: HOSTNAME-PORT
+  std::string advertise;  // HOST:PORT clients reach it at; empty: --listen's host, the bound port
+  int64_t lease_ttl_s = 10;
 };
 
 class Server {

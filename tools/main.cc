@@ -23,7 +23,8 @@ std::vector<std::unique_ptr<Command>> AllCommands() {
   for (auto make :
        {NewInitCommand, NewImportCommand, NewListCommand, NewInfoCommand, NewExportCommand,
         NewDropCommand, NewVerifyCommand, NewInspectCommand, NewQueryCommand, NewRenormCommand,
-        NewRollbackCommand, NewScoreCommand, NewServeCommand, NewGpuInfoCommand}) {
+        NewRollbackCommand, NewScoreCommand, NewServeCommand, NewPublishCommand, NewClusterCommand,
+        NewGpuInfoCommand}) {
     all.push_back(make());
   }
   return all;

@@ -2,8 +2,12 @@
 #ifndef EMBSTORE_TOOLS_COMMANDS_COMMANDS_H_
 #define EMBSTORE_TOOLS_COMMANDS_COMMANDS_H_
 
+#include <cstdint>
 #include <memory>
+#include <optional>
+#include <string>
 
+#include "embstore/status.h"
 #include "tools/command.h"
 
 namespace embstore::cli {
@@ -22,6 +26,12 @@ std::unique_ptr<Command> NewRollbackCommand();
 std::unique_ptr<Command> NewScoreCommand();
 std::unique_ptr<Command> NewGpuInfoCommand();
 std::unique_ptr<Command> NewServeCommand();
+std::unique_ptr<Command> NewPublishCommand();
+std::unique_ptr<Command> NewClusterCommand();
+
+// `embstore rollback --cluster` (tools/commands/cluster.cc).
+Result<uint64_t> RollbackInCluster(const std::string& endpoints, const std::string& prefix,
+                                   const std::string& table, std::optional<uint64_t> to);
 
 }  // namespace embstore::cli
 

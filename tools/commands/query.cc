@@ -16,6 +16,7 @@
 #include "embstore/engine.h"
 #include "engine/plan.h"
 #include "serve/client.h"
+#include "serve/cluster.h"
 #include "tools/bag_args.h"
 #include "tools/commands/commands.h"
 
@@ -143,8 +144,17 @@ class QueryCommand : public Command {
     AddValue("server",
              "HOST:PORT of an `embstore serve` to query instead of --db (same flags, same "
              "output)");
+    AddValue("cluster",
+             "etcd endpoints (http://HOST:PORT,...) of an embstore cluster to query instead of "
+             "--db: the table's shards on `embstore serve --cluster` nodes (same flags, same "
+             "output)");
+    AddValue("cluster-prefix",
+             "With --cluster: the cluster's etcd key prefix (default /embstore/)");
+    AddInt64("attempt-ms",
+             "With --cluster: how long one shard's node may take before its next replica is "
+             "tried (default 1000)");
     AddInt64("version", "With --server: pool this version of the table (default: the current)");
-    AddInt64("deadline-ms", "With --server: give up after this many milliseconds");
+    AddInt64("deadline-ms", "With --server or --cluster: give up after this many milliseconds");
     AddValue("tls-ca", "With --server: verify the server's TLS certificate with this PEM CA");
     AddValue("tls-cert", "With --server and --tls-ca: this PEM client certificate (mutual TLS)");
     AddValue("tls-key", "With --server and --tls-ca: the client certificate's PEM key");
@@ -152,7 +162,12 @@ class QueryCommand : public Command {
 
  private:
   int Run() override {
+    if (Has("server") && Has("cluster")) return Usage("--server and --cluster exclude each other");
     if (Has("server")) return RunRemote();
+    if (Has("cluster")) return RunCluster();
+    for (const char* remote : {"cluster-prefix", "attempt-ms"}) {
+      if (Has(remote)) return Usage(std::string("--") + remote + " applies to --cluster only");
+    }
     for (const char* remote : {"version", "deadline-ms", "tls-ca", "tls-cert", "tls-key"}) {
       if (Has(remote)) return Usage(std::string("--") + remote + " applies to --server only");
     }
@@ -254,6 +269,57 @@ class QueryCommand : public Command {
     if (IsSet("stats")) {
       std::fprintf(stderr, "served by %s: table %s version %llu\n", co.target.c_str(),
                    Str("table").c_str(), static_cast<unsigned long long>(result->version));
+    }
+    return kExitOk;
+  }
+
+  // --cluster: the same request, split by shard over the cluster's nodes
+  // and merged here (serve/cluster.h), written the same way.
+  int RunCluster() {
+    for (const char* local : {"db", "device", "cache-rows", "cache-mb", "cache-policy", "prefetch",
+                              "prefetch-depth", "version", "bag-ends"}) {
+      if (Has(local)) {
+        return Usage(std::string("--") + local + " does not apply with --cluster" +
+                     (std::string(local) == "bag-ends" ? " (not supported there yet)" : ""));
+      }
+    }
+    if (const int rc = ReadPoolFlags(); rc != kExitOk) return rc;
+    auto indices = ParseIntSpec(Str("indices"), "--indices");
+    if (!indices.ok()) return Fail(indices.status());
+    auto weights = FloatSpec("weights");
+    if (!weights.ok()) return Fail(weights.status());
+    serve::ClusterClientOptions co;
+    co.endpoints = Str("cluster");
+    if (Has("cluster-prefix")) co.keys.prefix = Str("cluster-prefix");
+    if (Has("tls-ca")) co.tls_ca = Str("tls-ca");
+    if (Has("tls-cert")) co.tls_cert = Str("tls-cert");
+    if (Has("tls-key")) co.tls_key = Str("tls-key");
+    if (Has("deadline-ms")) {
+      if (Int64("deadline-ms") < 1) return Usage("--deadline-ms must be >= 1");
+      co.deadline = std::chrono::milliseconds(Int64("deadline-ms"));
+    }
+    if (Has("attempt-ms")) {
+      if (Int64("attempt-ms") < 1) return Usage("--attempt-ms must be >= 1");
+      co.attempt_timeout = std::chrono::milliseconds(Int64("attempt-ms"));
+    }
+    auto client = serve::ClusterClient::Open(co);
+    if (!client.ok()) return Fail(client.status());
+    std::optional<IntArray> held;
+    BagRequest req;
+    if (const int rc = ReadBags(*indices, *weights, &held, &req); rc != kExitOk) return rc;
+    Result<serve::RemoteResult> result = (*client)->EmbeddingBag(Str("table"), req, qo_);
+    if (!result.ok()) return Fail(result.status());
+    const PooledOutput& out = result->output;
+    Sink sink;
+    if (const Status st = sink.Open(Has("out") ? Str("out") : "", out.shape); !st.ok())
+      return Fail(st);
+    if (const Status st = sink.Put(out.values, out.shape.back()); !st.ok()) return Fail(st);
+    if (const Status st = sink.Commit(); !st.ok()) return Fail(st);
+    if (IsSet("stats")) {
+      const serve::ClusterStats cs = (*client)->stats();
+      std::fprintf(stderr, "cluster: table %s version %llu, %lld sub-requests, %lld retries\n",
+                   Str("table").c_str(), static_cast<unsigned long long>(result->version),
+                   static_cast<long long>(cs.sub_requests), static_cast<long long>(cs.retries));
     }
     return kExitOk;
   }

@@ -14,9 +14,14 @@ class RollbackCommand : public Command {
                 "Publish a retained version of a table again, atomically, as a new version "
                 "number\n(default: the newest retained version; see `embstore info` or `list "
                 "--versions`).") {
-    AddValue("db", "Store directory", Need::kRequired);
+    AddValue("db", "Store directory (or --cluster)");
     AddValue("table", "Table name", Need::kRequired);
     AddValue("to-version", "The retained version to publish again");
+    AddValue("cluster",
+             "etcd endpoints of a cluster (http://HOST:PORT,...): make its previous ready "
+             "version (or --to-version) current again there, instead of --db");
+    AddValue("cluster-prefix",
+             "With --cluster: the cluster's etcd key prefix (default /embstore/)");
     AddWriterOptions();
   }
 
@@ -29,6 +34,16 @@ class RollbackCommand : public Command {
       if (!v.ok() || *v < 1) return Usage("--to-version must be a version number >= 1");
       to = static_cast<uint64_t>(*v);
     }
+    if (Has("cluster")) {
+      if (Has("db")) return Usage("--db and --cluster exclude each other");
+      auto v = RollbackInCluster(Str("cluster"), Has("cluster-prefix") ? Str("cluster-prefix") : "",
+                                 table, to);
+      if (!v.ok()) return Fail(v.status());
+      std::printf("rolled back %s in the cluster: version %" PRIu64 " is current\n", table.c_str(),
+                  *v);
+      return kExitOk;
+    }
+    if (!Has("db")) return Usage("--db is required (or --cluster)");
     auto store = OpenStore(Str("db"), false);
     if (!store.ok()) return Fail(store.status());
     auto info = (*store)->Rollback(table, to);

@@ -48,6 +48,17 @@ class ServeCommand : public Command {
     AddInt("drain-seconds", "On SIGTERM, how long requests in flight may take to finish", "30");
     AddValueWithDefault("device", "cpu | cuda (pool on the GPU through a row cache)", "cpu");
     AddInt64("cache-mb", "GPU row cache capacity in MiB (with --device cuda)");
+    AddValue("cluster",
+             "etcd endpoints (http://HOST:PORT,...): serve as a node of that cluster "
+             "(registered under a lease; accepts shards from `embstore publish`; docs/cluster.md)");
+    AddValue("node", "With --cluster: this node's name (default HOSTNAME-PORT)");
+    AddValue("advertise",
+             "With --cluster: HOST:PORT clients reach this node at (default: "
+             "--listen's host and the bound port)");
+    AddValue("cluster-prefix",
+             "With --cluster: the cluster's etcd key prefix (default /embstore/)");
+    AddInt64("lease-ttl",
+             "With --cluster: seconds after which a silent node is dropped (default 10)");
   }
 
  private:
@@ -64,6 +75,21 @@ class ServeCommand : public Command {
     if (Has("tls-cert")) o.tls_cert = Str("tls-cert");
     if (Has("tls-key")) o.tls_key = Str("tls-key");
     if (Has("tls-client-ca")) o.tls_client_ca = Str("tls-client-ca");
+    if (Has("cluster")) {
+      o.cluster = Str("cluster");
+      if (Has("node")) o.node = Str("node");
+      if (Has("advertise")) o.advertise = Str("advertise");
+      if (Has("cluster-prefix")) o.cluster_prefix = Str("cluster-prefix");
+      if (Has("lease-ttl")) {
+        o.lease_ttl_s = Int64("lease-ttl");
+        if (o.lease_ttl_s < 1 || o.lease_ttl_s > 3600)
+          return Usage("--lease-ttl must be between 1 and 3600 seconds");
+      }
+    } else {
+      for (const char* c : {"node", "advertise", "cluster-prefix", "lease-ttl"}) {
+        if (Has(c)) return Usage(std::string("--") + c + " applies to --cluster only");
+      }
+    }
     const int drain = Int("drain-seconds");
     if (drain < 0) return Usage("--drain-seconds must be >= 0");
     const std::optional<Device> device = ParseDevice(Str("device"));

@@ -1,0 +1,852 @@
+#include "serve/cluster.h"
+
+#include <grpcpp/grpcpp.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <ctime>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "checkpoint/tensor_reader.h"
+#include "embstore/store.h"
+#include "embstore/v1/embstore.grpc.pb.h"
+#include "engine/plan.h"
+#include "serve/convert.h"
+#include "storage/convert.h"
+#include "util/mutex.h"
+
+namespace embstore::serve {
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+std::string Hex64(uint64_t v) {
+  char b[17];
+  std::snprintf(b, sizeof b, "%016" PRIx64, v);
+  return b;
+}
+
+Result<uint64_t> ParseHex64(const std::string& s) {
+  if (s.empty() || s.size() > 16) return Status::InvalidArgument("bad checksum '" + s + "'");
+  uint64_t v = 0;
+  for (char c : s) {
+    int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (d < 0) return Status::InvalidArgument("bad checksum '" + s + "'");
+    v = v << 4 | static_cast<uint64_t>(d);
+  }
+  return v;
+}
+
+Result<uint64_t> ParseVersion(const std::string& s, const std::string& what) {
+  if (s.empty() || s.size() > 19 || s.find_first_not_of("0123456789") != std::string::npos) {
+    return Status::Corruption(what + " is not a version number: '" + s + "'");
+  }
+  return std::stoull(s);
+}
+
+Status StepStopped(const std::string& step) {
+  return Status::IOError("publish stopped after step '" + step + "' (test hook)");
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- manifest
+
+std::string ManifestToJson(const Manifest& m) {
+  json j = json::object();
+  j["table"] = m.table;
+  j["version"] = m.version;
+  j["state"] = m.state;
+  j["rows"] = m.rows;
+  j["dim"] = m.dim;
+  j["dtype"] = FindDType(m.dtype)->name;
+  j["replicas"] = m.replicas;
+  j["source"] = m.source;
+  j["created_unix"] = m.created_unix;
+  json shards = json::array();
+  for (const ShardInfo& s : m.shards) {
+    shards.push_back(
+        {{"begin", s.begin}, {"end", s.end}, {"checksum", Hex64(s.checksum)}, {"nodes", s.nodes}});
+  }
+  j["shards"] = shards;
+  return j.dump();
+}
+
+Result<Manifest> ManifestFromJson(const std::string& text) {
+  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return Status::Corruption("a cluster manifest is not a JSON object");
+  Manifest m;
+  try {
+    m.table = j.at("table").get<std::string>();
+    m.version = j.at("version").get<uint64_t>();
+    m.state = j.at("state").get<std::string>();
+    m.rows = j.at("rows").get<int64_t>();
+    m.dim = j.at("dim").get<int64_t>();
+    const std::optional<DType> d = ParseDType(j.at("dtype").get<std::string>());
+    if (!d) return Status::Corruption("manifest of '" + m.table + "': unknown dtype");
+    m.dtype = *d;
+    m.replicas = j.at("replicas").get<int>();
+    m.source = j.value("source", "");
+    m.created_unix = j.value("created_unix", int64_t{0});
+    int64_t next = 0;
+    for (const json& s : j.at("shards")) {
+      ShardInfo info;
+      info.begin = s.at("begin").get<int64_t>();
+      info.end = s.at("end").get<int64_t>();
+      EMBSTORE_ASSIGN_OR_RETURN(info.checksum, ParseHex64(s.at("checksum").get<std::string>()));
+      info.nodes = s.at("nodes").get<std::vector<std::string>>();
+      if (info.begin != next || info.end < info.begin) {
+        return Status::Corruption("manifest of '" + m.table + "' version " +
+                                  std::to_string(m.version) + ": its shards do not tile the rows");
+      }
+      next = info.end;
+      m.shards.push_back(std::move(info));
+    }
+    if (next != m.rows || m.rows < 0 || m.dim < 1) {
+      return Status::Corruption("manifest of '" + m.table + "' version " +
+                                std::to_string(m.version) + ": its shards do not cover its rows");
+    }
+  } catch (const json::exception& e) {
+    return Status::Corruption(std::string("a cluster manifest is malformed: ") + e.what());
+  }
+  return m;
+}
+
+std::string ShardTableName(const std::string& table, uint64_t version, size_t shard) {
+  return table + ".v" + std::to_string(version) + ".s" + std::to_string(shard);
+}
+
+Status ValidateClusterTableName(const std::string& name) {
+  EMBSTORE_RETURN_IF_ERROR(ValidateTableName(name));
+  if (name.size() > kMaxClusterTableName) {
+    return Status::InvalidArgument("a cluster table name has at most " +
+                                   std::to_string(kMaxClusterTableName) + " characters: '" + name +
+                                   "'");
+  }
+  return Status::OK();
+}
+
+std::vector<std::string> PlaceShard(const std::vector<std::string>& nodes, const std::string& table,
+                                    size_t shard, int replicas) {
+  std::vector<std::pair<uint64_t, std::string>> scored;
+  for (const std::string& n : nodes) {
+    const std::string key = n + '\0' + table + '\0' + std::to_string(shard);
+    scored.emplace_back(XXH64(key.data(), key.size(), 0x656d6273746f7265ull), n);
+  }
+  std::sort(scored.begin(), scored.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first > b.first : a.second < b.second;
+  });
+  std::vector<std::string> out;
+  for (size_t i = 0; i < scored.size() && static_cast<int>(i) < replicas; ++i)
+    out.push_back(scored[i].second);
+  return out;
+}
+
+std::pair<int64_t, int64_t> ShardRange(int64_t rows, int64_t shards, int64_t s) {
+  const auto at = [rows, shards](int64_t k) {
+    return static_cast<int64_t>(static_cast<__int128>(rows) * k / shards);
+  };
+  return {at(s), at(s + 1)};
+}
+
+std::string ClusterKeys::Version(const std::string& t, uint64_t v) const {
+  char b[24];
+  std::snprintf(b, sizeof b, "%012" PRIu64, v);
+  return Versions(t) + b;
+}
+
+Result<std::vector<NodeInfo>> ListNodes(Etcd* etcd, const ClusterKeys& keys) {
+  EMBSTORE_ASSIGN_OR_RETURN(std::vector<EtcdKeyValue> kvs, etcd->List(keys.Nodes()));
+  std::vector<NodeInfo> out;
+  for (const EtcdKeyValue& kv : kvs) {
+    const json j = json::parse(kv.value, nullptr, false);
+    if (!j.is_object() || !j.contains("address") || !j["address"].is_string()) continue;
+    NodeInfo n;
+    n.name = kv.key.substr(keys.Nodes().size());
+    n.address = j["address"].get<std::string>();
+    n.started_unix = j.value("started_unix", int64_t{0});
+    out.push_back(std::move(n));
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- membership
+
+struct ClusterMember::State {
+  std::unique_ptr<Etcd> etcd;
+  ClusterKeys keys;
+  NodeInfo node;
+  int64_t ttl_s = 0;
+  Mutex mu;
+  CondVar cv{&mu};
+  bool stop GUARDED_BY(mu) = false;
+  int64_t lease GUARDED_BY(mu) = 0;
+  std::thread thread;
+
+  std::string Value() const {
+    return json{{"name", node.name}, {"address", node.address}, {"started_unix", node.started_unix}}
+        .dump();
+  }
+  Result<int64_t> Register() {
+    EMBSTORE_ASSIGN_OR_RETURN(int64_t id, etcd->GrantLease(ttl_s));
+    EMBSTORE_RETURN_IF_ERROR(etcd->Put(keys.Node(node.name), Value(), id));
+    return id;
+  }
+};
+
+Result<std::unique_ptr<ClusterMember>> ClusterMember::Join(const std::string& endpoints,
+                                                           const ClusterKeys& keys,
+                                                           const NodeInfo& node, int64_t ttl_s) {
+  if (ttl_s < 1) return Status::InvalidArgument("--lease-ttl must be >= 1 second");
+  std::unique_ptr<ClusterMember> m(new ClusterMember());
+  m->state_ = std::make_unique<State>();
+  State* s = m->state_.get();
+  EMBSTORE_ASSIGN_OR_RETURN(s->etcd, Etcd::Connect(endpoints, std::chrono::seconds(5)));
+  s->keys = keys;
+  s->node = node;
+  s->ttl_s = ttl_s;
+  // Another live node of the same name would be silently replaced.
+  EMBSTORE_ASSIGN_OR_RETURN(std::optional<EtcdKeyValue> other, s->etcd->Get(keys.Node(node.name)));
+  if (other) {
+    return Status::AlreadyExists("a node named '" + node.name +
+                                 "' is already registered in the cluster (" + other->value +
+                                 "); give another --node name, or wait for its lease (" +
+                                 std::to_string(ttl_s) + " s) to expire");
+  }
+  EMBSTORE_ASSIGN_OR_RETURN(int64_t lease, s->Register());
+  {
+    MutexLock lock(&s->mu);
+    s->lease = lease;
+  }
+  s->thread = std::thread([s] {
+    const auto period = std::chrono::milliseconds(std::max<int64_t>(100, s->ttl_s * 1000 / 3));
+    MutexLock lock(&s->mu);
+    while (!s->stop) {
+      s->cv.WaitFor(period);
+      if (s->stop) break;
+      const int64_t lease = s->lease;
+      s->mu.Unlock();
+      Status st = s->etcd->KeepAlive(lease);
+      int64_t renewed = lease;
+      if (st.code() == Status::Code::kNotFound) {  // expired: register again
+        auto r = s->Register();
+        if (r.ok()) renewed = *r;
+        st = r.status();
+      }
+      if (!st.ok()) {
+        std::fprintf(stderr, "embstore serve: cluster: %s (retrying)\n", st.message().c_str());
+      }
+      s->mu.Lock();
+      s->lease = renewed;
+    }
+  });
+  return m;
+}
+
+void ClusterMember::Leave() {
+  if (!state_) return;
+  State* s = state_.get();
+  int64_t lease = 0;
+  {
+    MutexLock lock(&s->mu);
+    if (s->stop) return;
+    s->stop = true;
+    lease = s->lease;
+    s->cv.SignalAll();
+  }
+  if (s->thread.joinable()) s->thread.join();
+  (void)s->etcd->RevokeLease(lease);  // the key goes with it
+}
+
+ClusterMember::~ClusterMember() { Leave(); }
+
+// ---------------------------------------------------------------- publish
+
+namespace {
+
+// A stub per node address, made once.
+class NodeStubs {
+ public:
+  explicit NodeStubs(ClientOptions tls) : tls_(std::move(tls)) {}
+  Result<v1::Embstore::Stub*> Get(const std::string& address) {
+    MutexLock lock(&mu_);
+    auto it = stubs_.find(address);
+    if (it != stubs_.end()) return it->second.get();
+    ClientOptions o = tls_;
+    o.target = address;
+    EMBSTORE_ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> ch, OpenChannel(o));
+    auto& slot = stubs_[address];
+    slot = v1::Embstore::NewStub(ch);
+    return slot.get();
+  }
+
+ private:
+  ClientOptions tls_;
+  Mutex mu_;
+  std::map<std::string, std::unique_ptr<v1::Embstore::Stub>> stubs_ GUARDED_BY(mu_);
+};
+
+Status NodeCall(const grpc::Status& st, const std::string& node, const std::string& what) {
+  if (st.ok()) return Status::OK();
+  return FromGrpc(st, "node '" + node + "' (" + what + ")");
+}
+
+}  // namespace
+
+Result<Manifest> Publish(Etcd* etcd, const PublishOptions& o) {
+  auto log = [&o](const std::string& line) {
+    if (o.log) o.log(line);
+  };
+  auto step = [&o](const std::string& name) { return !o.step || o.step(name); };
+  EMBSTORE_RETURN_IF_ERROR(ValidateClusterTableName(o.table));
+  if (o.shards < 1 || o.shards > 65536) {
+    return Status::InvalidArgument("--shards must be between 1 and 65536");
+  }
+  if (o.replicas < 1 || o.replicas > 16) {
+    return Status::InvalidArgument("--replicas must be between 1 and 16");
+  }
+  EMBSTORE_ASSIGN_OR_RETURN(auto reader, storage::OpenTensor(o.from, o.tensor_key));
+  Manifest m;
+  m.table = o.table;
+  m.rows = reader->rows();
+  m.dim = reader->dim();
+  switch (reader->source_dtype()) {
+    case storage::SourceDType::kF16:
+      m.dtype = DType::kF16;
+      break;
+    case storage::SourceDType::kBF16:
+      m.dtype = DType::kBF16;
+      break;
+    default:
+      m.dtype = DType::kF32;
+  }
+  if (o.dtype) m.dtype = *o.dtype;
+  m.replicas = o.replicas;
+  m.source = reader->source();
+  m.created_unix = static_cast<int64_t>(std::time(nullptr));
+  if (m.rows < o.shards) {
+    return Status::InvalidArgument("--shards " + std::to_string(o.shards) + " is more than the " +
+                                   std::to_string(m.rows) + " rows of " + m.source);
+  }
+
+  EMBSTORE_ASSIGN_OR_RETURN(std::vector<NodeInfo> nodes, ListNodes(etcd, o.keys));
+  if (static_cast<int>(nodes.size()) < o.replicas) {
+    return Status::IOError("--replicas " + std::to_string(o.replicas) +
+                           " needs as many live nodes; the cluster has " +
+                           std::to_string(nodes.size()));
+  }
+  std::map<std::string, std::string> address;
+  std::vector<std::string> names;
+  for (const NodeInfo& n : nodes) {
+    address[n.name] = n.address;
+    names.push_back(n.name);
+  }
+
+  // Reserve the next version number: a key created only if absent.
+  EMBSTORE_ASSIGN_OR_RETURN(std::vector<EtcdKeyValue> existing,
+                            etcd->List(o.keys.Versions(o.table)));
+  uint64_t v = 1;
+  for (const EtcdKeyValue& kv : existing) {
+    auto n = ParseVersion(kv.key.substr(o.keys.Versions(o.table).size()), kv.key);
+    if (n.ok()) v = std::max(v, *n + 1);
+  }
+  for (;; ++v) {
+    m.version = v;
+    m.state = "publishing";
+    EMBSTORE_ASSIGN_OR_RETURN(bool reserved, etcd->CompareAndPut(o.keys.Version(o.table, v),
+                                                                 std::nullopt, ManifestToJson(m)));
+    if (reserved) break;
+  }
+  log("version " + std::to_string(v) + " of '" + o.table + "' reserved");
+  if (!step("reserved")) return StepStopped("reserved");
+
+  NodeStubs stubs(ClientOptions{});
+  const size_t stride = RowStrideBytes(m.dtype, m.dim);
+  const int64_t chunk_rows =
+      std::max<int64_t>(1, o.chunk_bytes / static_cast<int64_t>(m.dim * sizeof(float)));
+  std::vector<float> rows;
+  std::vector<uint8_t> encoded;
+  for (int s = 0; s < o.shards; ++s) {
+    ShardInfo shard;
+    std::tie(shard.begin, shard.end) = ShardRange(m.rows, o.shards, s);
+    shard.nodes = PlaceShard(names, o.table, static_cast<size_t>(s), o.replicas);
+    const std::string name = ShardTableName(o.table, v, static_cast<size_t>(s));
+    // Stream the rows once to every replica, hashing them as the store
+    // will encode them.
+    XXH64_state_t* hash = XXH64_createState();
+    XXH64_reset(hash, 0);
+    std::unique_ptr<XXH64_state_t, decltype(&XXH64_freeState)> hash_owner(hash, XXH64_freeState);
+    for (int64_t first = shard.begin; first < shard.end; first += chunk_rows) {
+      const int64_t n = std::min(chunk_rows, shard.end - first);
+      rows.resize(static_cast<size_t>(n * m.dim));
+      EMBSTORE_RETURN_IF_ERROR(reader->ReadRows(first, n, rows.data()));
+      encoded.assign(static_cast<size_t>(n) * stride, 0);
+      EMBSTORE_RETURN_IF_ERROR(
+          storage::EncodeRows(rows.data(), n, m.dim, m.dtype, stride, encoded.data(), first));
+      XXH64_update(hash, encoded.data(), encoded.size());
+      v1::PutShardRowsRequest req;
+      req.set_shard(name);
+      req.set_first_row(first - shard.begin);
+      req.set_dim(m.dim);
+      req.set_rows(rows.data(), rows.size() * sizeof(float));
+      for (const std::string& node : shard.nodes) {
+        EMBSTORE_ASSIGN_OR_RETURN(v1::Embstore::Stub * stub, stubs.Get(address[node]));
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + o.rpc_timeout);
+        v1::PutShardRowsReply rep;
+        EMBSTORE_RETURN_IF_ERROR(
+            NodeCall(stub->PutShardRows(&ctx, req, &rep), node, "rows of " + name));
+      }
+    }
+    shard.checksum = XXH64_digest(hash);
+    for (size_t r = 0; r < shard.nodes.size(); ++r) {
+      const std::string& node = shard.nodes[r];
+      v1::CommitShardRequest req;
+      req.set_shard(name);
+      req.set_rows(shard.end - shard.begin);
+      req.set_dim(m.dim);
+      req.set_dtype(FindDType(m.dtype)->name);
+      req.set_checksum(shard.checksum);
+      req.set_source(m.source + " rows " + std::to_string(shard.begin) + ".." +
+                     std::to_string(shard.end));
+      EMBSTORE_ASSIGN_OR_RETURN(v1::Embstore::Stub * stub, stubs.Get(address[node]));
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + o.rpc_timeout);
+      v1::CommitShardReply rep;
+      EMBSTORE_RETURN_IF_ERROR(
+          NodeCall(stub->CommitShard(&ctx, req, &rep), node, "commit " + name));
+      log("shard " + std::to_string(s) + " rows [" + std::to_string(shard.begin) + ", " +
+          std::to_string(shard.end) + ") on '" + node + "', checksum " + Hex64(shard.checksum) +
+          " verified there");
+      if (!step("shard " + std::to_string(s) + " replica " + std::to_string(r))) {
+        return StepStopped("shard " + std::to_string(s) + " replica " + std::to_string(r));
+      }
+    }
+    m.shards.push_back(std::move(shard));
+  }
+
+  m.state = "ready";
+  EMBSTORE_RETURN_IF_ERROR(etcd->Put(o.keys.Version(o.table, v), ManifestToJson(m)));
+  if (!step("manifest")) return StepStopped("manifest");
+  // Switch the current version: from what it was when read, by CAS.
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    EMBSTORE_ASSIGN_OR_RETURN(std::optional<EtcdKeyValue> cur, etcd->Get(o.keys.Current(o.table)));
+    std::optional<std::string> expected;
+    if (cur) expected = cur->value;
+    if (cur) {
+      auto n = ParseVersion(cur->value, o.keys.Current(o.table));
+      if (n.ok() && *n > v) {
+        return Status::IOError("version " + std::to_string(*n) + " of '" + o.table +
+                               "' was published meanwhile; version " + std::to_string(v) +
+                               " is kept but not made current");
+      }
+    }
+    EMBSTORE_ASSIGN_OR_RETURN(
+        bool switched, etcd->CompareAndPut(o.keys.Current(o.table), expected, std::to_string(v)));
+    if (switched) {
+      log("version " + std::to_string(v) + " of '" + o.table + "' is current");
+      return m;
+    }
+  }
+  return Status::IOError("could not switch the current version of '" + o.table +
+                         "': it kept changing");
+}
+
+Result<uint64_t> RollbackCluster(Etcd* etcd, const ClusterKeys& keys, const std::string& table,
+                                 std::optional<uint64_t> to_version) {
+  EMBSTORE_RETURN_IF_ERROR(ValidateClusterTableName(table));
+  EMBSTORE_ASSIGN_OR_RETURN(std::optional<EtcdKeyValue> cur, etcd->Get(keys.Current(table)));
+  if (!cur) return Status::NotFound("no table '" + table + "' in the cluster");
+  EMBSTORE_ASSIGN_OR_RETURN(uint64_t current, ParseVersion(cur->value, keys.Current(table)));
+  EMBSTORE_ASSIGN_OR_RETURN(std::vector<EtcdKeyValue> kvs, etcd->List(keys.Versions(table)));
+  std::optional<uint64_t> pick;
+  for (const EtcdKeyValue& kv : kvs) {
+    auto m = ManifestFromJson(kv.value);
+    if (!m.ok() || m->state != "ready") continue;
+    if (to_version) {
+      if (m->version == *to_version) pick = m->version;
+    } else if (m->version < current && (!pick || m->version > *pick)) {
+      pick = m->version;
+    }
+  }
+  if (to_version && *to_version == current) {
+    return Status::InvalidArgument("version " + std::to_string(current) + " of '" + table +
+                                   "' is the current version");
+  }
+  if (!pick) {
+    return Status::NotFound(to_version
+                                ? "no ready version " + std::to_string(*to_version) + " of '" +
+                                      table + "' in the cluster"
+                                : "table '" + table + "' (version " + std::to_string(current) +
+                                      ") has no earlier ready version to roll back to");
+  }
+  EMBSTORE_ASSIGN_OR_RETURN(
+      bool switched, etcd->CompareAndPut(keys.Current(table), cur->value, std::to_string(*pick)));
+  if (!switched) {
+    return Status::IOError("the current version of '" + table +
+                           "' changed during the rollback; nothing was done");
+  }
+  return *pick;
+}
+
+Result<std::string> ClusterStatus(Etcd* etcd, const ClusterKeys& keys) {
+  std::ostringstream out;
+  EMBSTORE_ASSIGN_OR_RETURN(std::vector<NodeInfo> nodes, ListNodes(etcd, keys));
+  std::set<std::string> live;
+  out << "nodes: " << nodes.size() << " live\n";
+  for (const NodeInfo& n : nodes) {
+    live.insert(n.name);
+    out << "  " << n.name << "  " << n.address << "\n";
+  }
+  EMBSTORE_ASSIGN_OR_RETURN(std::vector<EtcdKeyValue> kvs, etcd->List(keys.Tables()));
+  std::map<std::string, std::string> current;
+  std::map<std::string, std::vector<Manifest>> versions;
+  for (const EtcdKeyValue& kv : kvs) {
+    const std::string rest = kv.key.substr(keys.Tables().size());
+    const size_t slash = rest.find('/');
+    if (slash == std::string::npos) continue;
+    const std::string table = rest.substr(0, slash);
+    if (rest.substr(slash) == "/current") {
+      current[table] = kv.value;
+    } else if (auto m = ManifestFromJson(kv.value); m.ok()) {
+      versions[table].push_back(std::move(m).value());
+    }
+  }
+  out << "tables: " << versions.size() << "\n";
+  int under = 0;
+  for (const auto& [table, vs] : versions) {
+    out << "  " << table << "  current version " << (current.count(table) ? current[table] : "none")
+        << "\n";
+    for (const Manifest& m : vs) {
+      const bool is_current = current.count(table) && current[table] == std::to_string(m.version);
+      out << "    version " << m.version << (is_current ? " (current)" : "") << "  " << m.state
+          << "  " << m.rows << " x " << m.dim << " " << FindDType(m.dtype)->name << ", "
+          << m.shards.size() << " shards x " << m.replicas << " replicas\n";
+      if (!is_current) continue;
+      for (size_t s = 0; s < m.shards.size(); ++s) {
+        const ShardInfo& sh = m.shards[s];
+        int alive = 0;
+        std::string where;
+        for (const std::string& n : sh.nodes) {
+          const bool up = live.count(n) > 0;
+          alive += up;
+          where += (where.empty() ? "" : ", ") + n + (up ? "" : " (down)");
+        }
+        const bool short_of = alive < m.replicas;
+        under += short_of;
+        out << "      shard " << s << "  rows [" << sh.begin << ", " << sh.end << ")  " << where
+            << (short_of ? "  UNDER-REPLICATED (" + std::to_string(alive) + " of " +
+                               std::to_string(m.replicas) + ")"
+                         : "")
+            << "\n";
+      }
+    }
+  }
+  out << "under-replicated shards: " << under << "\n";
+  return out.str();
+}
+
+// ---------------------------------------------------------------- client
+
+namespace {
+
+// One shard's sub-request, in the node's rows.
+struct SubRequest {
+  size_t shard = 0;
+  std::vector<int64_t> ids;
+  std::vector<int64_t> offsets;  // B bag starts
+  std::vector<float> weights;    // empty: none
+  bool any = false;              // some bag has an id of this shard
+};
+
+class ClusterClientImpl final : public ClusterClient {
+ public:
+  Status Init(const ClusterClientOptions& o) {
+    options_ = o;
+    EMBSTORE_ASSIGN_OR_RETURN(etcd_, Etcd::Connect(o.endpoints, o.etcd_timeout));
+    ClientOptions tls;
+    tls.tls_ca = o.tls_ca;
+    tls.tls_cert = o.tls_cert;
+    tls.tls_key = o.tls_key;
+    stubs_ = std::make_unique<NodeStubs>(tls);
+    int64_t revision = 0;
+    EMBSTORE_ASSIGN_OR_RETURN(std::vector<EtcdKeyValue> kvs, etcd_->List(o.keys.prefix, &revision));
+    {
+      MutexLock lock(&mu_);
+      for (const EtcdKeyValue& kv : kvs) ApplyLocked(false, kv);
+    }
+    watch_ = etcd_->Watch(
+        o.keys.prefix, revision,
+        [this](const std::vector<EtcdEvent>& events, int64_t) {
+          MutexLock lock(&mu_);
+          for (const EtcdEvent& e : events) ApplyLocked(e.deleted, e.kv);
+        },
+        [](const Status&) {});  // the routing last seen stays in use
+    return Status::OK();
+  }
+
+  Result<Manifest> Route(const std::string& table) const override {
+    MutexLock lock(&mu_);
+    return RouteLocked(table);
+  }
+
+  ClusterStats stats() const override {
+    ClusterStats s;
+    s.requests = requests_.load();
+    s.sub_requests = sub_requests_.load();
+    s.retries = retries_.load();
+    return s;
+  }
+
+  Result<RemoteResult> EmbeddingBag(const std::string& table, const BagRequest& request,
+                                    const QueryOptions& options) override {
+    ++requests_;
+    Manifest m;
+    std::map<std::string, std::string> address;
+    {
+      MutexLock lock(&mu_);
+      EMBSTORE_ASSIGN_OR_RETURN(m, RouteLocked(table));
+      address = nodes_;
+    }
+    // Validate as the local engine does (same messages), against the
+    // table's shape; no row is read.
+    static const uint8_t kNoRows[64] = {};
+    TableView view;
+    view.data = kNoRows;
+    view.rows = m.rows;
+    view.dim = m.dim;
+    view.dtype = m.dtype;
+    view.row_stride = RowStrideBytes(m.dtype, m.dim);
+    view.name = table;
+    EMBSTORE_ASSIGN_OR_RETURN(engine::BagPlan plan, engine::PlanBags(view, request, options));
+    const int64_t bags = plan.num_bags();
+    const int64_t dim = m.dim;
+    const size_t nshards = m.shards.size();
+
+    // Split by shard, keeping the bags.
+    std::vector<SubRequest> subs(nshards);
+    for (size_t s = 0; s < nshards; ++s) {
+      subs[s].shard = s;
+      subs[s].offsets.reserve(static_cast<size_t>(bags));
+    }
+    std::vector<int64_t> starts(static_cast<size_t>(m.shards.size()));
+    for (size_t s = 0; s < nshards; ++s) starts[s] = m.shards[s].begin;
+    auto shard_of = [&](int64_t id) {
+      return static_cast<size_t>(std::upper_bound(starts.begin(), starts.end(), id) -
+                                 starts.begin() - 1);
+    };
+    for (int64_t b = 0; b < bags; ++b) {
+      for (SubRequest& sub : subs) sub.offsets.push_back(static_cast<int64_t>(sub.ids.size()));
+      for (int64_t k = plan.bag_begin[b]; k < plan.bag_end[b]; ++k) {
+        const int64_t id = plan.indices[k];
+        if (id == plan.padding_row) continue;  // neither pooled nor counted
+        SubRequest& sub = subs[shard_of(id)];
+        sub.ids.push_back(id - m.shards[sub.shard].begin);
+        if (plan.weights != nullptr) sub.weights.push_back(plan.weights[k]);
+        sub.any = true;
+      }
+    }
+
+    // Fan out: every shard with ids at once, each to its first live
+    // replica; a failure or a late answer moves it to the next replica.
+    const auto deadline = Clock::now() + options_.deadline.value_or(std::chrono::seconds(30));
+    const bool max_mode = options.mode == PoolingMode::kMax;
+    std::vector<v1::PartialReply> replies(nshards);
+    std::vector<std::string> failed;
+    Mutex fail_mu;
+    std::vector<std::thread> threads;
+    auto run = [&](size_t s) {
+      const SubRequest& sub = subs[s];
+      v1::PoolPartialRequest req;
+      v1::EmbeddingBagRequest* bag = req.mutable_bag();
+      bag->set_table(ShardTableName(table, m.version, s));
+      bag->mutable_indices()->Add(sub.ids.begin(), sub.ids.end());
+      bag->mutable_offsets()->mutable_values()->Add(sub.offsets.begin(), sub.offsets.end());
+      if (plan.weights != nullptr) {
+        bag->mutable_per_sample_weights()->mutable_values()->Add(sub.weights.begin(),
+                                                                 sub.weights.end());
+      }
+      QueryOptions qo = options;
+      qo.mode = max_mode ? PoolingMode::kMax : PoolingMode::kSum;
+      qo.padding_idx.reset();  // padding ids were dropped above
+      qo.include_last_offset = false;
+      qo.max_threads = options.max_threads;
+      WritePoolOptions(qo, bag->mutable_options());
+      std::string why;
+      const std::vector<std::string>& replicas = m.shards[s].nodes;
+      int tried = 0;
+      for (size_t r = 0; r < replicas.size(); ++r) {
+        auto it = address.find(replicas[r]);
+        if (it == address.end()) {
+          why += (why.empty() ? "" : "; ") + replicas[r] + ": not live";
+          continue;
+        }
+        if (Clock::now() >= deadline) {
+          why += (why.empty() ? "" : "; ") + std::string("the deadline passed");
+          break;
+        }
+        auto stub = stubs_->Get(it->second);
+        if (!stub.ok()) {
+          why += (why.empty() ? "" : "; ") + replicas[r] + ": " + stub.status().message();
+          continue;
+        }
+        if (tried++ > 0) ++retries_;
+        ++sub_requests_;
+        grpc::ClientContext ctx;
+        // The last live replica gets what is left of the deadline.
+        const auto left = deadline - Clock::now();
+        const auto attempt = r + 1 < replicas.size()
+                                 ? std::min<Clock::duration>(left, options_.attempt_timeout)
+                                 : left;
+        ctx.set_deadline(std::chrono::system_clock::now() + attempt);
+        v1::PartialReply rep;
+        const grpc::Status st = (*stub)->PoolPartial(&ctx, req, &rep);
+        if (st.ok() && rep.counts_size() == bags &&
+            rep.values().size() == static_cast<size_t>(bags * dim) * sizeof(float)) {
+          replies[s] = std::move(rep);
+          return;
+        }
+        why += (why.empty() ? "" : "; ") + replicas[r] + ": " +
+               (st.ok() ? std::string("a malformed reply")
+                        : std::string(GrpcCodeName(st.error_code())) + ": " + st.error_message());
+      }
+      MutexLock lock(&fail_mu);
+      failed.push_back("shard " + std::to_string(s) + " (" + why + ")");
+    };
+    for (size_t s = 0; s < nshards; ++s) {
+      if (!subs[s].any) continue;
+      threads.emplace_back(run, s);
+    }
+    for (std::thread& t : threads) t.join();
+    if (!failed.empty()) {
+      std::sort(failed.begin(), failed.end());
+      std::string all;
+      for (const std::string& f : failed) all += (all.empty() ? "" : ", ") + f;
+      return Status::IOError("UNAVAILABLE: table '" + table + "' version " +
+                             std::to_string(m.version) + ": no replica answered for " + all);
+    }
+
+    // Merge in shard order.
+    RemoteResult result;
+    result.version = m.version;
+    result.output.shape = plan.OutputShape(dim);
+    result.output.values.assign(static_cast<size_t>(bags * dim), 0.0f);
+    std::vector<int64_t> count(static_cast<size_t>(bags), 0);
+    for (size_t s = 0; s < nshards; ++s) {
+      if (!subs[s].any) continue;
+      const v1::PartialReply& rep = replies[s];
+      const float* part = reinterpret_cast<const float*>(rep.values().data());  // NOLINT
+      for (int64_t b = 0; b < bags; ++b) {
+        const int64_t c = rep.counts(static_cast<int>(b));
+        if (c == 0) continue;
+        float* out = &result.output.values[static_cast<size_t>(b * dim)];
+        const float* p = part + b * dim;
+        if (max_mode) {
+          if (count[b] == 0) {
+            std::copy(p, p + dim, out);
+          } else {
+            for (int64_t d = 0; d < dim; ++d) out[d] = std::max(out[d], p[d]);
+          }
+        } else {
+          for (int64_t d = 0; d < dim; ++d) out[d] += p[d];
+        }
+        count[b] += c;
+      }
+    }
+    if (options.mode == PoolingMode::kMean) {
+      for (int64_t b = 0; b < bags; ++b) {
+        if (count[b] == 0) continue;
+        float* out = &result.output.values[static_cast<size_t>(b * dim)];
+        for (int64_t d = 0; d < dim; ++d) out[d] /= static_cast<float>(count[b]);
+      }
+    }
+    return result;
+  }
+
+ private:
+  void ApplyLocked(bool deleted, const EtcdKeyValue& kv) EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const ClusterKeys& k = options_.keys;
+    if (kv.key.rfind(k.Nodes(), 0) == 0) {
+      const std::string name = kv.key.substr(k.Nodes().size());
+      if (deleted) {
+        nodes_.erase(name);
+        return;
+      }
+      const json j = json::parse(kv.value, nullptr, false);
+      if (j.is_object() && j.contains("address") && j["address"].is_string())
+        nodes_[name] = j["address"].get<std::string>();
+      return;
+    }
+    if (kv.key.rfind(k.Tables(), 0) != 0) return;
+    const std::string rest = kv.key.substr(k.Tables().size());
+    const size_t slash = rest.find('/');
+    if (slash == std::string::npos) return;
+    const std::string table = rest.substr(0, slash);
+    const std::string what = rest.substr(slash);
+    if (what == "/current") {
+      if (deleted) {
+        current_.erase(table);
+      } else if (auto v = ParseVersion(kv.value, kv.key); v.ok()) {
+        current_[table] = *v;
+      }
+      return;
+    }
+    if (what.rfind("/versions/", 0) != 0) return;
+    auto v = ParseVersion(what.substr(std::string("/versions/").size()), kv.key);
+    if (!v.ok()) return;
+    if (deleted) {
+      manifests_[table].erase(*v);
+    } else if (auto m = ManifestFromJson(kv.value); m.ok()) {
+      manifests_[table][*v] = std::move(m).value();
+    }
+  }
+
+  Result<Manifest> RouteLocked(const std::string& table) const EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto c = current_.find(table);
+    if (c == current_.end()) {
+      return Status::NotFound("unknown table '" + table + "' (not in the cluster at " +
+                              etcd_->endpoints() + ")");
+    }
+    auto t = manifests_.find(table);
+    if (t == manifests_.end() || !t->second.count(c->second)) {
+      return Status::IOError("UNAVAILABLE: table '" + table +
+                             "': the manifest of its current version " + std::to_string(c->second) +
+                             " is missing");
+    }
+    const Manifest& m = t->second.at(c->second);
+    if (m.state != "ready") {
+      return Status::IOError("UNAVAILABLE: table '" + table + "': its current version " +
+                             std::to_string(m.version) + " is not ready");
+    }
+    return m;
+  }
+
+  ClusterClientOptions options_;
+  std::unique_ptr<Etcd> etcd_;
+  std::unique_ptr<NodeStubs> stubs_;
+  mutable Mutex mu_;
+  std::map<std::string, std::string> nodes_ GUARDED_BY(mu_);  // name -> address
+  std::map<std::string, uint64_t> current_ GUARDED_BY(mu_);
+  std::map<std::string, std::map<uint64_t, Manifest>> manifests_ GUARDED_BY(mu_);
+  std::unique_ptr<EtcdWatch> watch_;  // last: stopped first
+  std::atomic<int64_t> requests_{0}, sub_requests_{0}, retries_{0};
+};
+
+}  // namespace
+
+Result<std::unique_ptr<ClusterClient>> ClusterClient::Open(const ClusterClientOptions& options) {
+  auto c = std::make_unique<ClusterClientImpl>();
+  EMBSTORE_RETURN_IF_ERROR(c->Init(options));
+  return std::unique_ptr<ClusterClient>(std::move(c));
+}
+
+}  // namespace embstore::serve

@@ -111,7 +111,8 @@ Result<Manifest> ManifestFromJson(const std::string& text) {
       next = info.end;
       m.shards.push_back(std::move(info));
     }
-    if (next != m.rows || m.rows < 0 || m.dim < 1) {
+    // A version still publishing lists its shards only once they are placed.
+    if ((m.state == "ready" && next != m.rows) || m.rows < 0 || m.dim < 1) {
       return Status::Corruption("manifest of '" + m.table + "' version " +
                                 std::to_string(m.version) + ": its shards do not cover its rows");
     }

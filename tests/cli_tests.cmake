@@ -17,3 +17,7 @@ add_dependencies(cli_mapped_input_test embstore_cli)
 # port; gRPC clients from serve/).
 embstore_test(serve_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/serve_test.cc LIBS embstore_serve embstore)
 add_dependencies(serve_test embstore_cli)
+# The cluster on loopback: etcd (Debian's etcd-server) and `embstore serve
+# --cluster` nodes started by the test on ephemeral ports.
+embstore_test(cluster_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cluster_test.cc LIBS embstore_serve embstore)
+add_dependencies(cluster_test embstore_cli)

@@ -10,7 +10,7 @@ pkgs=(build-essential cmake ninja-build pkg-config dpkg-dev file
       python3-dev python3-venv python3-pip python3-setuptools python3-wheel python3-build
       pybind11-dev python3-numpy python3-pytest python3-hypothesis python3-torch
       protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf openssl
-      libgrpc++-dev libprotobuf-dev)
+      libgrpc++-dev libprotobuf-dev etcd-server)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -370,7 +370,7 @@ Result<Manifest> Publish(Etcd* etcd, const PublishOptions& o) {
   log("version " + std::to_string(v) + " of '" + o.table + "' reserved");
   if (!step("reserved")) return StepStopped("reserved");
 
-  NodeStubs stubs(ClientOptions{});
+  NodeStubs stubs(o.tls);
   const size_t stride = RowStrideBytes(m.dtype, m.dim);
   const int64_t chunk_rows =
       std::max<int64_t>(1, o.chunk_bytes / static_cast<int64_t>(m.dim * sizeof(float)));

@@ -111,6 +111,8 @@ struct PublishOptions {
   int replicas = 1;
   ClusterKeys keys;
   std::chrono::milliseconds rpc_timeout{60000};
+  // TLS to the nodes (tls_ca, and tls_cert/tls_key for mutual TLS), as for Client.
+  ClientOptions tls;
   int64_t chunk_bytes = 4 << 20;                // rows sent per PutShardRows, about this many bytes
   std::function<void(const std::string&)> log;  // progress lines; may be empty
   // Testing: called after each step with its name ("reserved", "shard S

@@ -31,6 +31,9 @@ class PublishCommand : public Command {
     AddValue("dtype", "Stored dtype: f32 | f16 | bf16 | int8 (default: the tensor's)");
     AddInt("shards", "Row-range shards", "1");
     AddInt("replicas", "Replicas of each shard, on distinct nodes", "1");
+    AddValue("tls-ca", "Verify the nodes' TLS certificates with this PEM CA");
+    AddValue("tls-cert", "With --tls-ca: this PEM client certificate (mutual TLS)");
+    AddValue("tls-key", "With --tls-ca: the client certificate's PEM key");
   }
 
  private:
@@ -47,6 +50,9 @@ class PublishCommand : public Command {
     o.shards = Int("shards");
     o.replicas = Int("replicas");
     if (Has("cluster-prefix")) o.keys.prefix = Str("cluster-prefix");
+    if (Has("tls-ca")) o.tls.tls_ca = Str("tls-ca");
+    if (Has("tls-cert")) o.tls.tls_cert = Str("tls-cert");
+    if (Has("tls-key")) o.tls.tls_key = Str("tls-key");
     o.log = [](const std::string& line) {
       std::fprintf(stderr, "embstore publish: %s\n", line.c_str());
     };

@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cmath>
-#include <condition_variable>
 #include <cstdio>
 #include <ctime>
 #include <limits>
@@ -187,10 +186,8 @@ struct ClusterMember::State {
   ClusterKeys keys;
   NodeInfo node;
   int64_t ttl_s = 0;
-  Mutex mu;
-  CondVar cv{&mu};
-  bool stop GUARDED_BY(mu) = false;
-  int64_t lease GUARDED_BY(mu) = 0;
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> lease{0};
   std::thread thread;
 
   std::string Value() const {
@@ -201,6 +198,26 @@ struct ClusterMember::State {
     EMBSTORE_ASSIGN_OR_RETURN(int64_t id, etcd->GrantLease(ttl_s));
     EMBSTORE_RETURN_IF_ERROR(etcd->Put(keys.Node(node.name), Value(), id));
     return id;
+  }
+  // Keeps the lease alive every third of its TTL until `stop`.
+  void KeepAliveLoop() {
+    const auto period = std::chrono::milliseconds(std::max<int64_t>(100, ttl_s * 1000 / 3));
+    while (!stop.load()) {
+      for (auto t = std::chrono::milliseconds(0); t < period && !stop.load();
+           t += std::chrono::milliseconds(20)) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+      if (stop.load()) break;
+      Status st = etcd->KeepAlive(lease.load());
+      if (st.code() == Status::Code::kNotFound) {  // expired: register again
+        auto r = Register();
+        if (r.ok()) lease.store(*r);
+        st = r.status();
+      }
+      if (!st.ok() && !stop.load()) {
+        std::fprintf(stderr, "embstore serve: cluster: %s (retrying)\n", st.message().c_str());
+      }
+    }
   }
 };
 
@@ -224,48 +241,15 @@ Result<std::unique_ptr<ClusterMember>> ClusterMember::Join(const std::string& en
                                  std::to_string(ttl_s) + " s) to expire");
   }
   EMBSTORE_ASSIGN_OR_RETURN(int64_t lease, s->Register());
-  {
-    MutexLock lock(&s->mu);
-    s->lease = lease;
-  }
-  s->thread = std::thread([s] {
-    const auto period = std::chrono::milliseconds(std::max<int64_t>(100, s->ttl_s * 1000 / 3));
-    MutexLock lock(&s->mu);
-    while (!s->stop) {
-      s->cv.WaitFor(period);
-      if (s->stop) break;
-      const int64_t lease = s->lease;
-      s->mu.Unlock();
-      Status st = s->etcd->KeepAlive(lease);
-      int64_t renewed = lease;
-      if (st.code() == Status::Code::kNotFound) {  // expired: register again
-        auto r = s->Register();
-        if (r.ok()) renewed = *r;
-        st = r.status();
-      }
-      if (!st.ok()) {
-        std::fprintf(stderr, "embstore serve: cluster: %s (retrying)\n", st.message().c_str());
-      }
-      s->mu.Lock();
-      s->lease = renewed;
-    }
-  });
+  s->lease.store(lease);
+  s->thread = std::thread([s] { s->KeepAliveLoop(); });
   return m;
 }
 
 void ClusterMember::Leave() {
-  if (!state_) return;
-  State* s = state_.get();
-  int64_t lease = 0;
-  {
-    MutexLock lock(&s->mu);
-    if (s->stop) return;
-    s->stop = true;
-    lease = s->lease;
-    s->cv.SignalAll();
-  }
-  if (s->thread.joinable()) s->thread.join();
-  (void)s->etcd->RevokeLease(lease);  // the key goes with it
+  if (!state_ || state_->stop.exchange(true)) return;
+  if (state_->thread.joinable()) state_->thread.join();
+  (void)state_->etcd->RevokeLease(state_->lease.load());  // the key goes with it
 }
 
 ClusterMember::~ClusterMember() { Leave(); }

@@ -383,6 +383,7 @@ void WatchCall::Post() {
 }
 
 void WatchCall::WriteOrPark() {
+  server_->health_mu_.AssertHeld();  // REQUIRES (the class is declared before the server's)
   const HealthCheckResponse::ServingStatus now = server_->HealthOf(request_.service());
   if (now != sent_ || state_ == State::kPosted) {
     HealthCheckResponse reply;
@@ -441,6 +442,7 @@ void WatchCall::Done(bool ok) {
 }
 
 void WatchCall::Notify() {
+  server_->health_mu_.AssertHeld();
   if (state_ != State::kParked) return;
   server_->Unpark(this);
   WriteOrPark();

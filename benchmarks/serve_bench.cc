@@ -452,26 +452,50 @@ int CmdOpen(const Args& args) {
 
 // ---------------------------------------------------------------- in-process
 
-int CmdInproc(const Args& args) {
-  embstore::StoreOptions so;
-  so.create_if_missing = false;
-  auto store = embstore::Store::Open(args.Need("db"), so);
-  if (!store.ok()) Die(store.status().message());
-  auto snap = (*store)->GetSnapshot(args.Need("table"));
-  if (!snap.ok()) Die(snap.status().message());
-  const embstore::TableView view = snap->view();
-  const int threads = static_cast<int>(args.Int("threads", 1));
-  const double duration = args.Num("duration", 5);
-  const double warmup = args.Num("warmup", 1);
-  const int64_t bags = args.Int("bags", 64);
-  const int64_t per_bag = args.Int("ids-per-bag", 20);
-  const int64_t distinct = std::max<int64_t>(1, args.Int("distinct", 256));
-  const uint64_t seed = static_cast<uint64_t>(args.Int("seed", 1));
+// What both in-process commands share: the table's snapshot, the requests
+// (the same ids as `open` for the same seed) and their options.
+struct Inproc {
+  explicit Inproc(const Args& args) {
+    embstore::StoreOptions so;
+    so.create_if_missing = false;
+    auto opened = embstore::Store::Open(args.Need("db"), so);
+    if (!opened.ok()) Die(opened.status().message());
+    store = std::move(opened).value();
+    auto s = store->GetSnapshot(args.Need("table"));
+    if (!s.ok()) Die(s.status().message());
+    snap = *s;
+    view = snap.view();
+    duration = args.Num("duration", 5);
+    warmup = args.Num("warmup", 1);
+    bags = args.Int("bags", 64);
+    per_bag = args.Int("ids-per-bag", 20);
+    distinct = std::max<int64_t>(1, args.Int("distinct", 256));
+    seed = static_cast<uint64_t>(args.Int("seed", 1));
+    qo.mode = embstore::PoolingMode::kSum;
+    qo.max_threads = static_cast<int>(args.Int("max-threads", 1));
+    ids = MakeIds(distinct, bags, per_bag, view.rows, seed);
+    offsets = MakeOffsets(bags, per_bag);
+  }
+  std::unique_ptr<embstore::Store> store;
+  embstore::TableSnapshot snap;
+  embstore::TableView view;
+  double duration = 5, warmup = 1;
+  int64_t bags = 64, per_bag = 20, distinct = 256;
+  uint64_t seed = 1;
   embstore::QueryOptions qo;
-  qo.mode = embstore::PoolingMode::kSum;
-  qo.max_threads = static_cast<int>(args.Int("max-threads", 1));
-  const auto ids = MakeIds(distinct, bags, per_bag, view.rows, seed);
-  const auto offsets = MakeOffsets(bags, per_bag);
+  std::vector<std::vector<int64_t>> ids;
+  std::vector<int64_t> offsets;
+};
+
+int CmdInproc(const Args& args) {
+  const Inproc in(args);
+  const embstore::TableView& view = in.view;
+  const int threads = static_cast<int>(args.Int("threads", 1));
+  const double duration = in.duration, warmup = in.warmup;
+  const int64_t bags = in.bags, per_bag = in.per_bag, distinct = in.distinct;
+  const embstore::QueryOptions& qo = in.qo;
+  const auto& ids = in.ids;
+  const auto& offsets = in.offsets;
 
   std::vector<std::vector<double>> lat(static_cast<size_t>(threads));
   std::vector<int64_t> calls(static_cast<size_t>(threads), 0);
@@ -598,27 +622,17 @@ int CmdRtt(const Args& args) {
 }
 
 int CmdInprocOpen(const Args& args) {
-  embstore::StoreOptions so;
-  so.create_if_missing = false;
-  auto store = embstore::Store::Open(args.Need("db"), so);
-  if (!store.ok()) Die(store.status().message());
-  auto snap = (*store)->GetSnapshot(args.Need("table"));
-  if (!snap.ok()) Die(snap.status().message());
-  const embstore::TableView view = snap->view();
+  const Inproc in(args);
+  const embstore::TableView& view = in.view;
   const std::vector<double> rates = NumList(args.Need("rate"));
-  const double duration = args.Num("duration", 5);
-  const double warmup = args.Num("warmup", 1);
+  const double duration = in.duration, warmup = in.warmup;
   const std::string arrival = args.Str("arrival", "poisson");
   if (arrival != "poisson" && arrival != "uniform") Die("--arrival must be poisson or uniform");
-  const int64_t bags = args.Int("bags", 64);
-  const int64_t per_bag = args.Int("ids-per-bag", 20);
-  const int64_t distinct = std::max<int64_t>(1, args.Int("distinct", 256));
-  const uint64_t seed = static_cast<uint64_t>(args.Int("seed", 1));
-  embstore::QueryOptions qo;
-  qo.mode = embstore::PoolingMode::kSum;
-  qo.max_threads = static_cast<int>(args.Int("max-threads", 1));
-  const auto ids = MakeIds(distinct, bags, per_bag, view.rows, seed);
-  const auto offsets = MakeOffsets(bags, per_bag);
+  const int64_t bags = in.bags, distinct = in.distinct;
+  const uint64_t seed = in.seed;
+  const embstore::QueryOptions& qo = in.qo;
+  const auto& ids = in.ids;
+  const auto& offsets = in.offsets;
   std::vector<float> out(static_cast<size_t>(bags * view.dim));
   for (double rate : rates) {
     const int64_t n = static_cast<int64_t>(std::llround(rate * (warmup + duration)));

@@ -20,11 +20,10 @@ namespace {
 // The commands in the order `embstore --help` lists them.
 std::vector<std::unique_ptr<Command>> AllCommands() {
   std::vector<std::unique_ptr<Command>> all;
-  for (auto make :
-       {NewInitCommand, NewImportCommand, NewListCommand, NewInfoCommand, NewExportCommand,
-        NewDropCommand, NewVerifyCommand, NewInspectCommand, NewQueryCommand, NewRenormCommand,
-        NewRollbackCommand, NewScoreCommand, NewServeCommand, NewPublishCommand, NewClusterCommand,
-        NewGpuInfoCommand}) {
+  for (auto make : {NewInitCommand, NewImportCommand, NewListCommand, NewInfoCommand,
+                    NewExportCommand, NewDropCommand, NewVerifyCommand, NewInspectCommand,
+                    NewQueryCommand, NewRenormCommand, NewRollbackCommand, NewScoreCommand,
+                    NewServeCommand, NewPublishCommand, NewClusterCommand, NewGpuInfoCommand}) {
     all.push_back(make());
   }
   return all;

@@ -260,16 +260,21 @@ class QueryCommand : public Command {
       result = (*client)->EmbeddingBag(Str("table"), req, qo_, version);
     }
     if (!result.ok()) return Fail(result.status());
-    const PooledOutput& out = result->output;
+    if (const int rc = WriteResult(result->output); rc != kExitOk) return rc;
+    if (IsSet("stats")) {
+      std::fprintf(stderr, "served by %s: table %s version %llu\n", co.target.c_str(),
+                   Str("table").c_str(), static_cast<unsigned long long>(result->version));
+    }
+    return kExitOk;
+  }
+
+  // A remote result, printed or written to --out as a local one is.
+  int WriteResult(const PooledOutput& out) {
     Sink sink;
     if (const Status st = sink.Open(Has("out") ? Str("out") : "", out.shape); !st.ok())
       return Fail(st);
     if (const Status st = sink.Put(out.values, out.shape.back()); !st.ok()) return Fail(st);
     if (const Status st = sink.Commit(); !st.ok()) return Fail(st);
-    if (IsSet("stats")) {
-      std::fprintf(stderr, "served by %s: table %s version %llu\n", co.target.c_str(),
-                   Str("table").c_str(), static_cast<unsigned long long>(result->version));
-    }
     return kExitOk;
   }
 
@@ -309,12 +314,7 @@ class QueryCommand : public Command {
     if (const int rc = ReadBags(*indices, *weights, &held, &req); rc != kExitOk) return rc;
     Result<serve::RemoteResult> result = (*client)->EmbeddingBag(Str("table"), req, qo_);
     if (!result.ok()) return Fail(result.status());
-    const PooledOutput& out = result->output;
-    Sink sink;
-    if (const Status st = sink.Open(Has("out") ? Str("out") : "", out.shape); !st.ok())
-      return Fail(st);
-    if (const Status st = sink.Put(out.values, out.shape.back()); !st.ok()) return Fail(st);
-    if (const Status st = sink.Commit(); !st.ok()) return Fail(st);
+    if (const int rc = WriteResult(result->output); rc != kExitOk) return rc;
     if (IsSet("stats")) {
       const serve::ClusterStats cs = (*client)->stats();
       std::fprintf(stderr, "cluster: table %s version %llu, %lld sub-requests, %lld retries\n",

@@ -389,7 +389,8 @@ TEST(ClusterTest, AStoppedNodeCostsAtMostOneRetryWithinTheDeadline) {
     EXPECT_TRUE(SameAnswer(*want, got->output, qo.mode));
     // One attempt at the stopped node, then its replica: the attempt's time
     // plus one round trip, well inside the deadline.
-    EXPECT_LT(took, attempt + std::chrono::milliseconds(2000));
+    // (2.5 s of slack for a loaded machine: sanitizer builds, tests in parallel.)
+    EXPECT_LT(took, attempt + std::chrono::milliseconds(2500));
     EXPECT_LT(took, deadline);
   }
   EXPECT_GT(client->stats().retries, 0);

@@ -356,8 +356,8 @@ Result<Manifest> Publish(Etcd* etcd, const PublishOptions& o) {
 
   NodeStubs stubs(o.tls);
   const size_t stride = RowStrideBytes(m.dtype, m.dim);
-  const int64_t chunk_rows =
-      std::max<int64_t>(1, o.chunk_bytes / static_cast<int64_t>(m.dim * sizeof(float)));
+  const int64_t chunk_rows = std::max<int64_t>(
+      1, o.chunk_bytes / static_cast<int64_t>(std::max(stride, m.dim * sizeof(float))));
   std::vector<float> rows;
   std::vector<uint8_t> encoded;
   for (int s = 0; s < o.shards; ++s) {
@@ -382,7 +382,8 @@ Result<Manifest> Publish(Etcd* etcd, const PublishOptions& o) {
       req.set_shard(name);
       req.set_first_row(first - shard.begin);
       req.set_dim(m.dim);
-      req.set_rows(rows.data(), rows.size() * sizeof(float));
+      req.set_dtype(FindDType(m.dtype)->name);
+      req.set_rows(encoded.data(), encoded.size());
       for (const std::string& node : shard.nodes) {
         EMBSTORE_ASSIGN_OR_RETURN(v1::Embstore::Stub * stub, stubs.Get(address[node]));
         grpc::ClientContext ctx;
@@ -481,6 +482,161 @@ Result<uint64_t> RollbackCluster(Etcd* etcd, const ClusterKeys& keys, const std:
                            "' changed during the rollback; nothing was done");
   }
   return *pick;
+}
+
+namespace {
+
+// Copies shard `name` (rows, dtype and checksum as in `shard`) from node
+// `from` to node `to`, encoded rows byte for byte.
+Status CopyShard(NodeStubs* stubs, const std::string& name, const Manifest& m,
+                 const ShardInfo& shard, const std::string& from_node, const std::string& from,
+                 const std::string& to_node, const std::string& to, const RebalanceOptions& o) {
+  EMBSTORE_ASSIGN_OR_RETURN(v1::Embstore::Stub * src, stubs->Get(from));
+  EMBSTORE_ASSIGN_OR_RETURN(v1::Embstore::Stub * dst, stubs->Get(to));
+  const int64_t rows = shard.end - shard.begin;
+  const int64_t stride = static_cast<int64_t>(RowStrideBytes(m.dtype, m.dim));
+  const int64_t chunk = std::max<int64_t>(1, o.chunk_bytes / stride);
+  for (int64_t first = 0; first < rows;) {
+    v1::GetShardRowsRequest get;
+    get.set_shard(name);
+    get.set_first_row(first);
+    get.set_count(std::min(chunk, rows - first));
+    v1::GetShardRowsReply got;
+    grpc::ClientContext gctx;
+    gctx.set_deadline(std::chrono::system_clock::now() + o.rpc_timeout);
+    EMBSTORE_RETURN_IF_ERROR(
+        NodeCall(src->GetShardRows(&gctx, get, &got), from_node, "rows of " + name));
+    const int64_t n = static_cast<int64_t>(got.rows().size()) / stride;
+    if (n < 1 || got.table().checksum() != shard.checksum ||
+        got.rows().size() % static_cast<size_t>(stride) != 0) {
+      return Status::Corruption("node '" + from_node + "' holds a shard '" + name +
+                                "' that is not the manifest's (checksum or rows differ)");
+    }
+    v1::PutShardRowsRequest put;
+    put.set_shard(name);
+    put.set_first_row(first);
+    put.set_dim(m.dim);
+    put.set_dtype(FindDType(m.dtype)->name);
+    put.set_rows(got.rows());
+    v1::PutShardRowsReply ack;
+    grpc::ClientContext pctx;
+    pctx.set_deadline(std::chrono::system_clock::now() + o.rpc_timeout);
+    EMBSTORE_RETURN_IF_ERROR(
+        NodeCall(dst->PutShardRows(&pctx, put, &ack), to_node, "rows of " + name));
+    first += n;
+  }
+  v1::CommitShardRequest commit;
+  commit.set_shard(name);
+  commit.set_rows(rows);
+  commit.set_dim(m.dim);
+  commit.set_dtype(FindDType(m.dtype)->name);
+  commit.set_checksum(shard.checksum);
+  commit.set_source(m.source + " rows " + std::to_string(shard.begin) + ".." +
+                    std::to_string(shard.end) + " (copied from " + from_node + ")");
+  v1::CommitShardReply done;
+  grpc::ClientContext cctx;
+  cctx.set_deadline(std::chrono::system_clock::now() + o.rpc_timeout);
+  return NodeCall(dst->CommitShard(&cctx, commit, &done), to_node, "commit " + name);
+}
+
+}  // namespace
+
+Result<int64_t> RebalanceCluster(Etcd* etcd, const RebalanceOptions& o) {
+  auto log = [&o](const std::string& line) {
+    if (o.log) o.log(line);
+  };
+  EMBSTORE_ASSIGN_OR_RETURN(std::vector<NodeInfo> nodes, ListNodes(etcd, o.keys));
+  std::map<std::string, std::string> address;
+  std::vector<std::string> live;
+  for (const NodeInfo& n : nodes) {
+    address[n.name] = n.address;
+    live.push_back(n.name);
+  }
+  NodeStubs stubs(o.tls);
+  EMBSTORE_ASSIGN_OR_RETURN(std::vector<EtcdKeyValue> kvs, etcd->List(o.keys.Tables()));
+  std::map<std::string, uint64_t> current;
+  std::map<std::string, std::vector<EtcdKeyValue>> versions;
+  for (const EtcdKeyValue& kv : kvs) {
+    const std::string rest = kv.key.substr(o.keys.Tables().size());
+    const size_t slash = rest.find('/');
+    if (slash == std::string::npos) continue;
+    const std::string table = rest.substr(0, slash);
+    if (rest.substr(slash) == "/current") {
+      if (auto v = ParseVersion(kv.value, kv.key); v.ok()) current[table] = *v;
+    } else {
+      versions[table].push_back(kv);
+    }
+  }
+  int64_t added = 0;
+  std::vector<std::string> lost;
+  for (const auto& [table, cur] : current) {
+    // The current version and the newest ready one before it (the rollback target).
+    std::vector<std::pair<Manifest, std::string>> pick;
+    std::optional<std::pair<Manifest, std::string>> previous;
+    for (const EtcdKeyValue& kv : versions[table]) {
+      auto m = ManifestFromJson(kv.value);
+      if (!m.ok() || m->state != "ready") continue;
+      if (m->version == cur) {
+        pick.emplace_back(*m, kv.value);
+      } else if (m->version < cur && (!previous || m->version > previous->first.version)) {
+        previous.emplace(*m, kv.value);
+      }
+    }
+    if (previous) pick.push_back(*previous);
+    for (auto& [m, raw] : pick) {
+      bool changed = false;
+      for (size_t s = 0; s < m.shards.size(); ++s) {
+        ShardInfo& shard = m.shards[s];
+        std::vector<std::string> holders;
+        for (const std::string& n : shard.nodes)
+          if (address.count(n)) holders.push_back(n);
+        const std::string name = ShardTableName(table, m.version, s);
+        if (holders.empty()) {
+          lost.push_back(name);
+          log("shard " + name +
+              ": no live replica; it cannot be restored (publish the table again)");
+          continue;
+        }
+        if (holders.size() != shard.nodes.size()) changed = true;
+        for (const std::string& to : PlaceShard(live, table, s, static_cast<int>(live.size()))) {
+          if (static_cast<int>(holders.size()) >= m.replicas) break;
+          if (std::find(holders.begin(), holders.end(), to) != holders.end()) continue;
+          Status st = Status::IOError("no source");
+          for (const std::string& from : holders) {
+            st = CopyShard(&stubs, name, m, shard, from, address[from], to, address[to], o);
+            if (st.ok()) {
+              log("shard " + name + " copied from '" + from + "' to '" + to + "', checksum " +
+                  Hex64(shard.checksum) + " verified there");
+              break;
+            }
+          }
+          if (!st.ok()) {
+            log("shard " + name + ": copy to '" + to + "' failed: " + st.message());
+            continue;
+          }
+          holders.push_back(to);
+          ++added;
+          changed = true;
+        }
+        shard.nodes = holders;
+      }
+      if (!changed) continue;
+      EMBSTORE_ASSIGN_OR_RETURN(bool written, etcd->CompareAndPut(o.keys.Version(table, m.version),
+                                                                  raw, ManifestToJson(m)));
+      if (!written) {
+        return Status::IOError("the manifest of '" + table + "' version " +
+                               std::to_string(m.version) +
+                               " changed during the rebalance; run it again");
+      }
+    }
+  }
+  if (!lost.empty()) {
+    std::string all;
+    for (const std::string& l : lost) all += (all.empty() ? "" : ", ") + l;
+    return Status::IOError("UNAVAILABLE: no live replica of " + all +
+                           ": those shards cannot be restored; publish their tables again");
+  }
+  return added;
 }
 
 Result<std::string> ClusterStatus(Etcd* etcd, const ClusterKeys& keys) {

@@ -127,6 +127,24 @@ Result<Manifest> Publish(Etcd* etcd, const PublishOptions& options);
 Result<uint64_t> RollbackCluster(Etcd* etcd, const ClusterKeys& keys, const std::string& table,
                                  std::optional<uint64_t> to_version);
 
+// `embstore cluster rebalance`: for the current and the previous ready
+// version of every table, each shard with fewer than its replicas on live
+// nodes gets copies (its encoded rows, byte for byte, from a live replica,
+// checksum verified at the new node) on the live nodes rendezvous hashing
+// ranks next; the manifest then lists its live holders, updated by
+// compare-and-swap. A shard with no live replica cannot be restored (its
+// rows are gone from the cluster): it is reported and the result is an
+// IOError naming it, after every other shard was dealt with.
+struct RebalanceOptions {
+  ClusterKeys keys;
+  ClientOptions tls;
+  std::chrono::milliseconds rpc_timeout{60000};
+  int64_t chunk_bytes = 4 << 20;
+  std::function<void(const std::string&)> log;
+};
+// The number of replicas added.
+Result<int64_t> RebalanceCluster(Etcd* etcd, const RebalanceOptions& options);
+
 // `embstore cluster status`: nodes, tables, versions, placement and any
 // under-replicated shard, as text.
 Result<std::string> ClusterStatus(Etcd* etcd, const ClusterKeys& keys);

@@ -60,6 +60,8 @@ const char* MethodName(Method method) {
       return "CommitShard";
     case Method::kListShards:
       return "ListShards";
+    case Method::kGetShardRows:
+      return "GetShardRows";
   }
   return "unknown";
 }

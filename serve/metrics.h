@@ -34,8 +34,9 @@ enum class Method {
   kPutShardRows,
   kCommitShard,
   kListShards,
+  kGetShardRows,
 };
-inline constexpr int kMethods = 9;
+inline constexpr int kMethods = 10;
 const char* MethodName(Method method);
 
 // Latency histogram bucket bounds, seconds (then +Inf).

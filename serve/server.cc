@@ -722,12 +722,13 @@ grpc::Status HandlePutShardRows(ServerImpl* s, const v1::PutShardRowsRequest& re
   if (!s->cluster_node()) return NotANode();
   if (!IsShardName(request.shard())) return BadShard(request.shard());
   const int64_t dim = request.dim();
-  if (dim < 1 || dim > (int64_t{1} << 24) || request.first_row() < 0 ||
-      request.rows().size() % (static_cast<size_t>(dim) * sizeof(float)) != 0 ||
-      request.first_row() > (int64_t{1} << 40)) {
+  const std::optional<DType> dtype = ParseDType(request.dtype());
+  const size_t stride = dtype ? RowStrideBytes(*dtype, dim) : 0;
+  if (!dtype || dim < 1 || dim > (int64_t{1} << 24) || request.first_row() < 0 ||
+      request.rows().size() % stride != 0 || request.first_row() > (int64_t{1} << 40)) {
     return grpc::Status(
         grpc::StatusCode::INVALID_ARGUMENT,
-        "PutShardRows: bad dim, first_row or row bytes for '" + request.shard() + "'");
+        "PutShardRows: bad dtype, dim, first_row or row bytes for '" + request.shard() + "'");
   }
   MutexLock lock(&s->staging_mu_);
   const std::string dir = s->staging_dir();
@@ -735,15 +736,14 @@ grpc::Status HandlePutShardRows(ServerImpl* s, const v1::PutShardRowsRequest& re
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         "cannot create " + dir + ": " + std::strerror(errno));
   }
-  const std::string path = dir + "/" + request.shard() + ".f32";
+  const std::string path = dir + "/" + request.shard() + ".rows";
   const int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (request.first_row() == 0 ? O_TRUNC : 0);
   const int fd = ::open(path.c_str(), flags, 0644);
   if (fd < 0) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         "cannot open " + path + ": " + std::strerror(errno));
   }
-  const off_t at =
-      static_cast<off_t>(request.first_row() * dim * static_cast<int64_t>(sizeof(float)));
+  const off_t at = static_cast<off_t>(static_cast<size_t>(request.first_row()) * stride);
   const std::string& bytes = request.rows();
   size_t done = 0;
   while (done < bytes.size()) {
@@ -776,14 +776,15 @@ grpc::Status HandleCommitShard(ServerImpl* s, const v1::CommitShardRequest& requ
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "CommitShard: bad rows or dim");
   }
   MutexLock lock(&s->staging_mu_);
-  const std::string path = s->staging_dir() + "/" + name + ".f32";
+  const std::string path = s->staging_dir() + "/" + name + ".rows";
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                         "CommitShard: no rows were sent for '" + name + "'");
   }
   struct stat st {};
-  const int64_t want = request.rows() * request.dim() * static_cast<int64_t>(sizeof(float));
+  const size_t stride = RowStrideBytes(*dtype, request.dim());
+  const int64_t want = request.rows() * static_cast<int64_t>(stride);
   if (::fstat(fd, &st) != 0 || st.st_size != want) {
     ::close(fd);
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
@@ -796,15 +797,13 @@ grpc::Status HandleCommitShard(ServerImpl* s, const v1::CommitShardRequest& requ
   spec.dtype = *dtype;
   spec.source = request.source();
   spec.replace = true;
-  const int64_t dim = request.dim();
-  auto info =
-      s->store().WriteTable(name, spec, [fd, dim](int64_t first, int64_t count, float* out) {
-        const size_t n = static_cast<size_t>(count * dim) * sizeof(float);
-        const off_t at = static_cast<off_t>(first * dim * static_cast<int64_t>(sizeof(float)));
+  auto info = s->store().WriteEncodedTable(
+      name, spec, [fd, stride](int64_t first, int64_t count, uint8_t* out) {
+        const size_t n = static_cast<size_t>(count) * stride;
+        const off_t at = static_cast<off_t>(static_cast<size_t>(first) * stride);
         size_t done = 0;
         while (done < n) {
-          const ssize_t r = ::pread(fd, reinterpret_cast<char*>(out) + done, n - done,  // NOLINT
-                                    at + static_cast<off_t>(done));
+          const ssize_t r = ::pread(fd, out + done, n - done, at + static_cast<off_t>(done));
           if (r < 0 && errno == EINTR) continue;
           if (r <= 0) return Status::IOError("cannot read the staged rows");
           done += static_cast<size_t>(r);
@@ -822,6 +821,30 @@ grpc::Status HandleCommitShard(ServerImpl* s, const v1::CommitShardRequest& requ
                             std::to_string(request.checksum()) + " it was sent with; dropped");
   }
   WriteTableMeta(*info, reply->mutable_table());
+  return grpc::Status::OK;
+}
+
+grpc::Status HandleGetShardRows(ServerImpl* s, const v1::GetShardRowsRequest& request,
+                                v1::GetShardRowsReply* reply, Work* w) {
+  if (!s->cluster_node()) return NotANode();
+  if (!IsShardName(request.shard())) return BadShard(request.shard());
+  EMBSTORE_GRPC_ASSIGN_OR_RETURN(const Snap snap, s->Resolve(request.shard(), 0));
+  const TableView view = snap->view();
+  if (request.first_row() < 0 || request.count() < 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "GetShardRows: first_row and count must be >= 0");
+  }
+  const int64_t first = std::min(request.first_row(), view.rows);
+  const int64_t fit = std::max<int64_t>(
+      1, s->max_reply_bytes() / static_cast<int64_t>(std::max<size_t>(view.row_stride, 1)));
+  const int64_t n = std::min({request.count(), view.rows - first, fit});
+  WriteTableMeta(snap->info(), reply->mutable_table());
+  reply->set_first_row(first);
+  if (n > 0) {
+    reply->set_rows(reinterpret_cast<const char*>(view.Row(first)),  // NOLINT
+                    static_cast<size_t>(n) * view.row_stride);
+  }
+  w->row_bytes = n * static_cast<int64_t>(view.row_stride);
   return grpc::Status::OK;
 }
 
@@ -1087,6 +1110,10 @@ void ServerImpl::PostCalls(Poller* p) {
   post(new Unary<S, v1::CommitShardRequest, v1::CommitShardReply>(
            this, p, static_cast<int>(Method::kCommitShard), &service_, &S::RequestCommitShard,
            &HandleCommitShard),
+       kOtherSlots);
+  post(new Unary<S, v1::GetShardRowsRequest, v1::GetShardRowsReply>(
+           this, p, static_cast<int>(Method::kGetShardRows), &service_, &S::RequestGetShardRows,
+           &HandleGetShardRows),
        kOtherSlots);
   post(new Unary<S, v1::ListShardsRequest, v1::ListShardsReply>(
            this, p, static_cast<int>(Method::kListShards), &service_, &S::RequestListShards,

@@ -57,6 +57,8 @@ class StoreImpl final : public Store {
                                const ImportOptions& options) override;
   Result<TableInfo> WriteTable(const std::string& name, const TableSpec& spec,
                                const RowFillFn& fill) override;
+  Result<TableInfo> WriteEncodedTable(const std::string& name, const TableSpec& spec,
+                                      const EncodedRowFillFn& fill) override;
   Status DropTable(const std::string& name) override;
   Result<TableInfo> Rollback(const std::string& name, std::optional<uint64_t> to_version) override;
 
@@ -97,8 +99,10 @@ class StoreImpl final : public Store {
   // Makes `info` the current version of its table in `c`, keeping the
   // versions it replaces up to retain_versions.
   void PublishVersion(Catalog* c, const TableInfo& info);
+  // Exactly one of fill and encoded_fill is set.
   Result<TableInfo> WriteTableGuarded(const std::string& name, const TableSpec& spec,
-                                      const RowFillFn& fill);
+                                      const RowFillFn& fill,
+                                      const EncodedRowFillFn& encoded_fill = nullptr);
 
   const std::string dir_;
   const std::string tables_dir_;

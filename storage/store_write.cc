@@ -81,6 +81,11 @@ Result<TableInfo> StoreImpl::WriteTable(const std::string& name, const TableSpec
   return Guarded<Result<TableInfo>>([&] { return WriteTableGuarded(name, spec, fill); });
 }
 
+Result<TableInfo> StoreImpl::WriteEncodedTable(const std::string& name, const TableSpec& spec,
+                                               const EncodedRowFillFn& fill) {
+  return Guarded<Result<TableInfo>>([&] { return WriteTableGuarded(name, spec, nullptr, fill); });
+}
+
 Status StoreImpl::DropTable(const std::string& name) {
   return Guarded<Status>([&]() -> Status {
     EMBSTORE_RETURN_IF_ERROR(ValidateTableName(name));
@@ -231,7 +236,8 @@ void StoreImpl::PublishVersion(Catalog* c, const TableInfo& info) {
 }
 
 Result<TableInfo> StoreImpl::WriteTableGuarded(const std::string& name, const TableSpec& spec,
-                                               const RowFillFn& fill) {
+                                               const RowFillFn& fill,
+                                               const EncodedRowFillFn& encoded_fill) {
   EMBSTORE_RETURN_IF_ERROR(ValidateTableName(name));
   if (spec.rows < 0 || spec.dim <= 0) {
     return Status::InvalidArgument("a table needs at least 0 rows and dimension >= 1");
@@ -277,13 +283,18 @@ Result<TableInfo> StoreImpl::WriteTableGuarded(const std::string& name, const Ta
     storage::TableFileWriter writer;
     EMBSTORE_RETURN_IF_ERROR(writer.Open(tmp_path, spec.dtype, spec.rows, spec.dim));
     const size_t stride = writer.row_stride();
-    std::vector<float> f32(static_cast<size_t>(chunk_rows) * static_cast<size_t>(spec.dim));
+    std::vector<float> f32(
+        encoded_fill ? 0 : static_cast<size_t>(chunk_rows) * static_cast<size_t>(spec.dim));
     std::vector<uint8_t> encoded(static_cast<size_t>(chunk_rows) * stride);
     for (int64_t first = 0; first < spec.rows; first += chunk_rows) {
       const int64_t count = std::min(chunk_rows, spec.rows - first);
-      EMBSTORE_RETURN_IF_ERROR(fill(first, count, f32.data()));
-      EMBSTORE_RETURN_IF_ERROR(storage::EncodeRows(f32.data(), count, spec.dim, spec.dtype, stride,
-                                                   encoded.data(), first));
+      if (encoded_fill) {
+        EMBSTORE_RETURN_IF_ERROR(encoded_fill(first, count, encoded.data()));
+      } else {
+        EMBSTORE_RETURN_IF_ERROR(fill(first, count, f32.data()));
+        EMBSTORE_RETURN_IF_ERROR(storage::EncodeRows(f32.data(), count, spec.dim, spec.dtype,
+                                                     stride, encoded.data(), first));
+      }
       EMBSTORE_RETURN_IF_ERROR(
           writer.AppendRows({encoded.data(), static_cast<size_t>(count) * stride}, count));
       if (spec.progress) spec.progress(first + count, spec.rows);

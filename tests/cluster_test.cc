@@ -13,6 +13,7 @@
 //   - a publish stopped at every step, and one SIGKILLed: the old version
 //     keeps serving;
 //   - a node restart (its shards re-verified, a damaged one dropped);
+//   - a rebalance after a node is lost (int8 shards copied byte for byte);
 //   - etcd stopped: queries go on from the routing last seen, publishes fail
 //     cleanly;
 //   - the CLI: publish, query --cluster, cluster status, rollback --cluster.
@@ -608,6 +609,58 @@ TEST(ClusterTest, ARestartedNodeReverifiesAndRegistersItsShards) {
   }
   EXPECT_GT(answered, 0);
   EXPECT_LT(answered, static_cast<int>(kRows / 50)) << "the damaged shard was dropped";
+}
+
+TEST(ClusterTest, RebalanceRestoresTheReplicasOfALostNode) {
+  Cluster c;
+  ASSERT_NO_FATAL_FAILURE(c.Start(4));
+  ASSERT_NO_FATAL_FAILURE(c.MakeTable(61, "int8", "t"));  // copies must be byte for byte
+  ASSERT_EQ(c.Publish("t", "int8", 6, 2).exit_code, 0);
+  auto snap = c.Local("t");
+  ASSERT_TRUE(snap.ok());
+  c.nodes[1]->Kill();
+  auto etcd = serve::Etcd::Connect(c.etcd.endpoint(), std::chrono::seconds(5));
+  ASSERT_TRUE(etcd.ok());
+  const auto give_up = Clock::now() + std::chrono::seconds(15);
+  while (Clock::now() < give_up && (*etcd)->Get("/embstore/nodes/n1")->has_value())
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const auto before = RunCli({"cluster", "status", "--cluster", c.etcd.endpoint()});
+  ASSERT_EQ(before.out.find("under-replicated shards: 0"), std::string::npos) << before.out;
+  const auto rb = RunCli({"cluster", "rebalance", "--cluster", c.etcd.endpoint()});
+  ASSERT_EQ(rb.exit_code, 0) << rb.err;
+  EXPECT_NE(rb.out.find("replicas added"), std::string::npos) << rb.out;
+  EXPECT_NE(rb.err.find("verified there"), std::string::npos) << rb.err;
+  const auto after = RunCli({"cluster", "status", "--cluster", c.etcd.endpoint()});
+  EXPECT_NE(after.out.find("under-replicated shards: 0"), std::string::npos) << after.out;
+  EXPECT_EQ(after.out.find("n1"), std::string::npos) << after.out;
+  // A second rebalance has nothing to do.
+  const auto again = RunCli({"cluster", "rebalance", "--cluster", c.etcd.endpoint()});
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_NE(again.out.find("rebalanced: 0 replicas added"), std::string::npos) << again.out;
+  // Two replicas again: another node can go and every row still answers.
+  auto client = c.Client(std::chrono::milliseconds(300), std::chrono::milliseconds(5000));
+  ASSERT_NE(client, nullptr);
+  c.nodes[3]->Kill();
+  Request all;
+  all.offsets = {0};
+  for (int64_t id = 0; id < kRows; ++id) all.ids.push_back(id);
+  QueryOptions qo;
+  qo.mode = PoolingMode::kMax;
+  auto got = client->EmbeddingBag("t", all.Bag(), qo);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  auto want = EmbeddingBag(snap->view(), all.Bag(), qo);
+  EXPECT_TRUE(SameAnswer(*want, got->output, qo.mode));
+  // With the last replicas of some shards gone, rebalance names them and fails.
+  c.nodes[0]->Kill();
+  c.nodes[2]->Kill();
+  const auto give_up2 = Clock::now() + std::chrono::seconds(15);
+  while (Clock::now() < give_up2 && !(*etcd)->List("/embstore/nodes/")->empty())
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_NO_FATAL_FAILURE(c.StartNode(4));
+  const auto none = RunCli({"cluster", "rebalance", "--cluster", c.etcd.endpoint()});
+  EXPECT_EQ(none.exit_code, 2);
+  EXPECT_NE(none.err.find("cannot be restored"), std::string::npos) << none.err;
+  EXPECT_NE(none.err.find("t.v1.s0"), std::string::npos) << none.err;
 }
 
 TEST(ClusterTest, WithEtcdStoppedQueriesGoOnAndPublishesFailCleanly) {

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <limits>
 #include <random>
@@ -85,6 +86,47 @@ TEST(StoreTest, ImportNpyListInfoSnapshot) {
   EXPECT_EQ(store->GetSnapshot("nope").status().code(), Status::Code::kNotFound);
   EXPECT_EQ(store->ImportFile("bad/name", tmp / "w.npy", {}).status().code(),
             Status::Code::kInvalidArgument);
+}
+
+// WriteEncodedTable copies another table's rows byte for byte (int8 rows,
+// whose re-encoding from floats would not be), in chunks, checksum included.
+TEST(StoreTest, WriteEncodedTableCopiesRowsByteForByte) {
+  TempDir tmp;
+  auto values = embstore::testing::RandomFloats(37 * 5, 8);
+  embstore::testing::WriteF32Npy(tmp / "w.npy", {37, 5}, values);
+  auto store = OpenOrDie(tmp / "db");
+  ImportOptions io;
+  io.dtype = DType::kInt8Rowwise;
+  auto src = store->ImportFile("src", tmp / "w.npy", io);
+  ASSERT_TRUE(src.ok()) << src.status().ToString();
+  auto snap = store->GetSnapshot("src");
+  ASSERT_TRUE(snap.ok());
+  const TableView v = snap->view();
+  TableSpec spec;
+  spec.rows = v.rows;
+  spec.dim = v.dim;
+  spec.dtype = v.dtype;
+  spec.chunk_rows = 4;  // several fill calls
+  int calls = 0;
+  auto copy =
+      store->WriteEncodedTable("copy", spec, [&](int64_t first, int64_t count, uint8_t* out) {
+        ++calls;
+        std::memcpy(out, v.Row(first), static_cast<size_t>(count) * v.row_stride);
+        return Status::OK();
+      });
+  ASSERT_TRUE(copy.ok()) << copy.status().ToString();
+  EXPECT_EQ(calls, 10);
+  EXPECT_EQ(copy->checksum, src->checksum);
+  EXPECT_EQ(copy->dtype, DType::kInt8Rowwise);
+  auto csnap = store->GetSnapshot("copy");
+  ASSERT_TRUE(csnap.ok());
+  EXPECT_EQ(std::memcmp(csnap->view().data, v.data, static_cast<size_t>(v.rows) * v.row_stride), 0);
+  EXPECT_TRUE(store->VerifyTable("copy").ok());
+  // A fill error publishes nothing.
+  auto failed = store->WriteEncodedTable(
+      "bad", spec, [](int64_t, int64_t, uint8_t*) { return Status::IOError("source gone"); });
+  EXPECT_EQ(failed.status().code(), Status::Code::kIOError);
+  EXPECT_EQ(store->GetSnapshot("bad").status().code(), Status::Code::kNotFound);
 }
 
 TEST(StoreTest, CatalogSurvivesReopen) {

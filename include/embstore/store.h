@@ -95,6 +95,10 @@ using ProgressFn = std::function<void(int64_t done, int64_t total)>;
 // Fills rows [first, first + count) as float32, row-major, count * dim values.
 // Called with increasing `first`, one chunk at a time (bounded memory).
 using RowFillFn = std::function<Status(int64_t first, int64_t count, float* out)>;
+// Fills rows [first, first + count) already encoded in the table's dtype:
+// count rows of RowStrideBytes(dtype, dim) bytes each, as a table file holds
+// them (padding included). For copying rows between stores byte for byte.
+using EncodedRowFillFn = std::function<Status(int64_t first, int64_t count, uint8_t* out)>;
 
 struct ImportOptions {
   // Which tensor of a multi-tensor checkpoint to import; may be empty for a
@@ -178,6 +182,13 @@ class Store {
   // with the same atomic publication as ImportFile.
   virtual Result<TableInfo> WriteTable(const std::string& name, const TableSpec& spec,
                                        const RowFillFn& fill) = 0;
+
+  // The same from rows already encoded in spec.dtype (see EncodedRowFillFn),
+  // written as given: a copy of another table's rows is byte-identical (its
+  // checksum too). The rows' contents are not checked; spec.chunk_rows
+  // counts encoded rows.
+  virtual Result<TableInfo> WriteEncodedTable(const std::string& name, const TableSpec& spec,
+                                              const EncodedRowFillFn& fill) = 0;
 
   // Removes the table and its retained versions from the catalog and
   // deletes their files (snapshots held anywhere keep their mappings).

@@ -74,23 +74,43 @@ class ClusterCommand : public Command {
   ClusterCommand()
       : Command("cluster", "show a cluster's nodes, tables and shard placement",
                 "embstore cluster status --cluster E: the live nodes, each table's versions, the "
-                "current\nversion's shard placement, and any under-replicated shard.") {
-    AddPositional("action", "status", "status");
+                "current\nversion's shard placement, and any under-replicated shard.\n"
+                "embstore cluster rebalance --cluster E: copy under-replicated shards (of the "
+                "current and\nthe previous version) to live nodes until each has its replicas "
+                "again.") {
+    AddPositional("action", "status | rebalance", "status|rebalance");
     AddValue("cluster", "etcd endpoints: http://HOST:PORT[,http://HOST:PORT...]", Need::kRequired);
     AddValue("cluster-prefix", "The cluster's etcd key prefix (default /embstore/)");
+    AddValue("tls-ca", "rebalance: verify the nodes' TLS certificates with this PEM CA");
+    AddValue("tls-cert", "rebalance, with --tls-ca: this PEM client certificate (mutual TLS)");
+    AddValue("tls-key", "rebalance, with --tls-ca: the client certificate's PEM key");
   }
 
  private:
   int Run() override {
     const std::string action = Has("action") ? Str("action") : "";
-    if (action != "status") {
-      return Usage("give an action: `embstore cluster status --cluster E`" +
+    if (action != "status" && action != "rebalance") {
+      return Usage("give an action: `embstore cluster status|rebalance --cluster E`" +
                    (action.empty() ? std::string() : " (got '" + action + "')"));
     }
     serve::ClusterKeys keys;
     if (Has("cluster-prefix")) keys.prefix = Str("cluster-prefix");
     auto etcd = ConnectEtcd(Str("cluster"));
     if (!etcd.ok()) return Fail(etcd.status());
+    if (action == "rebalance") {
+      serve::RebalanceOptions o;
+      o.keys = keys;
+      if (Has("tls-ca")) o.tls.tls_ca = Str("tls-ca");
+      if (Has("tls-cert")) o.tls.tls_cert = Str("tls-cert");
+      if (Has("tls-key")) o.tls.tls_key = Str("tls-key");
+      o.log = [](const std::string& line) {
+        std::fprintf(stderr, "embstore cluster: %s\n", line.c_str());
+      };
+      auto added = serve::RebalanceCluster(etcd->get(), o);
+      if (!added.ok()) return Fail(added.status());
+      std::printf("rebalanced: %lld replicas added\n", static_cast<long long>(*added));
+      return kExitOk;
+    }
     auto text = serve::ClusterStatus(etcd->get(), keys);
     if (!text.ok()) return Fail(text.status());
     std::fputs(text->c_str(), stdout);

@@ -48,6 +48,15 @@
 //     sleeps): the round trip of one EmbeddingBag call (the open loop's first
 //     request) and of one TableInfo call (one field each way), p50/p90/p99.
 //
+//   serve_bench cluster --cluster http://HOST:PORT --table T [--duration 5]
+//       [--warmup 1] [--bags 64] [--ids-per-bag 20] [--distinct 256] [--seed 1]
+//     CLOSED loop, one call at a time, through serve::ClusterClient (the
+//     request split by shard, pooled at the nodes, merged here): calls/s,
+//     p50/p90/p99, sub-requests and retries per call, and the bytes each
+//     call puts on the wire as embstore sends them (the PoolPartial requests
+//     and replies, as protobuf encodes them) against what fetching the raw
+//     rows instead would move (the ids, then every looked-up row).
+//
 //   serve_bench inproc-open --db DIR --table T --rate R[,R2,...]
 //       [--duration 5] [--warmup 1] [--arrival poisson|uniform] [--bags 64]
 //       [--ids-per-bag 20] [--distinct 256] [--seed 1] [--max-threads 1]
@@ -84,6 +93,7 @@
 #include "embstore/query.h"
 #include "embstore/store.h"
 #include "embstore/v1/embstore.grpc.pb.h"
+#include "serve/cluster.h"
 
 namespace {
 
@@ -621,6 +631,93 @@ int CmdRtt(const Args& args) {
   return 0;
 }
 
+int CmdCluster(const Args& args) {
+  embstore::serve::ClusterClientOptions co;
+  co.endpoints = args.Need("cluster");
+  const std::string table = args.Need("table");
+  auto client = embstore::serve::ClusterClient::Open(co);
+  if (!client.ok()) Die(client.status().message());
+  auto route = (*client)->Route(table);
+  if (!route.ok()) Die(route.status().message());
+  const double duration = args.Num("duration", 5);
+  const double warmup = args.Num("warmup", 1);
+  const int64_t bags = args.Int("bags", 64);
+  const int64_t per_bag = args.Int("ids-per-bag", 20);
+  const int64_t distinct = std::max<int64_t>(1, args.Int("distinct", 256));
+  const auto ids =
+      MakeIds(distinct, bags, per_bag, route->rows, static_cast<uint64_t>(args.Int("seed", 1)));
+  const auto offsets = MakeOffsets(bags, per_bag);
+  embstore::QueryOptions qo;
+  qo.mode = embstore::PoolingMode::kSum;
+  qo.max_threads = 1;
+  // Bytes on the wire per call, as embstore encodes them: per shard a
+  // request carrying its ids (and the bag starts) and a reply of B x dim
+  // floats and B counts. The alternative, raw rows: the ids out, every
+  // looked-up row back.
+  double partial_bytes = 0, raw_bytes = 0;
+  for (int64_t i = 0; i < distinct; ++i) {
+    std::vector<std::vector<int64_t>> per_shard(route->shards.size());
+    for (int64_t id : ids[static_cast<size_t>(i)]) {
+      for (size_t s = 0; s < route->shards.size(); ++s) {
+        if (id >= route->shards[s].begin && id < route->shards[s].end) {
+          per_shard[s].push_back(id - route->shards[s].begin);
+          break;
+        }
+      }
+    }
+    for (const auto& sub : per_shard) {
+      if (sub.empty()) continue;
+      embstore::v1::PoolPartialRequest req;
+      req.mutable_bag()->set_table(embstore::serve::ShardTableName(table, route->version, 0));
+      req.mutable_bag()->mutable_indices()->Add(sub.begin(), sub.end());
+      req.mutable_bag()->mutable_offsets()->mutable_values()->Add(offsets.begin(), offsets.end());
+      embstore::v1::PartialReply rep;
+      rep.add_shape(bags);
+      rep.add_shape(route->dim);
+      rep.mutable_values()->resize(static_cast<size_t>(bags * route->dim) * sizeof(float));
+      for (int64_t b = 0; b < bags; ++b) rep.add_counts(per_bag);
+      partial_bytes += static_cast<double>(req.ByteSizeLong() + rep.ByteSizeLong());
+    }
+    raw_bytes += static_cast<double>(ids[static_cast<size_t>(i)].size()) *
+                 (8.0 + static_cast<double>(route->dim) * sizeof(float));
+  }
+  std::vector<double> lat;
+  const Clock::time_point start = Clock::now();
+  const auto t_begin =
+      start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(warmup));
+  const auto t_end = t_begin + std::chrono::duration_cast<Clock::duration>(
+                                   std::chrono::duration<double>(duration));
+  const embstore::serve::ClusterStats s0 = (*client)->stats();
+  int64_t calls = 0;
+  for (int64_t i = 0;; ++i) {
+    embstore::BagRequest r;
+    r.indices = std::span<const int64_t>(ids[static_cast<size_t>(i % distinct)]);
+    r.offsets = std::span<const int64_t>(offsets);
+    const Clock::time_point a = Clock::now();
+    if (a >= t_end) break;
+    auto got = (*client)->EmbeddingBag(table, r, qo);
+    const Clock::time_point b = Clock::now();
+    if (!got.ok()) Die(got.status().message());
+    if (a >= t_begin && b < t_end) {
+      lat.push_back(std::chrono::duration<double, std::micro>(b - a).count());
+      ++calls;
+    }
+  }
+  const embstore::serve::ClusterStats s1 = (*client)->stats();
+  std::sort(lat.begin(), lat.end());
+  const double all_calls = static_cast<double>(std::max<int64_t>(1, s1.requests - s0.requests));
+  std::printf(
+      "{\"cmd\": \"cluster\", \"shards\": %zu, \"calls\": %lld, \"throughput_rps\": %.6g, "
+      "\"p50_us\": %.4g, \"p90_us\": %.4g, \"p99_us\": %.4g, \"sub_requests_per_call\": %.4g, "
+      "\"retries\": %lld, \"wire_bytes_partials\": %.6g, \"wire_bytes_raw_rows\": %.6g}\n",
+      route->shards.size(), static_cast<long long>(calls), static_cast<double>(calls) / duration,
+      Percentile(lat, 0.5), Percentile(lat, 0.9), Percentile(lat, 0.99),
+      static_cast<double>(s1.sub_requests - s0.sub_requests) / all_calls,
+      static_cast<long long>(s1.retries - s0.retries),
+      partial_bytes / static_cast<double>(distinct), raw_bytes / static_cast<double>(distinct));
+  return 0;
+}
+
 int CmdInprocOpen(const Args& args) {
   const Inproc in(args);
   const embstore::TableView& view = in.view;
@@ -687,8 +784,9 @@ int CmdInprocOpen(const Args& args) {
 int main(int argc, char** argv) {
   embstore::bench::ProgramName() = "serve_bench";
   if (argc < 2) {
-    std::fprintf(stderr,
-                 "usage: serve_bench open|inproc|inproc-open|rtt ... (see the source's header)\n");
+    std::fprintf(
+        stderr,
+        "usage: serve_bench open|inproc|inproc-open|rtt|cluster ... (see the source's header)\n");
     return 2;
   }
   const std::string cmd = argv[1];
@@ -697,5 +795,6 @@ int main(int argc, char** argv) {
   if (cmd == "inproc") return CmdInproc(args);
   if (cmd == "inproc-open") return CmdInprocOpen(args);
   if (cmd == "rtt") return CmdRtt(args);
+  if (cmd == "cluster") return CmdCluster(args);
   Die("unknown command " + cmd);
 }

@@ -7,6 +7,7 @@
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -704,10 +705,69 @@ namespace {
 struct SubRequest {
   size_t shard = 0;
   std::vector<int64_t> ids;
-  std::vector<int64_t> offsets;  // B bag starts
-  std::vector<float> weights;    // empty: none
-  bool any = false;              // some bag has an id of this shard
+  std::vector<int64_t> offsets;    // B bag starts
+  std::vector<float> weights;      // empty: none
+  std::vector<int64_t> positions;  // per id: its position in the whole request
+  bool any = false;                // some bag has an id of this shard
 };
+
+// The exact max over the shards' partials (torch's rule over the whole bag:
+// strict `>`, so the first entry wins ties, +0 and -0 included, and a NaN
+// counts only as the bag's first entry): the shard holding the bag's first
+// entry decides NaN; otherwise the largest non-NaN partial, ties to the one
+// whose entry comes first in the request.
+Status MergeMax(const std::vector<SubRequest>& subs, const std::vector<v1::PartialReply>& replies,
+                int64_t bags, int64_t dim, std::vector<float>* values) {
+  for (size_t s = 0; s < subs.size(); ++s) {
+    if (!subs[s].any) continue;
+    const size_t cells = static_cast<size_t>(bags * dim);
+    if (replies[s].max_positions().size() != cells * sizeof(int32_t) ||
+        replies[s].first_is_nan().size() != cells) {
+      return Status::IOError("UNAVAILABLE: a node's max partial came without its positions");
+    }
+  }
+  for (int64_t b = 0; b < bags; ++b) {
+    // The shard holding the bag's first entry.
+    size_t first_shard = subs.size();
+    int64_t first_pos = std::numeric_limits<int64_t>::max();
+    for (size_t s = 0; s < subs.size(); ++s) {
+      const SubRequest& sub = subs[s];
+      if (!sub.any) continue;
+      const int64_t begin = sub.offsets[b];
+      const int64_t end = b + 1 < bags ? sub.offsets[b + 1] : static_cast<int64_t>(sub.ids.size());
+      if (begin < end && sub.positions[begin] < first_pos) {
+        first_pos = sub.positions[begin];
+        first_shard = s;
+      }
+    }
+    if (first_shard == subs.size()) continue;  // an empty bag: zeros
+    for (int64_t d = 0; d < dim; ++d) {
+      const size_t cell = static_cast<size_t>(b * dim + d);
+      if (replies[first_shard].first_is_nan()[cell] != 0) {
+        (*values)[cell] = std::numeric_limits<float>::quiet_NaN();
+        continue;
+      }
+      bool have = false;
+      float best = 0.0f;
+      int64_t best_pos = 0;
+      for (size_t s = 0; s < subs.size(); ++s) {
+        if (!subs[s].any) continue;
+        int32_t pos = 0;
+        std::memcpy(&pos, replies[s].max_positions().data() + cell * sizeof(int32_t), sizeof pos);
+        if (pos < 0) continue;
+        const float x = reinterpret_cast<const float*>(replies[s].values().data())[cell];  // NOLINT
+        const int64_t global = subs[s].positions[static_cast<size_t>(pos)];
+        if (!have || x > best || (x == best && global < best_pos)) {
+          have = true;
+          best = x;
+          best_pos = global;
+        }
+      }
+      (*values)[cell] = have ? best : 0.0f;
+    }
+  }
+  return Status::OK();
+}
 
 class ClusterClientImpl final : public ClusterClient {
  public:
@@ -792,6 +852,7 @@ class ClusterClientImpl final : public ClusterClient {
         if (id == plan.padding_row) continue;  // neither pooled nor counted
         SubRequest& sub = subs[shard_of(id)];
         sub.ids.push_back(id - m.shards[sub.shard].begin);
+        sub.positions.push_back(k);
         if (plan.weights != nullptr) sub.weights.push_back(plan.weights[k]);
         sub.any = true;
       }
@@ -882,7 +943,14 @@ class ClusterClientImpl final : public ClusterClient {
     result.output.shape = plan.OutputShape(dim);
     result.output.values.assign(static_cast<size_t>(bags * dim), 0.0f);
     std::vector<int64_t> count(static_cast<size_t>(bags), 0);
-    for (size_t s = 0; s < nshards; ++s) {
+    if (max_mode) {
+      EMBSTORE_RETURN_IF_ERROR(MergeMax(subs, replies, bags, dim, &result.output.values));
+      for (size_t s = 0; s < nshards; ++s) {
+        if (!subs[s].any) continue;
+        for (int64_t b = 0; b < bags; ++b) count[b] += replies[s].counts(static_cast<int>(b));
+      }
+    }
+    for (size_t s = 0; s < nshards && !max_mode; ++s) {
       if (!subs[s].any) continue;
       const v1::PartialReply& rep = replies[s];
       const float* part = reinterpret_cast<const float*>(rep.values().data());  // NOLINT
@@ -891,15 +959,7 @@ class ClusterClientImpl final : public ClusterClient {
         if (c == 0) continue;
         float* out = &result.output.values[static_cast<size_t>(b * dim)];
         const float* p = part + b * dim;
-        if (max_mode) {
-          if (count[b] == 0) {
-            std::copy(p, p + dim, out);
-          } else {
-            for (int64_t d = 0; d < dim; ++d) out[d] = std::max(out[d], p[d]);
-          }
-        } else {
-          for (int64_t d = 0; d < dim; ++d) out[d] += p[d];
-        }
+        for (int64_t d = 0; d < dim; ++d) out[d] += p[d];
         count[b] += c;
       }
     }

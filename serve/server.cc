@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cerrno>
 #include <climits>
+#include <cmath>
 #include <cstring>
 #include <ctime>
 #include <deque>
@@ -676,6 +677,58 @@ grpc::Status BadShard(const std::string& name) {
                       "'" + name + "' is not a shard table name (TABLE.vVERSION.sSHARD)");
 }
 
+// PoolPartial's MAX, with what an exact merge needs: each entry is pooled
+// alone (one-entry bags: the value the max kernel compares, with its weight
+// and max_norm), then reduced here under torch's rule, keeping per element
+// the max over the entries that are not NaN, its first entry's position, and
+// whether the bag's first entry is NaN.
+Status PartialMax(ServerImpl* s, const TableView& view, const BagRequest& req,
+                  const QueryOptions& qo, const engine::BagPlan& plan, std::span<float> out,
+                  v1::PartialReply* reply) {
+  const int64_t n = req.indices.size;
+  const int64_t dim = view.dim;
+  std::vector<int64_t> starts(static_cast<size_t>(n));
+  for (int64_t k = 0; k < n; ++k) starts[static_cast<size_t>(k)] = k;
+  BagRequest single;
+  single.indices = req.indices;
+  single.indices_shape = {n};
+  single.offsets = IndexArray(std::span<const int64_t>(starts));
+  single.weights = req.weights;
+  QueryOptions one = qo;
+  one.include_last_offset = false;
+  std::vector<float> entry(static_cast<size_t>(n * dim));
+  if (n > 0) EMBSTORE_RETURN_IF_ERROR(s->engine().EmbeddingBag(view, single, one, entry));
+  const int64_t bags = plan.num_bags();
+  std::string* positions = reply->mutable_max_positions();
+  std::string* nan_first = reply->mutable_first_is_nan();
+  positions->assign(static_cast<size_t>(bags * dim) * sizeof(int32_t), '\0');
+  nan_first->assign(static_cast<size_t>(bags * dim), '\0');
+  for (int64_t b = 0; b < bags; ++b) {
+    for (int64_t d = 0; d < dim; ++d) {
+      int32_t best_pos = -1;
+      float best = 0.0f;
+      bool first = true;
+      for (int64_t k = plan.bag_begin[b]; k < plan.bag_end[b]; ++k) {
+        if (plan.indices[k] == plan.padding_row) continue;
+        const float x = entry[static_cast<size_t>(k * dim + d)];
+        if (first) {
+          first = false;
+          (*nan_first)[static_cast<size_t>(b * dim + d)] = std::isnan(x) ? 1 : 0;
+        }
+        if (std::isnan(x)) continue;
+        if (best_pos < 0 || x > best) {
+          best = x;
+          best_pos = static_cast<int32_t>(k);
+        }
+      }
+      out[static_cast<size_t>(b * dim + d)] = best;
+      std::memcpy(positions->data() + static_cast<size_t>(b * dim + d) * sizeof(int32_t), &best_pos,
+                  sizeof best_pos);
+    }
+  }
+  return Status::OK();
+}
+
 grpc::Status HandlePoolPartial(ServerImpl* s, const v1::PoolPartialRequest& request,
                                v1::PartialReply* reply, Work* w) {
   if (!s->cluster_node()) return NotANode();
@@ -701,7 +754,11 @@ grpc::Status HandlePoolPartial(ServerImpl* s, const v1::PoolPartialRequest& requ
       !st.ok()) {
     return st;
   }
-  EMBSTORE_GRPC_RETURN_IF_ERROR(s->engine().EmbeddingBag(view, req, qo, out));
+  if (qo.mode == PoolingMode::kMax) {
+    EMBSTORE_GRPC_RETURN_IF_ERROR(PartialMax(s, view, req, qo, plan, out, reply));
+  } else {
+    EMBSTORE_GRPC_RETURN_IF_ERROR(s->engine().EmbeddingBag(view, req, qo, out));
+  }
   reply->add_shape(bags);
   reply->add_shape(view.dim);
   google::protobuf::RepeatedField<int64_t>* counts = reply->mutable_counts();

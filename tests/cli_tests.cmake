@@ -2,7 +2,7 @@
 # library-level test of RenormTable, which `embstore renorm` calls.
 embstore_test(cli_store_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cli_store_test.cc LIBS embstore GTest::gmock)
 add_dependencies(cli_store_test embstore_cli)
-embstore_test(cli_query_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cli_query_test.cc LIBS embstore_golden_cases embstore nlohmann_json::nlohmann_json GTest::gmock)
+embstore_test(cli_query_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/cli_query_test.cc LIBS embstore_golden_cases embstore_serve embstore nlohmann_json::nlohmann_json GTest::gmock)
 add_dependencies(cli_query_test embstore_cli)
 embstore_test(fm_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/fm_test.cc LIBS embstore nlohmann_json::nlohmann_json GTest::gmock)
 add_dependencies(fm_test embstore_cli)

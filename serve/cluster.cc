@@ -722,9 +722,16 @@ Status MergeMax(const std::vector<SubRequest>& subs, const std::vector<v1::Parti
     if (!subs[s].any) continue;
     const size_t cells = static_cast<size_t>(bags * dim);
     if (replies[s].max_positions().size() != cells * sizeof(int32_t) ||
-        replies[s].first_is_nan().size() != cells) {
+        replies[s].nan_cells_size() != replies[s].nan_bits_size()) {
       return Status::IOError("UNAVAILABLE: a node's max partial came without its positions");
     }
+  }
+  // Per shard, the cells whose first entry there is NaN, with its bits.
+  std::vector<std::map<int64_t, uint32_t>> nan_at(subs.size());
+  for (size_t s = 0; s < subs.size(); ++s) {
+    if (!subs[s].any) continue;
+    for (int i = 0; i < replies[s].nan_cells_size(); ++i)
+      nan_at[s][replies[s].nan_cells(i)] = replies[s].nan_bits(i);
   }
   for (int64_t b = 0; b < bags; ++b) {
     // The shard holding the bag's first entry.
@@ -741,10 +748,11 @@ Status MergeMax(const std::vector<SubRequest>& subs, const std::vector<v1::Parti
       }
     }
     if (first_shard == subs.size()) continue;  // an empty bag: zeros
+    const std::map<int64_t, uint32_t>& nans = nan_at[first_shard];
     for (int64_t d = 0; d < dim; ++d) {
       const size_t cell = static_cast<size_t>(b * dim + d);
-      if (replies[first_shard].first_is_nan()[cell] != 0) {
-        (*values)[cell] = std::numeric_limits<float>::quiet_NaN();
+      if (auto it = nans.find(static_cast<int64_t>(cell)); it != nans.end()) {
+        std::memcpy(&(*values)[cell], &it->second, sizeof(float));
         continue;
       }
       bool have = false;

@@ -700,9 +700,7 @@ Status PartialMax(ServerImpl* s, const TableView& view, const BagRequest& req,
   if (n > 0) EMBSTORE_RETURN_IF_ERROR(s->engine().EmbeddingBag(view, single, one, entry));
   const int64_t bags = plan.num_bags();
   std::string* positions = reply->mutable_max_positions();
-  std::string* nan_first = reply->mutable_first_is_nan();
   positions->assign(static_cast<size_t>(bags * dim) * sizeof(int32_t), '\0');
-  nan_first->assign(static_cast<size_t>(bags * dim), '\0');
   for (int64_t b = 0; b < bags; ++b) {
     for (int64_t d = 0; d < dim; ++d) {
       int32_t best_pos = -1;
@@ -713,7 +711,12 @@ Status PartialMax(ServerImpl* s, const TableView& view, const BagRequest& req,
         const float x = entry[static_cast<size_t>(k * dim + d)];
         if (first) {
           first = false;
-          (*nan_first)[static_cast<size_t>(b * dim + d)] = std::isnan(x) ? 1 : 0;
+          if (std::isnan(x)) {
+            uint32_t bits = 0;
+            std::memcpy(&bits, &x, sizeof bits);
+            reply->add_nan_cells(b * dim + d);
+            reply->add_nan_bits(bits);
+          }
         }
         if (std::isnan(x)) continue;
         if (best_pos < 0 || x > best) {

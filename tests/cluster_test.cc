@@ -30,6 +30,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <thread>
 
@@ -219,6 +220,42 @@ TEST(ClusterTest, EveryDtypeAndOptionGivesTheLocalEnginesAnswer) {
   auto unknown = client->EmbeddingBag("nosuch", Request{{1}, {0}, {}}.Bag(), QueryOptions());
   ASSERT_FALSE(unknown.ok());
   EXPECT_EQ(unknown.status().code(), Status::Code::kNotFound);
+}
+
+// Max over shards bit for bit where the order of a bag's entries decides:
+// ties between +0 and -0, and NaNs (kept only as a bag's first entry), with
+// the tied or NaN rows on different shards.
+TEST(ClusterTest, MaxTiesAndNansMergeAsTheLocalEngine) {
+  Cluster c;
+  ASSERT_NO_FATAL_FAILURE(c.Start(3));
+  std::vector<float> v(static_cast<size_t>(kRows * kDim));
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (int64_t r = 0; r < kRows; ++r) {
+    for (int64_t d = 0; d < kDim; ++d) {
+      float x = (r % 3 == 0) ? 0.0f : (r % 3 == 1) ? -0.0f : -1.0f;
+      if (r % 7 == 0 && d % 2 == 0) x = r % 2 ? -nan : nan;
+      v[static_cast<size_t>(r * kDim + d)] = x;
+    }
+  }
+  testing::WriteF32Npy(c.dir / "t.npy", {kRows, kDim}, v);
+  ASSERT_EQ(RunCli({"import", "--db", c.dir / "local", "--table", "t", "--from", c.dir / "t.npy"})
+                .exit_code,
+            0);
+  ASSERT_EQ(c.Publish("t", "f32", 5, 1).exit_code, 0);
+  auto snap = c.Local("t");
+  ASSERT_TRUE(snap.ok());
+  auto client = c.Client();
+  ASSERT_NE(client, nullptr);
+  std::mt19937_64 rng(77);
+  for (int i = 0; i < 200; ++i) {
+    const Request r = RandomRequest(rng, 1 + static_cast<int64_t>(rng() % 8), 6, i % 3 == 0);
+    QueryOptions qo;
+    qo.mode = PoolingMode::kMax;
+    auto want = EmbeddingBag(snap->view(), r.Bag(), qo);
+    auto got = client->EmbeddingBag("t", r.Bag(), qo);
+    ASSERT_TRUE(want.ok() && got.ok());
+    ASSERT_TRUE(SameAnswer(*want, got->output, qo.mode)) << "request " << i;
+  }
 }
 
 TEST(ClusterTest, ANodeKilledDuring1000QueriesGivesNoWrongOrFailedAnswer) {

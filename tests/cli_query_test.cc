@@ -227,7 +227,8 @@ TEST_F(CliGoldenTest, TorchAndExtensionGoldensThroughTheCluster) {
     }
   }
   EXPECT_EQ(n + batched, kTorchGoldenCases + kExtensionGoldenCases);
-  EXPECT_GE(n, kTorchGoldenCases);  // every torch case, and the unbatched extensions
+  EXPECT_EQ(n, kTorchGoldenCases + 50);  // every torch case, and the 50 unbatched extensions
+  EXPECT_EQ(batched, 20);
   for (auto& node : nodes) EXPECT_EQ(WEXITSTATUS(node->Stop()), 0) << node->err();
 }
 

@@ -640,7 +640,9 @@ TEST(ClusterTest, TheCliPublishesQueriesAndReports) {
     const auto a = RunCli(remote), b = RunCli(local);
     ASSERT_EQ(a.exit_code, 0) << a.err;
     ASSERT_EQ(b.exit_code, 0) << b.err;
-    if (mode == "max") EXPECT_EQ(a.out, b.out);
+    if (mode == "max") {
+      EXPECT_EQ(a.out, b.out);
+    }
     EXPECT_EQ(std::count(a.out.begin(), a.out.end(), '\n'), 3);
   }
   const auto st = RunCli({"cluster", "status", "--cluster", c.etcd.endpoint()});

@@ -866,18 +866,79 @@ class ClusterClientImpl final : public ClusterClient {
       }
     }
 
-    // Fan out: every shard with ids at once, each to its first live
-    // replica; a failure or a late answer moves it to the next replica.
+    // Fan out on one completion queue: every shard with ids at once, each
+    // to its first live replica; a failure or a late answer (past the
+    // attempt timeout) moves it to the next replica. Every call carries a
+    // deadline, so every one completes and the queue drains.
     const auto deadline = Clock::now() + options_.deadline.value_or(std::chrono::seconds(30));
     const bool max_mode = options.mode == PoolingMode::kMax;
     std::vector<v1::PartialReply> replies(nshards);
     std::vector<std::string> failed;
-    Mutex fail_mu;
-    std::vector<std::thread> threads;
-    auto run = [&](size_t s) {
-      const SubRequest& sub = subs[s];
+    struct Attempt {
+      size_t shard = 0;
+      grpc::ClientContext ctx;
+      v1::PartialReply reply;
+      grpc::Status status;
+      std::unique_ptr<grpc::ClientAsyncResponseReader<v1::PartialReply>> call;
+    };
+    struct ShardCall {
       v1::PoolPartialRequest req;
-      v1::EmbeddingBagRequest* bag = req.mutable_bag();
+      size_t next_replica = 0;
+      int tried = 0;
+      std::string why;
+    };
+    std::vector<ShardCall> calls(nshards);
+    std::vector<std::unique_ptr<Attempt>> attempts;
+    grpc::CompletionQueue cq;
+    int pending = 0;
+    auto note = [](std::string* why, const std::string& what) {
+      *why += (why->empty() ? "" : "; ") + what;
+    };
+    // Starts shard s on its next live replica; false when none is left.
+    auto start = [&](size_t s) {
+      ShardCall& c = calls[s];
+      const std::vector<std::string>& replicas = m.shards[s].nodes;
+      while (c.next_replica < replicas.size()) {
+        const size_t r = c.next_replica++;
+        auto it = address.find(replicas[r]);
+        if (it == address.end()) {
+          note(&c.why, replicas[r] + ": not live");
+          continue;
+        }
+        const auto left = deadline - Clock::now();
+        if (left <= Clock::duration::zero()) {
+          note(&c.why, "the deadline passed");
+          return false;
+        }
+        auto stub = stubs_->Get(it->second);
+        if (!stub.ok()) {
+          note(&c.why, replicas[r] + ": " + stub.status().message());
+          continue;
+        }
+        if (c.tried++ > 0) ++retries_;
+        ++sub_requests_;
+        auto a = std::make_unique<Attempt>();
+        a->shard = s;
+        // The last replica gets what is left of the deadline.
+        const auto attempt = r + 1 < replicas.size()
+                                 ? std::min<Clock::duration>(left, options_.attempt_timeout)
+                                 : left;
+        a->ctx.set_deadline(std::chrono::system_clock::now() + attempt);
+        a->call = (*stub)->AsyncPoolPartial(&a->ctx, c.req, &cq);
+        a->call->Finish(&a->reply, &a->status, a.get());
+        attempts.push_back(std::move(a));
+        ++pending;
+        return true;
+      }
+      return false;
+    };
+    auto give_up = [&](size_t s) {
+      failed.push_back("shard " + std::to_string(s) + " (" + calls[s].why + ")");
+    };
+    for (size_t s = 0; s < nshards; ++s) {
+      if (!subs[s].any) continue;
+      const SubRequest& sub = subs[s];
+      v1::EmbeddingBagRequest* bag = calls[s].req.mutable_bag();
       bag->set_table(ShardTableName(table, m.version, s));
       bag->mutable_indices()->Add(sub.ids.begin(), sub.ids.end());
       bag->mutable_offsets()->mutable_values()->Add(sub.offsets.begin(), sub.offsets.end());
@@ -889,54 +950,36 @@ class ClusterClientImpl final : public ClusterClient {
       qo.mode = max_mode ? PoolingMode::kMax : PoolingMode::kSum;
       qo.padding_idx.reset();  // padding ids were dropped above
       qo.include_last_offset = false;
-      qo.max_threads = options.max_threads;
       WritePoolOptions(qo, bag->mutable_options());
-      std::string why;
-      const std::vector<std::string>& replicas = m.shards[s].nodes;
-      int tried = 0;
-      for (size_t r = 0; r < replicas.size(); ++r) {
-        auto it = address.find(replicas[r]);
-        if (it == address.end()) {
-          why += (why.empty() ? "" : "; ") + replicas[r] + ": not live";
-          continue;
-        }
-        if (Clock::now() >= deadline) {
-          why += (why.empty() ? "" : "; ") + std::string("the deadline passed");
-          break;
-        }
-        auto stub = stubs_->Get(it->second);
-        if (!stub.ok()) {
-          why += (why.empty() ? "" : "; ") + replicas[r] + ": " + stub.status().message();
-          continue;
-        }
-        if (tried++ > 0) ++retries_;
-        ++sub_requests_;
-        grpc::ClientContext ctx;
-        // The last live replica gets what is left of the deadline.
-        const auto left = deadline - Clock::now();
-        const auto attempt = r + 1 < replicas.size()
-                                 ? std::min<Clock::duration>(left, options_.attempt_timeout)
-                                 : left;
-        ctx.set_deadline(std::chrono::system_clock::now() + attempt);
-        v1::PartialReply rep;
-        const grpc::Status st = (*stub)->PoolPartial(&ctx, req, &rep);
-        if (st.ok() && rep.counts_size() == bags &&
-            rep.values().size() == static_cast<size_t>(bags * dim) * sizeof(float)) {
-          replies[s] = std::move(rep);
-          return;
-        }
-        why += (why.empty() ? "" : "; ") + replicas[r] + ": " +
-               (st.ok() ? std::string("a malformed reply")
-                        : std::string(GrpcCodeName(st.error_code())) + ": " + st.error_message());
-      }
-      MutexLock lock(&fail_mu);
-      failed.push_back("shard " + std::to_string(s) + " (" + why + ")");
-    };
-    for (size_t s = 0; s < nshards; ++s) {
-      if (!subs[s].any) continue;
-      threads.emplace_back(run, s);
+      if (!start(s)) give_up(s);
     }
-    for (std::thread& t : threads) t.join();
+    while (pending > 0) {
+      void* tag = nullptr;
+      bool ok = false;
+      if (!cq.Next(&tag, &ok)) break;  // not reached: the queue is shut down below
+      --pending;
+      Attempt* a = static_cast<Attempt*>(tag);
+      const size_t s = a->shard;
+      const grpc::Status& st = a->status;
+      if (ok && st.ok() && a->reply.counts_size() == bags &&
+          a->reply.values().size() == static_cast<size_t>(bags * dim) * sizeof(float)) {
+        replies[s] = std::move(a->reply);
+        continue;
+      }
+      const std::string& node = m.shards[s].nodes[calls[s].next_replica - 1];
+      note(&calls[s].why, node + ": " +
+                              (!ok || !st.ok() ? std::string(GrpcCodeName(st.error_code())) + ": " +
+                                                     st.error_message()
+                                               : std::string("a malformed reply")));
+      if (!start(s)) give_up(s);
+    }
+    cq.Shutdown();
+    {
+      void* tag = nullptr;
+      bool ok = false;
+      while (cq.Next(&tag, &ok)) {
+      }
+    }
     if (!failed.empty()) {
       std::sort(failed.begin(), failed.end());
       std::string all;

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <functional>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -18,6 +19,7 @@
 #include "checkpoint/tensor_reader.h"
 #include "embstore/store.h"
 #include "embstore/v1/embstore.grpc.pb.h"
+#include "engine/partial.h"
 #include "engine/plan.h"
 #include "serve/convert.h"
 #include "storage/convert.h"
@@ -701,82 +703,6 @@ Result<std::string> ClusterStatus(Etcd* etcd, const ClusterKeys& keys) {
 
 namespace {
 
-// One shard's sub-request, in the node's rows.
-struct SubRequest {
-  size_t shard = 0;
-  std::vector<int64_t> ids;
-  std::vector<int64_t> offsets;    // B bag starts
-  std::vector<float> weights;      // empty: none
-  std::vector<int64_t> positions;  // per id: its position in the whole request
-  bool any = false;                // some bag has an id of this shard
-};
-
-// The exact max over the shards' partials (torch's rule over the whole bag:
-// strict `>`, so the first entry wins ties, +0 and -0 included, and a NaN
-// counts only as the bag's first entry): the shard holding the bag's first
-// entry decides NaN; otherwise the largest non-NaN partial, ties to the one
-// whose entry comes first in the request.
-Status MergeMax(const std::vector<SubRequest>& subs, const std::vector<v1::PartialReply>& replies,
-                int64_t bags, int64_t dim, std::vector<float>* values) {
-  for (size_t s = 0; s < subs.size(); ++s) {
-    if (!subs[s].any) continue;
-    const size_t cells = static_cast<size_t>(bags * dim);
-    if (replies[s].max_positions().size() != cells * sizeof(int32_t) ||
-        replies[s].nan_cells_size() != replies[s].nan_bits_size()) {
-      return Status::IOError("UNAVAILABLE: a node's max partial came without its positions");
-    }
-  }
-  // Per shard, the cells whose first entry there is NaN, with its bits.
-  std::vector<std::map<int64_t, uint32_t>> nan_at(subs.size());
-  for (size_t s = 0; s < subs.size(); ++s) {
-    if (!subs[s].any) continue;
-    for (int i = 0; i < replies[s].nan_cells_size(); ++i)
-      nan_at[s][replies[s].nan_cells(i)] = replies[s].nan_bits(i);
-  }
-  for (int64_t b = 0; b < bags; ++b) {
-    // The shard holding the bag's first entry.
-    size_t first_shard = subs.size();
-    int64_t first_pos = std::numeric_limits<int64_t>::max();
-    for (size_t s = 0; s < subs.size(); ++s) {
-      const SubRequest& sub = subs[s];
-      if (!sub.any) continue;
-      const int64_t begin = sub.offsets[b];
-      const int64_t end = b + 1 < bags ? sub.offsets[b + 1] : static_cast<int64_t>(sub.ids.size());
-      if (begin < end && sub.positions[begin] < first_pos) {
-        first_pos = sub.positions[begin];
-        first_shard = s;
-      }
-    }
-    if (first_shard == subs.size()) continue;  // an empty bag: zeros
-    const std::map<int64_t, uint32_t>& nans = nan_at[first_shard];
-    for (int64_t d = 0; d < dim; ++d) {
-      const size_t cell = static_cast<size_t>(b * dim + d);
-      if (auto it = nans.find(static_cast<int64_t>(cell)); it != nans.end()) {
-        std::memcpy(&(*values)[cell], &it->second, sizeof(float));
-        continue;
-      }
-      bool have = false;
-      float best = 0.0f;
-      int64_t best_pos = 0;
-      for (size_t s = 0; s < subs.size(); ++s) {
-        if (!subs[s].any) continue;
-        int32_t pos = 0;
-        std::memcpy(&pos, replies[s].max_positions().data() + cell * sizeof(int32_t), sizeof pos);
-        if (pos < 0) continue;
-        const float x = reinterpret_cast<const float*>(replies[s].values().data())[cell];  // NOLINT
-        const int64_t global = subs[s].positions[static_cast<size_t>(pos)];
-        if (!have || x > best || (x == best && global < best_pos)) {
-          have = true;
-          best = x;
-          best_pos = global;
-        }
-      }
-      (*values)[cell] = have ? best : 0.0f;
-    }
-  }
-  return Status::OK();
-}
-
 class ClusterClientImpl final : public ClusterClient {
  public:
   Status Init(const ClusterClientOptions& o) {
@@ -818,6 +744,22 @@ class ClusterClientImpl final : public ClusterClient {
 
   Result<RemoteResult> EmbeddingBag(const std::string& table, const BagRequest& request,
                                     const QueryOptions& options) override {
+    return Pool(table, options,
+                [&](const TableView& view) { return engine::PlanBags(view, request, options); });
+  }
+
+  Result<RemoteResult> BatchedEmbeddingBag(const std::string& table,
+                                           const BatchedBagRequest& request,
+                                           const QueryOptions& options) override {
+    return Pool(table, options, [&](const TableView& view) {
+      return engine::PlanBatchedBags(view, request, options);
+    });
+  }
+
+ private:
+  Result<RemoteResult> Pool(
+      const std::string& table, const QueryOptions& options,
+      const std::function<Result<engine::BagPlan>(const TableView&)>& plan_of) {
     ++requests_;
     Manifest m;
     std::map<std::string, std::string> address;
@@ -836,35 +778,15 @@ class ClusterClientImpl final : public ClusterClient {
     view.dtype = m.dtype;
     view.row_stride = RowStrideBytes(m.dtype, m.dim);
     view.name = table;
-    EMBSTORE_ASSIGN_OR_RETURN(engine::BagPlan plan, engine::PlanBags(view, request, options));
+    EMBSTORE_ASSIGN_OR_RETURN(engine::BagPlan plan, plan_of(view));
     const int64_t bags = plan.num_bags();
     const int64_t dim = m.dim;
     const size_t nshards = m.shards.size();
 
     // Split by shard, keeping the bags.
-    std::vector<SubRequest> subs(nshards);
-    for (size_t s = 0; s < nshards; ++s) {
-      subs[s].shard = s;
-      subs[s].offsets.reserve(static_cast<size_t>(bags));
-    }
-    std::vector<int64_t> starts(static_cast<size_t>(m.shards.size()));
-    for (size_t s = 0; s < nshards; ++s) starts[s] = m.shards[s].begin;
-    auto shard_of = [&](int64_t id) {
-      return static_cast<size_t>(std::upper_bound(starts.begin(), starts.end(), id) -
-                                 starts.begin() - 1);
-    };
-    for (int64_t b = 0; b < bags; ++b) {
-      for (SubRequest& sub : subs) sub.offsets.push_back(static_cast<int64_t>(sub.ids.size()));
-      for (int64_t k = plan.bag_begin[b]; k < plan.bag_end[b]; ++k) {
-        const int64_t id = plan.indices[k];
-        if (id == plan.padding_row) continue;  // neither pooled nor counted
-        SubRequest& sub = subs[shard_of(id)];
-        sub.ids.push_back(id - m.shards[sub.shard].begin);
-        sub.positions.push_back(k);
-        if (plan.weights != nullptr) sub.weights.push_back(plan.weights[k]);
-        sub.any = true;
-      }
-    }
+    std::vector<int64_t> begins(nshards);
+    for (size_t s = 0; s < nshards; ++s) begins[s] = m.shards[s].begin;
+    const std::vector<engine::ShardPart> subs = engine::SplitByShard(plan, begins);
 
     // Fan out on one completion queue: every shard with ids at once, each
     // to its first live replica; a failure or a late answer (past the
@@ -937,7 +859,7 @@ class ClusterClientImpl final : public ClusterClient {
     };
     for (size_t s = 0; s < nshards; ++s) {
       if (!subs[s].any) continue;
-      const SubRequest& sub = subs[s];
+      const engine::ShardPart& sub = subs[s];
       v1::EmbeddingBagRequest* bag = calls[s].req.mutable_bag();
       bag->set_table(ShardTableName(table, m.version, s));
       bag->mutable_indices()->Add(sub.ids.begin(), sub.ids.end());
@@ -989,42 +911,35 @@ class ClusterClientImpl final : public ClusterClient {
     }
 
     // Merge in shard order.
+    std::vector<engine::Partial> partials(nshards);
+    for (size_t s = 0; s < nshards; ++s) {
+      if (!subs[s].any) continue;
+      const v1::PartialReply& rep = replies[s];
+      engine::Partial& p = partials[s];
+      // protobuf's bytes are malloc'd: aligned for floats and int32s.
+      p.values =
+          std::span<const float>(reinterpret_cast<const float*>(rep.values().data()),  // NOLINT
+                                 rep.values().size() / sizeof(float));
+      p.counts = std::span<const int64_t>(rep.counts().data(), rep.counts().size());
+      p.max_positions = std::span<const int32_t>(
+          reinterpret_cast<const int32_t*>(rep.max_positions().data()),  // NOLINT
+          rep.max_positions().size() / sizeof(int32_t));
+      p.nan_cells = std::span<const int64_t>(rep.nan_cells().data(), rep.nan_cells().size());
+      p.nan_bits = std::span<const uint32_t>(rep.nan_bits().data(), rep.nan_bits().size());
+    }
     RemoteResult result;
     result.version = m.version;
     result.output.shape = plan.OutputShape(dim);
     result.output.values.assign(static_cast<size_t>(bags * dim), 0.0f);
-    std::vector<int64_t> count(static_cast<size_t>(bags), 0);
-    if (max_mode) {
-      EMBSTORE_RETURN_IF_ERROR(MergeMax(subs, replies, bags, dim, &result.output.values));
-      for (size_t s = 0; s < nshards; ++s) {
-        if (!subs[s].any) continue;
-        for (int64_t b = 0; b < bags; ++b) count[b] += replies[s].counts(static_cast<int>(b));
-      }
-    }
-    for (size_t s = 0; s < nshards && !max_mode; ++s) {
-      if (!subs[s].any) continue;
-      const v1::PartialReply& rep = replies[s];
-      const float* part = reinterpret_cast<const float*>(rep.values().data());  // NOLINT
-      for (int64_t b = 0; b < bags; ++b) {
-        const int64_t c = rep.counts(static_cast<int>(b));
-        if (c == 0) continue;
-        float* out = &result.output.values[static_cast<size_t>(b * dim)];
-        const float* p = part + b * dim;
-        for (int64_t d = 0; d < dim; ++d) out[d] += p[d];
-        count[b] += c;
-      }
-    }
-    if (options.mode == PoolingMode::kMean) {
-      for (int64_t b = 0; b < bags; ++b) {
-        if (count[b] == 0) continue;
-        float* out = &result.output.values[static_cast<size_t>(b * dim)];
-        for (int64_t d = 0; d < dim; ++d) out[d] /= static_cast<float>(count[b]);
-      }
+    if (Status st =
+            engine::MergePartials(subs, partials, bags, dim, options.mode, result.output.values);
+        !st.ok()) {
+      return Status::IOError("UNAVAILABLE: table '" + table + "' version " +
+                             std::to_string(m.version) + ": a node's reply: " + st.message());
     }
     return result;
   }
 
- private:
   void ApplyLocked(bool deleted, const EtcdKeyValue& kv) EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const ClusterKeys& k = options_.keys;
     if (kv.key.rfind(k.Nodes(), 0) == 0) {

@@ -183,6 +183,11 @@ class ClusterClient {
   // naming the shards no replica of which answered.
   virtual Result<RemoteResult> EmbeddingBag(const std::string& table, const BagRequest& request,
                                             const QueryOptions& options) = 0;
+  // batched_embedding_bag: bags given by their ends per sample (as the local
+  // engine's BatchedEmbeddingBag), split and merged the same way.
+  virtual Result<RemoteResult> BatchedEmbeddingBag(const std::string& table,
+                                                   const BatchedBagRequest& request,
+                                                   const QueryOptions& options) = 0;
   virtual ClusterStats stats() const = 0;
   // The current version and manifest of `table` as routed now.
   virtual Result<Manifest> Route(const std::string& table) const = 0;

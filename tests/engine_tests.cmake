@@ -37,3 +37,7 @@ embstore_test(page_prefetch_test
 target_compile_definitions(page_prefetch_test PRIVATE
   EMBSTORE_TEST_COLD_READER="$<TARGET_FILE:embstore_test_cold_reader>")
 add_dependencies(page_prefetch_test embstore_cli embstore_test_cold_reader)
+# Pooling over row shards: split and merge (the cluster's arithmetic).
+embstore_test(engine_partial_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/engine_partial_test.cc
+  LIBS embstore TBB::tbb)

@@ -41,7 +41,7 @@ rm -rf build/dist
 wheel=$(ls build/dist/embstore-*.whl)
 contents=$("$py" -m zipfile -l "$wheel")
 for f in embstore/__init__.py embstore/torch.py embstore/_embstore.pyi embstore/py.typed \
-         "embstore/_embstore.cpython" embstore/client.py embstore/v1/__init__.py \
+         "embstore/_embstore.cpython" embstore/client.py embstore/cluster.py embstore/v1/__init__.py \
          embstore/v1/embstore_pb2.py embstore/v1/embstore_pb2_grpc.py; do
   grep -q "$f" <<<"$contents" || { echo "run_python_tests: $wheel lacks $f" >&2; exit 1; }
 done

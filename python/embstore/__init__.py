@@ -18,7 +18,10 @@ only that module imports torch.
 embstore.Client("HOST:PORT") queries the tables an `embstore serve` server
 serves, through gRPC, with the same API (Client.table(name) gives a
 RemoteTable with embedding_bag and batched_embedding_bag; Client.fm_score).
-Only embstore.Client imports grpc (Debian: python3-grpcio, python3-protobuf).
+embstore.Cluster("http://ETCD:2379") queries tables split in row shards over
+`embstore serve --cluster` nodes, found through etcd, with the same API
+(Cluster.table(name) gives a ClusterTable). Only embstore.Client and
+embstore.Cluster import grpc (Debian: python3-grpcio, python3-protobuf).
 """
 
 from typing import TYPE_CHECKING
@@ -53,21 +56,27 @@ class ServerError(OSError):
 
 
 _CLIENT_NAMES = ("Client", "RemoteTable", "RemoteTableInfo")
+_CLUSTER_NAMES = ("Cluster", "ClusterTable")
 
 if TYPE_CHECKING:
     from .client import Client, RemoteTable, RemoteTableInfo
+    from .cluster import Cluster, ClusterTable
 
 
 def __getattr__(name):
-    # embstore.Client and its types import grpc: only when they are used.
+    # embstore.Client, embstore.Cluster and their types import grpc: only when they are
+    # used.
     if name in _CLIENT_NAMES:
         from . import client
         return getattr(client, name)
+    if name in _CLUSTER_NAMES:
+        from . import cluster
+        return getattr(cluster, name)
     raise AttributeError(f"module 'embstore' has no attribute '{name}'")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_CLIENT_NAMES))
+    return sorted(list(globals()) + list(_CLIENT_NAMES) + list(_CLUSTER_NAMES))
 
 
 # Client is not in __all__: `from embstore import *` works without grpcio.

@@ -232,7 +232,7 @@ QueryOptions ToQueryOptions(const std::string& mode, py::handle max_norm, double
   return o;
 }
 
-void CheckNoOverlap(const py::array& out, std::initializer_list<const py::array*> inputs) {
+void CheckNoOverlap(const py::array& out, const std::vector<const py::array*>& inputs) {
   const auto* begin = static_cast<const char*>(out.data());
   const char* end = begin + out.nbytes();
   for (const py::array* in : inputs) {

@@ -76,7 +76,7 @@ std::span<float> Values(py::array_t<float>& a);
 
 // Refuses an `out` whose memory overlaps any of `inputs` (null entries are
 // skipped): pooling would overwrite ids it has yet to read.
-void CheckNoOverlap(const py::array& out, std::initializer_list<const py::array*> inputs);
+void CheckNoOverlap(const py::array& out, const std::vector<const py::array*>& inputs);
 
 // Pooling options from torch's argument names.
 QueryOptions ToQueryOptions(const std::string& mode, py::handle max_norm, double norm_type,

@@ -11,9 +11,11 @@
 #include <pybind11/stl.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -24,6 +26,7 @@
 #include "embstore/store.h"
 #include "embstore/version.h"
 #include "engine/kernels_ref.h"
+#include "engine/partial.h"
 #include "engine/plan.h"
 #include "engine/pool.h"
 #include "python/src/convert.h"
@@ -32,6 +35,71 @@ namespace embstore::python {
 namespace {
 
 using py::arg;
+
+// A request read from Python arguments as Table.embedding_bag (or
+// batched_embedding_bag) reads them and planned against `table`: the
+// library's checks and messages. The arrays own what the plan points into.
+struct PlannedBags {
+  IdArray ids;
+  std::optional<IdArray> offsets;  // or the bag ends
+  std::optional<WeightArray> weights;
+  engine::BagPlan plan;
+  std::vector<const py::array*> inputs() const {
+    return {&ids.array, offsets ? &offsets->array : nullptr, weights ? &weights->array : nullptr};
+  }
+};
+
+PlannedBags PlanBagsPy(const TableView& table, py::handle input, py::handle offsets,
+                       py::handle per_sample_weights, const QueryOptions& options) {
+  PlannedBags p;
+  p.ids = ToIds(input, "input");
+  if (p.ids.shape.size() != 1 && p.ids.shape.size() != 2) {
+    RaiseValueError("input must be 1-D (with offsets) or 2-D [B, N], not " +
+                    std::to_string(p.ids.shape.size()) + "-D");
+  }
+  BagRequest request;
+  request.indices = p.ids.view;
+  request.indices_shape = p.ids.shape;
+  if (!offsets.is_none()) {
+    p.offsets = ToIds(offsets, "offsets");
+    if (p.offsets->shape.size() != 1) RaiseValueError("offsets must be 1-D");
+    request.offsets = p.offsets->view;
+  }
+  p.weights = OptionalWeights(per_sample_weights, p.ids.shape);
+  if (p.weights) request.weights = p.weights->values;
+  Result<engine::BagPlan> plan = Status::Internal("not planned");
+  {
+    py::gil_scoped_release unlocked;
+    plan = engine::PlanBags(table, request, options);
+  }
+  Check(plan.status());
+  p.plan = std::move(plan).value();
+  return p;
+}
+
+PlannedBags PlanBatchedPy(const TableView& table, py::handle input, py::handle bag_ends,
+                          py::handle per_sample_weights, const QueryOptions& options) {
+  BatchedIds b = ToBatchedIds(input, bag_ends);
+  BatchedBagRequest request;
+  request.indices = b.ids.view;
+  request.ends = b.ends.view;
+  request.batch = b.batch();
+  request.items = b.items();
+  request.bags_per_sample = b.bags_per_sample();
+  PlannedBags p;
+  p.weights = OptionalWeights(per_sample_weights, b.ids.shape);
+  if (p.weights) request.weights = p.weights->values;
+  Result<engine::BagPlan> plan = Status::Internal("not planned");
+  {
+    py::gil_scoped_release unlocked;
+    plan = engine::PlanBatchedBags(table, request, options);
+  }
+  Check(plan.status());
+  p.plan = std::move(plan).value();
+  p.ids = std::move(b.ids);
+  p.offsets = std::move(b.ends);
+  return p;
+}
 
 // One version of one table: a snapshot, valid however the table changes.
 class Table {
@@ -47,31 +115,9 @@ class Table {
                          bool reference) const {
     const QueryOptions options =
         ToQueryOptions(mode, max_norm, norm_type, padding_idx, include_last_offset);
-    const IdArray ids = ToIds(input, "input");
-    if (ids.shape.size() != 1 && ids.shape.size() != 2) {
-      RaiseValueError("input must be 1-D (with offsets) or 2-D [B, N], not " +
-                      std::to_string(ids.shape.size()) + "-D");
-    }
-    BagRequest request;
-    request.indices = ids.view;
-    request.indices_shape = ids.shape;
-    std::optional<IdArray> offs;
-    if (!offsets.is_none()) {
-      offs = ToIds(offsets, "offsets");
-      if (offs->shape.size() != 1) RaiseValueError("offsets must be 1-D");
-      request.offsets = offs->view;
-    }
-    const std::optional<WeightArray> weights = OptionalWeights(per_sample_weights, ids.shape);
-    if (weights) request.weights = weights->values;
     const TableView table = view();
-    Result<engine::BagPlan> plan = Status::Internal("not planned");
-    {
-      py::gil_scoped_release unlocked;
-      plan = engine::PlanBags(table, request, options);
-    }
-    Check(plan.status());
-    return Pool(table, *plan, options, out, reference,
-                {&ids.array, offs ? &offs->array : nullptr, weights ? &weights->array : nullptr});
+    const PlannedBags p = PlanBagsPy(table, input, offsets, per_sample_weights, options);
+    return Pool(table, p.plan, options, out, reference, p.inputs());
   }
 
   py::array BatchedEmbeddingBag(py::handle input, py::handle bag_ends,
@@ -79,24 +125,9 @@ class Table {
                                 py::handle padding_idx, py::handle max_norm, double norm_type,
                                 py::handle out, bool reference) const {
     const QueryOptions options = ToQueryOptions(mode, max_norm, norm_type, padding_idx, false);
-    const BatchedIds b = ToBatchedIds(input, bag_ends);
-    BatchedBagRequest request;
-    request.indices = b.ids.view;
-    request.ends = b.ends.view;
-    request.batch = b.batch();
-    request.items = b.items();
-    request.bags_per_sample = b.bags_per_sample();
-    const std::optional<WeightArray> weights = OptionalWeights(per_sample_weights, b.ids.shape);
-    if (weights) request.weights = weights->values;
     const TableView table = view();
-    Result<engine::BagPlan> plan = Status::Internal("not planned");
-    {
-      py::gil_scoped_release unlocked;
-      plan = engine::PlanBatchedBags(table, request, options);
-    }
-    Check(plan.status());
-    return Pool(table, *plan, options, out, reference,
-                {&b.ids.array, &b.ends.array, weights ? &weights->array : nullptr});
+    const PlannedBags p = PlanBatchedPy(table, input, bag_ends, per_sample_weights, options);
+    return Pool(table, p.plan, options, out, reference, p.inputs());
   }
 
   // The rows themselves, read-only, for f32 and f16 tables.
@@ -132,7 +163,7 @@ class Table {
   // (engine/kernels_ref.h; the tests compare the two through Python).
   py::array Pool(const TableView& table, const engine::BagPlan& plan, const QueryOptions& options,
                  py::handle out, bool reference,
-                 std::initializer_list<const py::array*> inputs) const {
+                 const std::vector<const py::array*>& inputs) const {
     py::array_t<float> result = OutputArray(out, plan.OutputShape(table.dim));
     if (!out.is_none()) CheckNoOverlap(result, inputs);
     const std::span<float> values = Values(result);
@@ -148,6 +179,125 @@ class Table {
 
   TableSnapshot snap_;
 };
+
+// embstore.Cluster's arithmetic (python/embstore/cluster.py does the
+// routing and the calls): a request checked as the local Table checks it
+// (same exceptions, same messages) against a cluster table's shape, split by
+// row shard (engine/partial.h), and the nodes' partials merged exactly as
+// the C++ cluster client merges them.
+class ShardedRequest {
+ public:
+  ShardedRequest(PlannedBags planned, int64_t dim, PoolingMode mode,
+                 const std::vector<int64_t>& begins)
+      : planned_(std::move(planned)), dim_(dim), mode_(mode) {
+    py::gil_scoped_release unlocked;
+    parts_ = engine::SplitByShard(planned_.plan, begins);
+  }
+
+  std::vector<int64_t> shape() const { return planned_.plan.OutputShape(dim_); }
+  int64_t bags() const { return planned_.plan.num_bags(); }
+  size_t shards() const { return parts_.size(); }
+  bool weighted() const { return planned_.plan.weights != nullptr; }
+
+  // Shard s's share: (ids, offsets, weights or None) as new arrays, or None
+  // when no bag has an id there.
+  py::object Part(size_t s) const {
+    if (s >= parts_.size())
+      throw py::index_error("shard " + std::to_string(s) + " of " + std::to_string(parts_.size()));
+    const engine::ShardPart& p = parts_[s];
+    if (!p.any) return py::none();
+    auto copy = [](const auto& v) {
+      using T = typename std::decay_t<decltype(v)>::value_type;
+      py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
+      if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(T));
+      return a;
+    };
+    return py::make_tuple(copy(p.ids), copy(p.offsets),
+                          weighted() ? py::object(copy(p.weights)) : py::object(py::none()));
+  }
+
+  // partials[s]: None for a shard without ids, else (values, counts,
+  // max_positions, nan_cells, nan_bits): little-endian float32 bytes, int64
+  // counts, int32 bytes (MAX; b"" otherwise), int64 cells, uint32 bits.
+  py::array Merge(const py::list& partials, py::handle out) const {
+    if (partials.size() != parts_.size()) {
+      throw py::value_error(std::to_string(partials.size()) + " partials for " +
+                            std::to_string(parts_.size()) + " shards");
+    }
+    struct Held {
+      std::vector<float> values;
+      std::vector<int64_t> counts, nan_cells;
+      std::vector<int32_t> positions;
+      std::vector<uint32_t> nan_bits;
+    };
+    std::vector<Held> held(parts_.size());
+    std::vector<engine::Partial> views(parts_.size());
+    for (size_t s = 0; s < parts_.size(); ++s) {
+      if (!parts_[s].any) continue;
+      const py::tuple t = partials[s].cast<py::tuple>();
+      if (t.size() != 5)
+        throw py::value_error("a partial is (values, counts, positions, cells, bits)");
+      Held& h = held[s];
+      CopyBytes(t[0], &h.values);
+      CopyBytes(t[2], &h.positions);
+      h.counts = t[1].cast<std::vector<int64_t>>();
+      h.nan_cells = t[3].cast<std::vector<int64_t>>();
+      h.nan_bits = t[4].cast<std::vector<uint32_t>>();
+      views[s] = engine::Partial{h.values, h.counts, h.positions, h.nan_cells, h.nan_bits};
+    }
+    py::array_t<float> result = OutputArray(out, shape());
+    if (!out.is_none()) CheckNoOverlap(result, planned_.inputs());
+    const std::span<float> values = Values(result);
+    Status st;
+    {
+      py::gil_scoped_release unlocked;
+      st = engine::MergePartials(parts_, views, bags(), dim_, mode_, values);
+    }
+    if (!st.ok()) throw py::value_error("a node's partial: " + st.message());
+    return result;
+  }
+
+ private:
+  template <class T>
+  static void CopyBytes(py::handle obj, std::vector<T>* dst) {
+    const py::buffer_info info = py::reinterpret_borrow<py::buffer>(obj).request();
+    const auto bytes = static_cast<size_t>(info.size * info.itemsize);
+    if (bytes % sizeof(T) != 0) throw py::value_error("a partial's bytes are not whole values");
+    dst->resize(bytes / sizeof(T));
+    if (bytes > 0) std::memcpy(dst->data(), info.ptr, bytes);
+  }
+
+  PlannedBags planned_;
+  int64_t dim_;
+  PoolingMode mode_;
+  std::vector<engine::ShardPart> parts_;
+};
+
+// The shape a cluster manifest gives a table, as a view with no rows to
+// read: planning checks ids against `rows` and never reads a row.
+TableView ShapeOnly(int64_t rows, int64_t dim, const std::string& dtype, const std::string& name) {
+  static const uint8_t kNoRows[64] = {};
+  const std::optional<DType> d = ParseDType(dtype);
+  if (!d) throw py::value_error("unknown dtype '" + dtype + "'");
+  if (rows < 0 || dim < 1) throw py::value_error("a table shape needs rows >= 0 and dim >= 1");
+  TableView v;
+  v.data = kNoRows;
+  v.rows = rows;
+  v.dim = dim;
+  v.dtype = *d;
+  v.row_stride = RowStrideBytes(*d, dim);
+  v.name = name;
+  return v;
+}
+
+std::vector<int64_t> ShardBegins(const std::vector<int64_t>& begins, int64_t rows) {
+  if (begins.empty() || begins[0] != 0) throw py::value_error("shard_begins must start at 0");
+  for (size_t i = 1; i < begins.size(); ++i) {
+    if (begins[i] < begins[i - 1] || begins[i] > rows)
+      throw py::value_error("shard_begins must be increasing, within the rows");
+  }
+  return begins;
+}
 
 class PyStore {
  public:
@@ -453,6 +603,45 @@ PYBIND11_MODULE(_embstore, m) {
       .def("table", &PyStore::GetTable, arg("name"),
            "The current version of `name` as a Table (a snapshot).");
 
+  py::class_<ShardedRequest>(m, "_ShardedRequest",
+                             "A request split by row shard, for embstore.Cluster (internal).")
+      .def_property_readonly("shape", &ShardedRequest::shape)
+      .def_property_readonly("bags", &ShardedRequest::bags)
+      .def_property_readonly("shards", &ShardedRequest::shards)
+      .def("part", &ShardedRequest::Part, arg("shard"))
+      .def("merge", &ShardedRequest::Merge, arg("partials"), arg("out") = py::none());
+  m.def(
+      "_shard_bags",
+      [](int64_t rows, int64_t dim, const std::string& dtype, const std::string& name,
+         const std::vector<int64_t>& shard_begins, py::handle input, py::handle offsets,
+         py::handle max_norm, double norm_type, const std::string& mode,
+         py::handle per_sample_weights, bool include_last_offset, py::handle padding_idx) {
+        const TableView view = ShapeOnly(rows, dim, dtype, name);
+        const QueryOptions options =
+            ToQueryOptions(mode, max_norm, norm_type, padding_idx, include_last_offset);
+        return ShardedRequest(PlanBagsPy(view, input, offsets, per_sample_weights, options), dim,
+                              options.mode, ShardBegins(shard_begins, rows));
+      },
+      arg("rows"), arg("dim"), arg("dtype"), arg("name"), arg("shard_begins"), arg("input"),
+      arg("offsets") = py::none(), arg("max_norm") = py::none(), arg("norm_type") = 2.0,
+      arg("mode") = "mean", arg("per_sample_weights") = py::none(),
+      arg("include_last_offset") = false, arg("padding_idx") = py::none(),
+      "embedding_bag's request checked against a table's shape and split by row shard.");
+  m.def(
+      "_shard_batched_bags",
+      [](int64_t rows, int64_t dim, const std::string& dtype, const std::string& name,
+         const std::vector<int64_t>& shard_begins, py::handle input, py::handle bag_ends,
+         py::handle per_sample_weights, const std::string& mode, py::handle padding_idx,
+         py::handle max_norm, double norm_type) {
+        const TableView view = ShapeOnly(rows, dim, dtype, name);
+        const QueryOptions options = ToQueryOptions(mode, max_norm, norm_type, padding_idx, false);
+        return ShardedRequest(PlanBatchedPy(view, input, bag_ends, per_sample_weights, options),
+                              dim, options.mode, ShardBegins(shard_begins, rows));
+      },
+      arg("rows"), arg("dim"), arg("dtype"), arg("name"), arg("shard_begins"), arg("input"),
+      arg("bag_ends"), arg("per_sample_weights") = py::none(), arg("mode") = "sum",
+      arg("padding_idx") = py::none(), arg("max_norm") = py::none(), arg("norm_type") = 2.0,
+      "batched_embedding_bag's request checked against a table's shape and split by row shard.");
   m.def("fm_score", &FmScorePy, arg("store"), py::kw_only(), arg("model") = "fm", arg("vectors"),
         arg("biases"), arg("bias") = 0.0, arg("input"), arg("bag_ends"),
         arg("per_sample_weights") = py::none(), arg("fields") = py::none(), arg("num_fields") = 0,

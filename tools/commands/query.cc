@@ -228,19 +228,9 @@ class QueryCommand : public Command {
       }
     }
     if (const int rc = ReadPoolFlags(); rc != kExitOk) return rc;
-    auto indices = ParseIntSpec(Str("indices"), "--indices");
-    if (!indices.ok()) return Fail(indices.status());
-    auto weights = FloatSpec("weights");
-    if (!weights.ok()) return Fail(weights.status());
     serve::ClientOptions co;
     co.target = Str("server");
-    if (Has("tls-ca")) co.tls_ca = Str("tls-ca");
-    if (Has("tls-cert")) co.tls_cert = Str("tls-cert");
-    if (Has("tls-key")) co.tls_key = Str("tls-key");
-    if (Has("deadline-ms")) {
-      if (Int64("deadline-ms") < 1) return Usage("--deadline-ms must be >= 1");
-      co.deadline = std::chrono::milliseconds(Int64("deadline-ms"));
-    }
+    if (const int rc = ReadRemoteFlags(&co); rc != kExitOk) return rc;
     uint64_t version = 0;
     if (Has("version")) {
       if (Int64("version") < 1) return Usage("--version must be >= 1");
@@ -248,24 +238,60 @@ class QueryCommand : public Command {
     }
     auto client = serve::Client::Connect(co);
     if (!client.ok()) return Fail(client.status());
+    uint64_t served = 0;
+    const int rc = PoolRemote(
+        [&](const BagRequest& req) {
+          return (*client)->EmbeddingBag(Str("table"), req, qo_, version);
+        },
+        [&](const BatchedBagRequest& req) {
+          return (*client)->BatchedEmbeddingBag(Str("table"), req, qo_, version);
+        },
+        &served);
+    if (rc != kExitOk) return rc;
+    if (IsSet("stats")) {
+      std::fprintf(stderr, "served by %s: table %s version %llu\n", co.target.c_str(),
+                   Str("table").c_str(), static_cast<unsigned long long>(served));
+    }
+    return kExitOk;
+  }
+
+  // --tls-ca/--tls-cert/--tls-key and --deadline-ms, for --server and
+  // --cluster alike.
+  template <class Options>
+  int ReadRemoteFlags(Options* co) {
+    if (Has("tls-ca")) co->tls_ca = Str("tls-ca");
+    if (Has("tls-cert")) co->tls_cert = Str("tls-cert");
+    if (Has("tls-key")) co->tls_key = Str("tls-key");
+    if (Has("deadline-ms")) {
+      if (Int64("deadline-ms") < 1) return Usage("--deadline-ms must be >= 1");
+      co->deadline = std::chrono::milliseconds(Int64("deadline-ms"));
+    }
+    return kExitOk;
+  }
+
+  // The request of --indices and --offsets (or --bag-ends) and --weights,
+  // pooled remotely by `bag` (or `batched`) and written as a local result;
+  // *version is the version that served it.
+  template <class Bag, class Batched>
+  int PoolRemote(const Bag& bag, const Batched& batched, uint64_t* version) {
+    auto indices = ParseIntSpec(Str("indices"), "--indices");
+    if (!indices.ok()) return Fail(indices.status());
+    auto weights = FloatSpec("weights");
+    if (!weights.ok()) return Fail(weights.status());
     Result<serve::RemoteResult> result = Status::Internal("no request");
     std::optional<IntArray> held;  // the --offsets or --bag-ends the request points into
     if (Has("bag-ends")) {
       BatchedBagRequest req;
       if (const int rc = ReadBatched(*indices, *weights, &held, &req); rc != kExitOk) return rc;
-      result = (*client)->BatchedEmbeddingBag(Str("table"), req, qo_, version);
+      result = batched(req);
     } else {
       BagRequest req;
       if (const int rc = ReadBags(*indices, *weights, &held, &req); rc != kExitOk) return rc;
-      result = (*client)->EmbeddingBag(Str("table"), req, qo_, version);
+      result = bag(req);
     }
     if (!result.ok()) return Fail(result.status());
-    if (const int rc = WriteResult(result->output); rc != kExitOk) return rc;
-    if (IsSet("stats")) {
-      std::fprintf(stderr, "served by %s: table %s version %llu\n", co.target.c_str(),
-                   Str("table").c_str(), static_cast<unsigned long long>(result->version));
-    }
-    return kExitOk;
+    *version = result->version;
+    return WriteResult(result->output);
   }
 
   // A remote result, printed or written to --out as a local one is.
@@ -282,43 +308,32 @@ class QueryCommand : public Command {
   // and merged here (serve/cluster.h), written the same way.
   int RunCluster() {
     for (const char* local : {"db", "device", "cache-rows", "cache-mb", "cache-policy", "prefetch",
-                              "prefetch-depth", "version", "bag-ends"}) {
-      if (Has(local)) {
-        return Usage(std::string("--") + local + " does not apply with --cluster" +
-                     (std::string(local) == "bag-ends" ? " (not supported there yet)" : ""));
-      }
+                              "prefetch-depth", "version"}) {
+      if (Has(local)) return Usage(std::string("--") + local + " does not apply with --cluster");
     }
     if (const int rc = ReadPoolFlags(); rc != kExitOk) return rc;
-    auto indices = ParseIntSpec(Str("indices"), "--indices");
-    if (!indices.ok()) return Fail(indices.status());
-    auto weights = FloatSpec("weights");
-    if (!weights.ok()) return Fail(weights.status());
     serve::ClusterClientOptions co;
     co.endpoints = Str("cluster");
     if (Has("cluster-prefix")) co.keys.prefix = Str("cluster-prefix");
-    if (Has("tls-ca")) co.tls_ca = Str("tls-ca");
-    if (Has("tls-cert")) co.tls_cert = Str("tls-cert");
-    if (Has("tls-key")) co.tls_key = Str("tls-key");
-    if (Has("deadline-ms")) {
-      if (Int64("deadline-ms") < 1) return Usage("--deadline-ms must be >= 1");
-      co.deadline = std::chrono::milliseconds(Int64("deadline-ms"));
-    }
+    if (const int rc = ReadRemoteFlags(&co); rc != kExitOk) return rc;
     if (Has("attempt-ms")) {
       if (Int64("attempt-ms") < 1) return Usage("--attempt-ms must be >= 1");
       co.attempt_timeout = std::chrono::milliseconds(Int64("attempt-ms"));
     }
     auto client = serve::ClusterClient::Open(co);
     if (!client.ok()) return Fail(client.status());
-    std::optional<IntArray> held;
-    BagRequest req;
-    if (const int rc = ReadBags(*indices, *weights, &held, &req); rc != kExitOk) return rc;
-    Result<serve::RemoteResult> result = (*client)->EmbeddingBag(Str("table"), req, qo_);
-    if (!result.ok()) return Fail(result.status());
-    if (const int rc = WriteResult(result->output); rc != kExitOk) return rc;
+    uint64_t served = 0;
+    const int rc = PoolRemote(
+        [&](const BagRequest& req) { return (*client)->EmbeddingBag(Str("table"), req, qo_); },
+        [&](const BatchedBagRequest& req) {
+          return (*client)->BatchedEmbeddingBag(Str("table"), req, qo_);
+        },
+        &served);
+    if (rc != kExitOk) return rc;
     if (IsSet("stats")) {
       const serve::ClusterStats cs = (*client)->stats();
       std::fprintf(stderr, "cluster: table %s version %llu, %lld sub-requests, %lld retries\n",
-                   Str("table").c_str(), static_cast<unsigned long long>(result->version),
+                   Str("table").c_str(), static_cast<unsigned long long>(served),
                    static_cast<long long>(cs.sub_requests), static_cast<long long>(cs.retries));
     }
     return kExitOk;

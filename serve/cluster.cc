@@ -302,6 +302,7 @@ Result<Manifest> Publish(Etcd* etcd, const PublishOptions& o) {
   if (o.replicas < 1 || o.replicas > 16) {
     return Status::InvalidArgument("--replicas must be between 1 and 16");
   }
+  if (o.keep < 1) return Status::InvalidArgument("--keep must be >= 1");
   EMBSTORE_ASSIGN_OR_RETURN(auto reader, storage::OpenTensor(o.from, o.tensor_key));
   Manifest m;
   m.table = o.table;
@@ -443,11 +444,47 @@ Result<Manifest> Publish(Etcd* etcd, const PublishOptions& o) {
         bool switched, etcd->CompareAndPut(o.keys.Current(o.table), expected, std::to_string(v)));
     if (switched) {
       log("version " + std::to_string(v) + " of '" + o.table + "' is current");
+      // Retiring is housekeeping: the new version serves whatever happens.
+      std::optional<uint64_t> previous;
+      if (cur) {
+        if (auto n = ParseVersion(cur->value, o.keys.Current(o.table)); n.ok()) previous = *n;
+      }
+      auto retired = RetireVersions(etcd, o.keys, o.table, v, previous, o.keep);
+      if (!retired.ok()) {
+        log("retiring old versions of '" + o.table + "' failed (" + retired.status().message() +
+            "); the next publish retries");
+      } else {
+        for (uint64_t r : *retired) log("version " + std::to_string(r) + " retired");
+      }
       return m;
     }
   }
   return Status::IOError("could not switch the current version of '" + o.table +
                          "': it kept changing");
+}
+
+Result<std::vector<uint64_t>> RetireVersions(Etcd* etcd, const ClusterKeys& keys,
+                                             const std::string& table, uint64_t current,
+                                             std::optional<uint64_t> previous, int keep) {
+  EMBSTORE_ASSIGN_OR_RETURN(std::vector<EtcdKeyValue> kvs, etcd->List(keys.Versions(table)));
+  std::vector<std::pair<uint64_t, std::string>> versions;  // (version, state), up to current
+  for (const EtcdKeyValue& kv : kvs) {
+    auto v = ParseVersion(kv.key.substr(keys.Versions(table).size()), kv.key);
+    if (!v.ok() || *v > current) continue;
+    auto m = ManifestFromJson(kv.value);
+    versions.emplace_back(*v, m.ok() ? m->state : std::string("unreadable"));
+  }
+  std::sort(versions.rbegin(), versions.rend());
+  std::vector<uint64_t> retired;
+  int ready = 0;
+  for (const auto& [v, state] : versions) {
+    const bool keep_it = v == current || v == previous || (state == "ready" && ready < keep);
+    if (state == "ready") ++ready;
+    if (keep_it) continue;
+    EMBSTORE_RETURN_IF_ERROR(etcd->Delete(keys.Version(table, v)));
+    retired.push_back(v);
+  }
+  return retired;
 }
 
 Result<uint64_t> RollbackCluster(Etcd* etcd, const ClusterKeys& keys, const std::string& table,

@@ -113,7 +113,13 @@ struct PublishOptions {
   std::chrono::milliseconds rpc_timeout{60000};
   // TLS to the nodes (tls_ca, and tls_cert/tls_key for mutual TLS), as for Client.
   ClientOptions tls;
-  int64_t chunk_bytes = 4 << 20;                // rows sent per PutShardRows, about this many bytes
+  int64_t chunk_bytes = 4 << 20;  // rows sent per PutShardRows, about this many bytes
+  // Once the new version is current, the ready versions past the newest
+  // `keep` (the new one counted; the one it replaced is always kept) are
+  // retired: their manifests are deleted, and the nodes drop their shards
+  // after --shard-gc-grace. Manifests left "publishing" by failed publishes
+  // of older versions are deleted too.
+  int keep = 2;
   std::function<void(const std::string&)> log;  // progress lines; may be empty
   // Testing: called after each step with its name ("reserved", "shard S
   // replica R", "manifest"); returning false stops the publish there, as a
@@ -121,6 +127,15 @@ struct PublishOptions {
   std::function<bool(const std::string&)> step;
 };
 Result<Manifest> Publish(Etcd* etcd, const PublishOptions& options);
+
+// The retirement Publish does after its switch, alone: of `table`'s versions
+// up to `current`, the ready ones past the newest `keep` and every one still
+// "publishing" are deleted from etcd. Kept whatever `keep` says: `current`,
+// `previous` (the version current before it, which `rollback --cluster`
+// returns to) and every version after `current`. Returns those retired.
+Result<std::vector<uint64_t>> RetireVersions(Etcd* etcd, const ClusterKeys& keys,
+                                             const std::string& table, uint64_t current,
+                                             std::optional<uint64_t> previous, int keep);
 
 // `embstore rollback --cluster`: the current version switched back to the
 // newest ready version before it (or `to_version`), by compare-and-swap.

@@ -303,6 +303,13 @@ class ServerImpl final : public Server {
   std::vector<std::unique_ptr<Poller>> pollers_;
   std::unique_ptr<MetricsHttpServer> http_;
   std::unique_ptr<ClusterMember> member_;
+  // Cluster nodes: the shard GC (ShardGcLoop), with its own etcd client.
+  void ShardGcLoop();
+  std::unique_ptr<Etcd> gc_etcd_;
+  std::thread gc_thread_;
+  Mutex gc_mu_;
+  CondVar gc_cv_{&gc_mu_};
+  bool gc_stop_ GUARDED_BY(gc_mu_) = false;
   int port_ = 0;
   int max_inflight_ = 0;
   std::chrono::microseconds busy_poll_{0};
@@ -1048,6 +1055,14 @@ void ServerImpl::Shutdown(std::chrono::milliseconds drain) {
   if (shut_down_.exchange(true)) return;
   // Out of the cluster first: clients route elsewhere while this drains.
   if (member_) member_->Leave();
+  if (gc_thread_.joinable()) {
+    {
+      MutexLock lock(&gc_mu_);
+      gc_stop_ = true;
+    }
+    gc_cv_.SignalAll();
+    gc_thread_.join();
+  }
   if (server_) {
     {
       // NOT_SERVING to health checks and watchers, whose streams then end.
@@ -1127,7 +1142,68 @@ Status ServerImpl::JoinCluster(const std::string& listen_host) {
   keys.prefix = options_.cluster_prefix;
   EMBSTORE_ASSIGN_OR_RETURN(
       member_, ClusterMember::Join(options_.cluster, keys, node, options_.lease_ttl_s));
+  EMBSTORE_ASSIGN_OR_RETURN(gc_etcd_, Etcd::Connect(options_.cluster, std::chrono::seconds(5)));
+  gc_thread_ = std::thread([this] { ShardGcLoop(); });
   return Status::OK();
+}
+
+void ServerImpl::ShardGcLoop() {
+  using std::chrono::milliseconds;
+  const milliseconds grace = options_.shard_gc_grace;
+  const milliseconds period =
+      std::max(milliseconds(200), std::min<milliseconds>(milliseconds(5000), grace / 4));
+  ClusterKeys keys;
+  keys.prefix = options_.cluster_prefix;
+  std::map<std::string, Clock::time_point> orphan_since;  // shard table -> first seen orphaned
+  for (;;) {
+    {
+      MutexLock lock(&gc_mu_);
+      if (!gc_stop_) gc_cv_.WaitFor(period);
+      if (gc_stop_) return;
+    }
+    // The versions the cluster still names: every manifest key, whatever
+    // its state (a publish in progress has its manifest from the start).
+    auto kvs = gc_etcd_->List(keys.Tables());
+    if (!kvs.ok()) continue;      // etcd unreadable: never drop on a guess
+    std::set<std::string> named;  // "TABLE.vVERSION"
+    for (const EtcdKeyValue& kv : *kvs) {
+      const std::string rest = kv.key.substr(keys.Tables().size());
+      const size_t at = rest.find("/versions/");
+      if (at == std::string::npos) continue;
+      const std::string v = rest.substr(at + std::string("/versions/").size());
+      if (v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos)
+        continue;
+      named.insert(rest.substr(0, at) + ".v" + std::to_string(std::stoull(v)));
+    }
+    auto tables = store_->ListTables();
+    if (!tables.ok()) continue;
+    std::set<std::string> present;
+    for (const embstore::TableInfo& t : *tables) {
+      if (!IsShardName(t.name)) continue;
+      present.insert(t.name);
+      const std::string version = t.name.substr(0, t.name.rfind(".s"));
+      if (named.count(version)) {
+        orphan_since.erase(t.name);
+        continue;
+      }
+      const Clock::time_point now = Clock::now();
+      const Clock::time_point since = orphan_since.emplace(t.name, now).first->second;
+      if (now - since < grace) continue;
+      if (Status st = store_->DropTable(t.name); st.ok()) {
+        std::fprintf(stderr,
+                     "embstore serve: cluster: shard '%s' belongs to no version in the cluster "
+                     "any more; dropped\n",
+                     t.name.c_str());
+      } else {
+        std::fprintf(stderr, "embstore serve: cluster: dropping retired shard '%s': %s\n",
+                     t.name.c_str(), st.message().c_str());
+      }
+      orphan_since.erase(t.name);
+    }
+    for (auto it = orphan_since.begin(); it != orphan_since.end();) {
+      it = present.count(it->first) ? std::next(it) : orphan_since.erase(it);
+    }
+  }
 }
 
 void ServerImpl::PostCalls(Poller* p) {

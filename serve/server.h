@@ -56,6 +56,12 @@ struct ServerOptions {
   std::string node;       // its name in the cluster; empty: HOSTNAME-PORT
   std::string advertise;  // HOST:PORT clients reach it at; empty: --listen's host, the bound port
   int64_t lease_ttl_s = 10;
+  // A shard table whose version no manifest in etcd names any more (retired
+  // by `embstore publish --keep`, or left by a publish that failed) is
+  // dropped from the store once it has been so for this long: what a query
+  // pinned to it needs to finish. Checked every min(5 s, grace / 4), at
+  // least every 200 ms; never while etcd cannot be read.
+  std::chrono::milliseconds shard_gc_grace{30000};
 };
 
 class Server {

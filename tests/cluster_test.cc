@@ -14,6 +14,7 @@
 //     keeps serving;
 //   - a node restart (its shards re-verified, a damaged one dropped);
 //   - a rebalance after a node is lost (int8 shards copied byte for byte);
+//   - old versions retired by publish, their shards dropped by the nodes;
 //   - etcd stopped: queries go on from the routing last seen, publishes fail
 //     cleanly;
 //   - the CLI: publish, query --cluster, cluster status, rollback --cluster.
@@ -32,6 +33,7 @@
 #include <fstream>
 #include <limits>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "cluster_test_util.h"
@@ -61,6 +63,7 @@ struct Cluster {
   EtcdProcess etcd;
   std::vector<std::unique_ptr<ServeProcess>> nodes;
   std::vector<float> values;
+  std::vector<std::string> node_args;  // more flags for every node
 
   void Start(int n) {
     ASSERT_TRUE(etcd.Start(dir.path())) << "etcd did not start (is etcd-server installed? "
@@ -70,10 +73,11 @@ struct Cluster {
   void StartNode(int i) {
     if (static_cast<int>(nodes.size()) <= i) nodes.resize(static_cast<size_t>(i) + 1);
     nodes[static_cast<size_t>(i)] = std::make_unique<ServeProcess>();
-    ASSERT_TRUE(nodes[static_cast<size_t>(i)]->Start(
-        dir / ("node" + std::to_string(i)),
-        {"--cluster", etcd.endpoint(), "--node", "n" + std::to_string(i), "--lease-ttl", "2",
-         "--threads", "2"}))
+    std::vector<std::string> args = {
+        "--cluster", etcd.endpoint(), "--node", "n" + std::to_string(i), "--lease-ttl",
+        "2",         "--threads",     "2"};
+    args.insert(args.end(), node_args.begin(), node_args.end());
+    ASSERT_TRUE(nodes[static_cast<size_t>(i)]->Start(dir / ("node" + std::to_string(i)), args))
         << nodes[static_cast<size_t>(i)]->err();
   }
   // A table "t" of kRows x kDim: writes t.npy (seed) and imports it locally
@@ -111,6 +115,19 @@ struct Cluster {
     return local_store->GetSnapshot(name);
   }
   std::unique_ptr<Store> local_store;
+  // The shard tables node i's store holds now (read by this process, as
+  // another process may read a store).
+  std::set<std::string> ShardsOn(int i) {
+    StoreOptions so;
+    so.create_if_missing = false;
+    std::set<std::string> names;
+    auto store = Store::Open(dir / ("node" + std::to_string(i)), so);
+    if (!store.ok()) return names;
+    auto tables = (*store)->ListTables();
+    if (!tables.ok()) return names;
+    for (const TableInfo& t : *tables) names.insert(t.name);
+    return names;
+  }
 };
 
 // A random request: B bags of up to `per` ids, 1-D with offsets.
@@ -488,6 +505,79 @@ TEST(ClusterTest, AStoppedOrKilledPublishLeavesTheOldVersionServing) {
   EXPECT_NE(st.out.find("publishing"), std::string::npos) << st.out;
   // And a publish after all that succeeds.
   ASSERT_EQ(c.Publish("t", "f32", 3, 2).exit_code, 0);
+}
+
+// Publish retires old versions (--keep 2: the new one and the one it
+// replaced; and any left "publishing" by a failed publish), and the nodes
+// drop the retired versions' shards (here with --shard-gc-grace 0); what is
+// kept still serves and rolls back.
+TEST(ClusterTest, RetiredVersionsLeaveEtcdAndTheNodesDropTheirShards) {
+  Cluster c;
+  c.node_args = {"--shard-gc-grace", "0"};
+  ASSERT_NO_FATAL_FAILURE(c.Start(3));
+  ASSERT_NO_FATAL_FAILURE(c.MakeTable(31, "f32", "v1"));
+  ASSERT_EQ(c.Publish("t", "f32", 3, 2).exit_code, 0);
+  auto etcd = serve::Etcd::Connect(c.etcd.endpoint(), std::chrono::seconds(5));
+  ASSERT_TRUE(etcd.ok());
+  {  // version 2: stopped after shard 0's first replica, left "publishing"
+    serve::PublishOptions o;
+    o.table = "t";
+    o.from = c.dir / "t.npy";
+    o.shards = 3;
+    o.replicas = 2;
+    o.step = [](const std::string& s) { return s != "shard 0 replica 1"; };
+    ASSERT_FALSE(serve::Publish(etcd->get(), o).ok());
+  }
+  auto count = [&](const std::string& version_prefix) {
+    int n = 0;
+    for (int i = 0; i < 3; ++i) {
+      for (const std::string& name : c.ShardsOn(i)) n += name.rfind(version_prefix, 0) == 0;
+    }
+    return n;
+  };
+  EXPECT_EQ(count("t.v2."), 2);  // shard 0 on both its replicas
+  ASSERT_NO_FATAL_FAILURE(c.MakeTable(33, "f32", "v3"));
+  auto r3 = c.Publish("t", "f32", 3, 2);
+  ASSERT_EQ(r3.exit_code, 0) << r3.err;
+  EXPECT_NE(r3.err.find("version 2 retired"), std::string::npos) << r3.err;
+  ASSERT_NO_FATAL_FAILURE(c.MakeTable(34, "f32", "v4"));
+  auto r4 = c.Publish("t", "f32", 3, 2);
+  ASSERT_EQ(r4.exit_code, 0) << r4.err;
+  EXPECT_NE(r4.err.find("version 1 retired"), std::string::npos) << r4.err;
+  auto versions = (*etcd)->List("/embstore/tables/t/versions/");
+  ASSERT_TRUE(versions.ok());
+  std::vector<std::string> keys;
+  for (const auto& kv : *versions) keys.push_back(kv.key);
+  EXPECT_EQ(keys, (std::vector<std::string>{"/embstore/tables/t/versions/000000000003",
+                                            "/embstore/tables/t/versions/000000000004"}));
+  // The nodes drop versions 1 and 2 (checked every 200 ms with grace 0).
+  const auto until = Clock::now() + std::chrono::seconds(20);
+  while ((count("t.v1.") > 0 || count("t.v2.") > 0) && Clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(count("t.v1."), 0);
+  EXPECT_EQ(count("t.v2."), 0);
+  EXPECT_EQ(count("t.v3."), 6);
+  EXPECT_EQ(count("t.v4."), 6);
+  bool said = false;
+  for (auto& n : c.nodes) said |= n->err().find("'t.v1.s") != std::string::npos;
+  EXPECT_TRUE(said) << "no node said it dropped a shard of version 1";
+  // What is kept serves: 4, then 3 after a rollback.
+  const Request q{{0, 500, 999}, {0, 1}, {}};
+  for (const auto& [version, local] : {std::pair<uint64_t, const char*>{4, "v4"}, {3, "v3"}}) {
+    if (version == 3) {
+      auto rb = RunCli({"rollback", "--cluster", c.etcd.endpoint(), "--table", "t"});
+      ASSERT_EQ(rb.exit_code, 0) << rb.err;
+    }
+    auto client = c.Client();
+    auto got = client->EmbeddingBag("t", q.Bag(), QueryOptions());
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_EQ(got->version, version);
+    auto snap = c.Local(local);
+    ASSERT_TRUE(snap.ok());
+    auto want = EmbeddingBag(snap->view(), q.Bag(), QueryOptions());
+    ASSERT_TRUE(want.ok());
+    EXPECT_TRUE(SameAnswer(*want, got->output, PoolingMode::kMean)) << version;
+  }
 }
 
 TEST(ClusterTest, ARestartedNodeReverifiesAndRegistersItsShards) {

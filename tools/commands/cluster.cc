@@ -31,6 +31,10 @@ class PublishCommand : public Command {
     AddValue("dtype", "Stored dtype: f32 | f16 | bf16 | int8 (default: the tensor's)");
     AddInt("shards", "Row-range shards", "1");
     AddInt("replicas", "Replicas of each shard, on distinct nodes", "1");
+    AddInt("keep",
+           "Ready versions kept, the new one counted (the one it replaces always is); older "
+           "ones are retired and their shards dropped by the nodes",
+           "2");
     AddValue("tls-ca", "Verify the nodes' TLS certificates with this PEM CA");
     AddValue("tls-cert", "With --tls-ca: this PEM client certificate (mutual TLS)");
     AddValue("tls-key", "With --tls-ca: the client certificate's PEM key");
@@ -49,6 +53,8 @@ class PublishCommand : public Command {
     }
     o.shards = Int("shards");
     o.replicas = Int("replicas");
+    o.keep = Int("keep");
+    if (o.keep < 1) return Usage("--keep must be >= 1");
     if (Has("cluster-prefix")) o.keys.prefix = Str("cluster-prefix");
     if (Has("tls-ca")) o.tls.tls_ca = Str("tls-ca");
     if (Has("tls-cert")) o.tls.tls_cert = Str("tls-cert");

@@ -59,6 +59,9 @@ class ServeCommand : public Command {
              "With --cluster: the cluster's etcd key prefix (default /embstore/)");
     AddInt64("lease-ttl",
              "With --cluster: seconds after which a silent node is dropped (default 10)");
+    AddInt64("shard-gc-grace",
+             "With --cluster: seconds a shard of a retired version (no manifest names it) "
+             "stays before it is dropped from the store (default 30)");
   }
 
  private:
@@ -85,8 +88,14 @@ class ServeCommand : public Command {
         if (o.lease_ttl_s < 1 || o.lease_ttl_s > 3600)
           return Usage("--lease-ttl must be between 1 and 3600 seconds");
       }
+      if (Has("shard-gc-grace")) {
+        const int64_t g = Int64("shard-gc-grace");
+        if (g < 0 || g > 7 * 24 * 3600)
+          return Usage("--shard-gc-grace must be between 0 and 604800 seconds");
+        o.shard_gc_grace = std::chrono::seconds(g);
+      }
     } else {
-      for (const char* c : {"node", "advertise", "cluster-prefix", "lease-ttl"}) {
+      for (const char* c : {"node", "advertise", "cluster-prefix", "lease-ttl", "shard-gc-grace"}) {
         if (Has(c)) return Usage(std::string("--") + c + " applies to --cluster only");
       }
     }

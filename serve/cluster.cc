@@ -776,6 +776,7 @@ class ClusterClientImpl final : public ClusterClient {
     s.requests = requests_.load();
     s.sub_requests = sub_requests_.load();
     s.retries = retries_.load();
+    s.mismatched_replies = mismatches_.load();
     return s;
   }
 
@@ -920,16 +921,30 @@ class ClusterClientImpl final : public ClusterClient {
       Attempt* a = static_cast<Attempt*>(tag);
       const size_t s = a->shard;
       const grpc::Status& st = a->status;
-      if (ok && st.ok() && a->reply.counts_size() == bags &&
-          a->reply.values().size() == static_cast<size_t>(bags * dim) * sizeof(float)) {
+      const bool answered = ok && st.ok();
+      const bool whole =
+          answered && a->reply.counts_size() == bags &&
+          a->reply.values().size() == static_cast<size_t>(bags * dim) * sizeof(float);
+      // The rows pooled must be this version's, as the manifest has them.
+      const bool same_rows =
+          whole && a->reply.version() == m.version && a->reply.checksum() == m.shards[s].checksum;
+      if (same_rows) {
         replies[s] = std::move(a->reply);
         continue;
       }
       const std::string& node = m.shards[s].nodes[calls[s].next_replica - 1];
-      note(&calls[s].why, node + ": " +
-                              (!ok || !st.ok() ? std::string(GrpcCodeName(st.error_code())) + ": " +
-                                                     st.error_message()
-                                               : std::string("a malformed reply")));
+      std::string what;
+      if (!answered) {
+        what = std::string(GrpcCodeName(st.error_code())) + ": " + st.error_message();
+      } else if (!whole) {
+        what = "a malformed reply";
+      } else {
+        what = "rows of another version (version " + std::to_string(a->reply.version()) +
+               ", checksum " + Hex64(a->reply.checksum()) + " where the manifest has " +
+               Hex64(m.shards[s].checksum) + ")";
+        ++mismatches_;
+      }
+      note(&calls[s].why, node + ": " + what);
       if (!start(s)) give_up(s);
     }
     cq.Shutdown();
@@ -1042,7 +1057,7 @@ class ClusterClientImpl final : public ClusterClient {
   std::map<std::string, uint64_t> current_ GUARDED_BY(mu_);
   std::map<std::string, std::map<uint64_t, Manifest>> manifests_ GUARDED_BY(mu_);
   std::unique_ptr<EtcdWatch> watch_;  // last: stopped first
-  std::atomic<int64_t> requests_{0}, sub_requests_{0}, retries_{0};
+  std::atomic<int64_t> requests_{0}, sub_requests_{0}, retries_{0}, mismatches_{0};
 };
 
 }  // namespace

@@ -180,6 +180,9 @@ struct ClusterStats {
   int64_t requests = 0;
   int64_t sub_requests = 0;
   int64_t retries = 0;  // sub-requests sent again to another replica
+  // Replies refused because their rows were not the manifest's (another
+  // version's rows under the shard's name); each was asked again elsewhere.
+  int64_t mismatched_replies = 0;
 };
 
 // Queries a cluster: pins the table's current version, splits the request

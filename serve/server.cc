@@ -679,6 +679,13 @@ bool IsShardName(const std::string& name) {
          ValidateTableName(name).ok();
 }
 
+// The V of a shard table's name "TABLE.vV.sS" (IsShardName checked it).
+uint64_t ShardVersion(const std::string& name) {
+  const size_t s = name.rfind(".s");
+  const size_t v = name.rfind(".v", s - 1);
+  return std::strtoull(name.c_str() + v + 2, nullptr, 10);
+}
+
 grpc::Status BadShard(const std::string& name) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                       "'" + name + "' is not a shard table name (TABLE.vVERSION.sSHARD)");
@@ -771,6 +778,8 @@ grpc::Status HandlePoolPartial(ServerImpl* s, const v1::PoolPartialRequest& requ
   }
   reply->add_shape(bags);
   reply->add_shape(view.dim);
+  reply->set_version(ShardVersion(bag.table()));
+  reply->set_checksum(snap->info().checksum);
   google::protobuf::RepeatedField<int64_t>* counts = reply->mutable_counts();
   counts->Reserve(static_cast<int>(bags));
   for (int64_t b = 0; b < bags; ++b) {

@@ -15,6 +15,7 @@
 //   - a node restart (its shards re-verified, a damaged one dropped);
 //   - a rebalance after a node is lost (int8 shards copied byte for byte);
 //   - old versions retired by publish, their shards dropped by the nodes;
+//   - a node holding other rows under a shard's name: refused, retried;
 //   - etcd stopped: queries go on from the routing last seen, publishes fail
 //     cleanly;
 //   - the CLI: publish, query --cluster, cluster status, rollback --cluster.
@@ -578,6 +579,69 @@ TEST(ClusterTest, RetiredVersionsLeaveEtcdAndTheNodesDropTheirShards) {
     ASSERT_TRUE(want.ok());
     EXPECT_TRUE(SameAnswer(*want, got->output, PoolingMode::kMean)) << version;
   }
+}
+
+// Every reply names the version and the checksum of the rows it pooled; a
+// node holding other rows under a shard's name (here planted while it was
+// down) is refused and the shard asked of its other replica: no wrong
+// answer. With no other replica, UNAVAILABLE says why.
+TEST(ClusterTest, RowsOtherThanTheManifestsAreRefusedAndAskedElsewhere) {
+  Cluster c;
+  ASSERT_NO_FATAL_FAILURE(c.Start(3));
+  ASSERT_NO_FATAL_FAILURE(c.MakeTable(41, "f32", "good"));
+  ASSERT_EQ(c.Publish("t", "f32", 6, 2).exit_code, 0);
+  auto client = c.Client(std::chrono::milliseconds(2000));
+  auto route = client->Route("t");
+  ASSERT_TRUE(route.ok());
+  size_t planted = route->shards.size();
+  for (size_t s = 0; s < route->shards.size() && planted == route->shards.size(); ++s)
+    if (route->shards[s].nodes.at(0) == "n0") planted = s;
+  ASSERT_LT(planted, route->shards.size()) << "n0 is asked first for no shard";
+  const serve::ShardInfo shard = route->shards[planted];
+  // n0 down; other rows of the same shape under the shard's name; n0 up.
+  ASSERT_EQ(WEXITSTATUS(c.nodes[0]->Stop()), 0);
+  testing::WriteF32Npy(
+      c.dir / "other.npy", {shard.end - shard.begin, kDim},
+      std::vector<float>(static_cast<size_t>((shard.end - shard.begin) * kDim), 7.0f));
+  const std::string name = "t.v1.s" + std::to_string(planted);
+  auto imp = RunCli({"import", "--db", c.dir / "node0", "--table", name, "--from",
+                     c.dir / "other.npy", "--replace"});
+  ASSERT_EQ(imp.exit_code, 0) << imp.err;
+  ASSERT_NO_FATAL_FAILURE(c.StartNode(0));
+  // Wait for n0 to be routed again, then query rows of every shard.
+  const auto until = Clock::now() + std::chrono::seconds(20);
+  auto fresh = c.Client(std::chrono::milliseconds(2000));
+  auto good = c.Local("good");
+  ASSERT_TRUE(good.ok());
+  const Request q{{shard.begin, 0, 999, shard.end - 1}, {0, 2}, {}};
+  auto want = EmbeddingBag(good->view(), q.Bag(), QueryOptions());
+  ASSERT_TRUE(want.ok());
+  int asked = 0;
+  while (fresh->stats().mismatched_replies == 0 && Clock::now() < until) {
+    auto got = fresh->EmbeddingBag("t", q.Bag(), QueryOptions());
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_TRUE(SameAnswer(*want, got->output, PoolingMode::kMean));
+    ++asked;
+  }
+  EXPECT_GT(fresh->stats().mismatched_replies, 0) << "n0's planted rows were never refused";
+  EXPECT_GE(fresh->stats().retries, fresh->stats().mismatched_replies);
+  for (int i = 0; i < 20; ++i) {
+    auto got = fresh->EmbeddingBag("t", q.Bag(), QueryOptions());
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_TRUE(SameAnswer(*want, got->output, PoolingMode::kMean));
+  }
+  // The other replica gone: the planted rows are all that is left.
+  const std::string other = shard.nodes.at(1);
+  const int other_index = other[1] - '0';
+  c.nodes[static_cast<size_t>(other_index)]->Stop(SIGKILL);
+  auto got = fresh->EmbeddingBag("t", q.Bag(), QueryOptions());
+  ASSERT_FALSE(got.ok());
+  EXPECT_NE(got.status().message().find("UNAVAILABLE"), std::string::npos);
+  EXPECT_NE(got.status().message().find("n0: rows of another version"), std::string::npos)
+      << got.status().message();
+  EXPECT_NE(got.status().message().find("shard " + std::to_string(planted) + " ("),
+            std::string::npos)
+      << got.status().message();
 }
 
 TEST(ClusterTest, ARestartedNodeReverifiesAndRegistersItsShards) {

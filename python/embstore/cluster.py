@@ -144,7 +144,8 @@ def _repeated_int64(buf, entries) -> np.ndarray:
 
 
 def _partial_reply(raw: bytes):
-    """A PartialReply as (values, counts, max_positions, nan_cells, nan_bits)."""
+    """A PartialReply as ((values, counts, max_positions, nan_cells, nan_bits), version,
+    checksum)."""
     f = _fields(raw)
     values = _sub(raw, f[2][-1][1]) if 2 in f else memoryview(b"")
     counts = _repeated_int64(raw, f.get(3, []))
@@ -156,7 +157,13 @@ def _partial_reply(raw: bytes):
             raise ValueError("nan_bits")
         bits.append(np.frombuffer(_sub(raw, value), "<u4"))
     nan_bits = np.concatenate(bits) if bits else np.zeros(0, np.uint32)
-    return values, counts, positions, cells, nan_bits
+    version = _uint(f.get(7, []))
+    checksum = 0
+    for wire, value in f.get(8, []):  # fixed64
+        if wire != 1:
+            raise ValueError("checksum")
+        checksum = int.from_bytes(_sub(raw, value), "little")
+    return (values, counts, positions, cells, nan_bits), version, checksum
 
 
 class _Stats:
@@ -165,6 +172,7 @@ class _Stats:
         self.requests = 0
         self.sub_requests = 0
         self.retries = 0
+        self.mismatched_replies = 0
 
 
 class Cluster:
@@ -296,8 +304,8 @@ class Cluster:
             return
         try:
             m = json.loads(value)
-            shards = [(int(s["begin"]), int(s["end"]), [str(n) for n in s["nodes"]])
-                      for s in m["shards"]]
+            shards = [(int(s["begin"]), int(s["end"]), [str(n) for n in s["nodes"]],
+                       int(s["checksum"], 16)) for s in m["shards"]]
             manifest = {"table": str(m["table"]), "version": int(m["version"]),
                         "state": str(m["state"]), "rows": int(m["rows"]),
                         "dim": int(m["dim"]), "dtype": str(m["dtype"]),
@@ -410,7 +418,8 @@ class Cluster:
 
     def route(self, name: str) -> dict:
         """The manifest of `name`'s current version as routed now: table, version, state,
-        rows, dim, dtype, replicas and shards [(begin, end, [node, ...]), ...]. KeyError
+        rows, dim, dtype, replicas and shards [(begin, end, [node, ...], checksum), ...]
+        (checksum: the xxh64 of the shard's stored rows). KeyError
         for a table with no current version; ServerError('UNAVAILABLE') when its manifest
         is missing or not ready."""
         if not isinstance(name, str):
@@ -435,12 +444,13 @@ class Cluster:
         return ClusterTable(self, self.route(name))
 
     def stats(self) -> Dict[str, int]:
-        """Queries made, sub-requests sent to nodes, and sub-requests sent again to
-        another replica (retries)."""
+        """Queries made, sub-requests sent to nodes, sub-requests sent again to another
+        replica (retries), and replies refused because their rows were not the manifest's
+        (another version's rows under a shard's name)."""
         s = self._stats
         with s.lock:
             return {"requests": s.requests, "sub_requests": s.sub_requests,
-                    "retries": s.retries}
+                    "retries": s.retries, "mismatched_replies": s.mismatched_replies}
 
     # --- a query -----------------------------------------------------------------------
 
@@ -521,9 +531,16 @@ class Cluster:
             while True:
                 node, future = calls[s]
                 try:
-                    raw = future.result()
-                    partials[s] = _partial_reply(raw)
-                    break
+                    partial, got_version, checksum = _partial_reply(future.result())
+                    if got_version == version and checksum == shards[s][3]:
+                        partials[s] = partial
+                        break
+                    # another version's rows under the shard's name: refused
+                    why[s].append(f"{node}: rows of another version (version {got_version}, "
+                                  f"checksum {checksum:016x} where the manifest has "
+                                  f"{shards[s][3]:016x})")
+                    with self._stats.lock:
+                        self._stats.mismatched_replies += 1
                 except grpc.RpcError as e:
                     why[s].append(f"{node}: {e.code().name}: {e.details()}")
                 except ValueError as e:

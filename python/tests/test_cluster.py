@@ -346,7 +346,7 @@ def test_a_killed_node_costs_no_answer_and_both_replicas_gone_is_unavailable(cli
         nodes["k2"].proc.send_signal(signal.SIGKILL)
         nodes["k2"].proc.wait(timeout=30)
         m = c.route("r")
-        lost = [s for s, (_, _, holders) in enumerate(m["shards"])
+        lost = [s for s, (_, _, holders, _) in enumerate(m["shards"])
                 if set(holders) <= {"k1", "k2"}]
         assert lost, m["shards"]
         with pytest.raises(embstore.ServerError) as e:
@@ -357,5 +357,51 @@ def test_a_killed_node_costs_no_answer_and_both_replicas_gone_is_unavailable(cli
         assert "no replica answered" in e.value.details
     finally:
         c.close()
+        for n in nodes.values():
+            n.stop(check=False)
+
+
+def test_rows_other_than_the_manifests_are_refused(cli, cluster):
+    """A node holding other rows under a shard's name (planted while it was down): its
+    replies are refused and the shard asked of the other replica; with that one gone,
+    UNAVAILABLE says why. Its own 2 nodes under another prefix."""
+    store, _, etcd, tmp = cluster
+    prefix = "/planted/"
+    nodes = {f"p{i}": node(cli, tmp, etcd, f"p{i}", prefix) for i in range(2)}
+    publish(cli, etcd, "r", tmp / "r.npy", 2, prefix=prefix)
+    local = store.table("r_plain")
+    c = None
+    try:
+        with embstore.Cluster(etcd.endpoint, prefix=prefix) as probe:
+            begin, end, holders, _ = probe.route("r")["shards"][0]
+        first, second = holders
+        nodes[first].stop()
+        np.save(tmp / "planted.npy", np.full((end - begin, 24), 7.0, np.float32))
+        r = subprocess.run([cli, "import", "--db", str(tmp / f"node-{first}"), "--table",
+                            "r.v1.s0", "--from", str(tmp / "planted.npy"), "--replace"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        nodes[first] = node(cli, tmp, etcd, first, prefix)
+        c = embstore.Cluster(etcd.endpoint, prefix=prefix, attempt_timeout=2.0)
+        deadline = time.monotonic() + 20
+        while first not in c.nodes():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        t = c.table("r")
+        ids, offs = np.array([begin, 0, end - 1, 299]), np.array([0, 2])
+        want = local.embedding_bag(ids, offs, mode="sum")
+        for _ in range(10):
+            close_to_local(t.embedding_bag(ids, offs, mode="sum"), want, "sum")
+        st = c.stats()
+        assert st["mismatched_replies"] == 10 and st["retries"] >= 10, st
+        nodes[second].proc.send_signal(signal.SIGKILL)
+        nodes[second].proc.wait(timeout=30)
+        with pytest.raises(embstore.ServerError) as e:
+            t.embedding_bag(ids, offs, mode="sum")
+        assert e.value.code == "UNAVAILABLE"
+        assert f"shard 0 ({first}: rows of another version" in e.value.details, e.value.details
+    finally:
+        if c is not None:
+            c.close()
         for n in nodes.values():
             n.stop(check=False)

@@ -9,12 +9,26 @@
 #include <vector>
 
 #include "embstore/checkpoint.h"
+#include "embstore/dtype.h"
 #include "embstore/status.h"
 
 namespace embstore::storage {
 
 // Element types a checkpoint tensor may have. Only floating ones import.
 enum class SourceDType { kF32, kF64, kF16, kBF16, kOther };
+
+// The table dtype a tensor is stored as when none is asked for (import,
+// publish): f16 and bf16 stay as they are, anything else becomes f32.
+inline DType DefaultTableDType(SourceDType source) {
+  switch (source) {
+    case SourceDType::kF16:
+      return DType::kF16;
+    case SourceDType::kBF16:
+      return DType::kBF16;
+    default:
+      return DType::kF32;
+  }
+}
 
 // A tensor viewed as `rows` x `dim` (1-D tensors are N x 1).
 class TensorReader {

@@ -308,17 +308,7 @@ Result<Manifest> Publish(Etcd* etcd, const PublishOptions& o) {
   m.table = o.table;
   m.rows = reader->rows();
   m.dim = reader->dim();
-  switch (reader->source_dtype()) {
-    case storage::SourceDType::kF16:
-      m.dtype = DType::kF16;
-      break;
-    case storage::SourceDType::kBF16:
-      m.dtype = DType::kBF16;
-      break;
-    default:
-      m.dtype = DType::kF32;
-  }
-  if (o.dtype) m.dtype = *o.dtype;
+  m.dtype = o.dtype.value_or(storage::DefaultTableDType(reader->source_dtype()));
   m.replicas = o.replicas;
   m.source = reader->source();
   m.created_unix = static_cast<int64_t>(std::time(nullptr));

@@ -54,18 +54,7 @@ Result<TableInfo> StoreImpl::ImportFile(const std::string& name, const std::stri
     TableSpec spec;
     spec.rows = reader->rows();
     spec.dim = reader->dim();
-    switch (reader->source_dtype()) {
-      case storage::SourceDType::kF16:
-        spec.dtype = DType::kF16;
-        break;
-      case storage::SourceDType::kBF16:
-        spec.dtype = DType::kBF16;
-        break;
-      default:
-        spec.dtype = DType::kF32;
-        break;
-    }
-    if (options.dtype) spec.dtype = *options.dtype;
+    spec.dtype = options.dtype.value_or(storage::DefaultTableDType(reader->source_dtype()));
     spec.source = reader->source();
     spec.replace = options.replace;
     spec.progress = options.progress;

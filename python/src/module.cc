@@ -49,6 +49,19 @@ struct PlannedBags {
   }
 };
 
+// Runs `plan` (the library's planning) with the GIL released; its error
+// raised as the Python exception.
+template <class F>
+engine::BagPlan PlanWithoutGil(const F& plan) {
+  Result<engine::BagPlan> result = Status::Internal("not planned");
+  {
+    py::gil_scoped_release unlocked;
+    result = plan();
+  }
+  Check(result.status());
+  return std::move(result).value();
+}
+
 PlannedBags PlanBagsPy(const TableView& table, py::handle input, py::handle offsets,
                        py::handle per_sample_weights, const QueryOptions& options) {
   PlannedBags p;
@@ -67,13 +80,7 @@ PlannedBags PlanBagsPy(const TableView& table, py::handle input, py::handle offs
   }
   p.weights = OptionalWeights(per_sample_weights, p.ids.shape);
   if (p.weights) request.weights = p.weights->values;
-  Result<engine::BagPlan> plan = Status::Internal("not planned");
-  {
-    py::gil_scoped_release unlocked;
-    plan = engine::PlanBags(table, request, options);
-  }
-  Check(plan.status());
-  p.plan = std::move(plan).value();
+  p.plan = PlanWithoutGil([&] { return engine::PlanBags(table, request, options); });
   return p;
 }
 
@@ -89,13 +96,7 @@ PlannedBags PlanBatchedPy(const TableView& table, py::handle input, py::handle b
   PlannedBags p;
   p.weights = OptionalWeights(per_sample_weights, b.ids.shape);
   if (p.weights) request.weights = p.weights->values;
-  Result<engine::BagPlan> plan = Status::Internal("not planned");
-  {
-    py::gil_scoped_release unlocked;
-    plan = engine::PlanBatchedBags(table, request, options);
-  }
-  Check(plan.status());
-  p.plan = std::move(plan).value();
+  p.plan = PlanWithoutGil([&] { return engine::PlanBatchedBags(table, request, options); });
   p.ids = std::move(b.ids);
   p.offsets = std::move(b.ends);
   return p;

@@ -1167,7 +1167,7 @@ void ServerImpl::ShardGcLoop() {
   for (;;) {
     {
       MutexLock lock(&gc_mu_);
-      if (!gc_stop_) gc_cv_.WaitFor(period);
+      if (!gc_stop_) gc_cv_.WaitFor(&gc_mu_, period);
       if (gc_stop_) return;
     }
     // The versions the cluster still names: every manifest key, whatever

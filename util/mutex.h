@@ -63,6 +63,13 @@ class CondVar {
   bool WaitFor(std::chrono::duration<Rep, Period> d) EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return cv_.wait_for(*mu_, d) == std::cv_status::no_timeout;
   }
+  // WaitFor naming the mutex, as Wait(Mutex*). REQUIRES: mu is this
+  // CondVar's mutex.
+  template <class Rep, class Period>
+  bool WaitFor(Mutex* mu, std::chrono::duration<Rep, Period> d) EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    assert(mu == mu_);
+    return cv_.wait_for(*mu, d) == std::cv_status::no_timeout;
+  }
   void Signal() { cv_.notify_one(); }
   void SignalAll() { cv_.notify_all(); }
 

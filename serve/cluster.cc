@@ -338,11 +338,13 @@ Result<Manifest> Publish(Etcd* etcd, const PublishOptions& o) {
     auto n = ParseVersion(kv.key.substr(o.keys.Versions(o.table).size()), kv.key);
     if (n.ok()) v = std::max(v, *n + 1);
   }
+  std::string reservation;  // the manifest as reserved, which the ready one replaces by CAS
   for (;; ++v) {
     m.version = v;
     m.state = "publishing";
-    EMBSTORE_ASSIGN_OR_RETURN(bool reserved, etcd->CompareAndPut(o.keys.Version(o.table, v),
-                                                                 std::nullopt, ManifestToJson(m)));
+    reservation = ManifestToJson(m);
+    EMBSTORE_ASSIGN_OR_RETURN(
+        bool reserved, etcd->CompareAndPut(o.keys.Version(o.table, v), std::nullopt, reservation));
     if (reserved) break;
   }
   log("version " + std::to_string(v) + " of '" + o.table + "' reserved");
@@ -415,7 +417,14 @@ Result<Manifest> Publish(Etcd* etcd, const PublishOptions& o) {
   }
 
   m.state = "ready";
-  EMBSTORE_RETURN_IF_ERROR(etcd->Put(o.keys.Version(o.table, v), ManifestToJson(m)));
+  // Only over this publish's own reservation: a newer publish may have
+  // retired it meanwhile (and the nodes may be dropping its shards).
+  EMBSTORE_ASSIGN_OR_RETURN(bool readied, etcd->CompareAndPut(o.keys.Version(o.table, v),
+                                                              reservation, ManifestToJson(m)));
+  if (!readied) {
+    return Status::IOError("version " + std::to_string(v) + " of '" + o.table +
+                           "' was retired by a newer publish while this one ran; nothing changed");
+  }
   if (!step("manifest")) return StepStopped("manifest");
   // Switch the current version: from what it was when read, by CAS.
   for (int attempt = 0; attempt < 100; ++attempt) {

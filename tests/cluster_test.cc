@@ -579,6 +579,34 @@ TEST(ClusterTest, RetiredVersionsLeaveEtcdAndTheNodesDropTheirShards) {
     ASSERT_TRUE(want.ok());
     EXPECT_TRUE(SameAnswer(*want, got->output, PoolingMode::kMean)) << version;
   }
+  // A publish overtaken: while it transfers (version 5), another one
+  // completes (version 6) and retires 5's reservation; the first then fails
+  // without making 5 ready or current.
+  serve::PublishOptions slow;
+  slow.table = "t";
+  slow.from = c.dir / "t.npy";
+  slow.shards = 3;
+  slow.replicas = 2;
+  bool overtaken = false;
+  slow.step = [&](const std::string& s) {
+    if (s == "shard 0 replica 0" && !overtaken) {
+      overtaken = true;
+      EXPECT_EQ(c.Publish("t", "f32", 3, 2).exit_code, 0);
+    }
+    return true;
+  };
+  auto m5 = serve::Publish(etcd->get(), slow);
+  ASSERT_TRUE(overtaken);
+  ASSERT_FALSE(m5.ok());
+  EXPECT_NE(m5.status().message().find("version 5 of 't' was retired by a newer publish"),
+            std::string::npos)
+      << m5.status().message();
+  auto current = (*etcd)->Get("/embstore/tables/t/current");
+  ASSERT_TRUE(current.ok() && current->has_value());
+  EXPECT_EQ((*current)->value, "6");
+  auto v5 = (*etcd)->Get("/embstore/tables/t/versions/000000000005");
+  ASSERT_TRUE(v5.ok());
+  EXPECT_FALSE(v5->has_value()) << "version 5's manifest came back";
 }
 
 // Every reply names the version and the checksum of the rows it pooled; a
